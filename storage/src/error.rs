@@ -1,0 +1,73 @@
+//! The storage crate's one error type, grouped by cause. Every message names the file or shard.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Errors of the RedEX log.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// An operating-system call on a file failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done (`open`, `write`, `read`, `truncate`, ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A write completed with fewer bytes than submitted.
+    #[error("short write to {}: {written} of {expected} bytes", path.display())]
+    ShortWrite {
+        /// The file.
+        path: PathBuf,
+        /// Bytes the kernel reported written.
+        written: usize,
+        /// Bytes submitted.
+        expected: usize,
+    },
+    /// io_uring could not be set up for this shard's log.
+    #[error(
+        "io_uring is unavailable ({0}); net needs Linux >= 5.10 with io_uring enabled \
+         (check /proc/sys/kernel/io_uring_disabled and seccomp profiles)"
+    )]
+    Uring(io::Error),
+    /// An earlier write or sync failed; the log refuses further appends.
+    #[error("log of shard {shard} is poisoned by an earlier failure: {reason}")]
+    Poisoned {
+        /// The shard.
+        shard: u16,
+        /// The failure that poisoned it.
+        reason: String,
+    },
+    /// Bytes on disk are not what the format requires.
+    #[error("corrupt {} at byte {offset}: {what}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Byte offset of the damage.
+        offset: u64,
+        /// What was wrong.
+        what: String,
+    },
+    /// A configuration value the log cannot work with.
+    #[error("invalid storage setting {field}: {what}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// Why.
+        what: String,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> StorageError {
+    let path = path.into();
+    move |source| StorageError::Io { op, path, source }
+}

@@ -1,0 +1,616 @@
+//! The RedEX log of one shard: appends batches of records to the active segment with one
+//! aligned write per file, rolls segments, and serves reads by sequence number.
+//!
+//! Invariants:
+//! - Sequence numbers are contiguous from the first segment's base; record `seq` is entry
+//!   `seq - base` of its segment's `.idx`.
+//! - At most one batch is in flight. The next batch is encoded into the other stage meanwhile,
+//!   and submitted only after the previous one completed, because both rewrite the same
+//!   partial block.
+//! - A failed, short or refused write poisons the log: every later append and submit returns
+//!   [`StorageError::Poisoned`] naming the first failure. Nothing is retried silently (the
+//!   PostgreSQL fsync lesson): after an error the kernel's view of the file is unknown.
+//! - Only records of completed writes are readable (`persisted_end`).
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::buffer::BLOCK_BYTES;
+use crate::error::{Result, StorageError, io_err};
+use crate::index::{INDEX_ENTRY_BYTES, IndexEntry};
+use crate::record::{self, RECORD_PAYLOAD_BYTES_MAX, record_bytes};
+use crate::segment::{self, SEGMENT_HEADER_BYTES, SegmentHeader};
+use crate::stage::Stage;
+use crate::uring::Ring;
+
+const TAG_DAT: u64 = 1;
+const TAG_IDX: u64 = 2;
+/// The smallest segment that holds its header block and one small record.
+pub const SEGMENT_BYTES_MIN: u64 = 2 * BLOCK_BYTES as u64;
+
+/// Sizing of one shard's log, fixed when it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// The shard that owns the log (written into segment headers and checked on open).
+    pub shard: u16,
+    /// A segment rolls before its `.dat` would grow past this many bytes.
+    pub segment_bytes: u64,
+    /// Most record bytes (headers and payloads) one batch may hold.
+    pub batch_bytes_max: usize,
+    /// Most records one batch may hold.
+    pub batch_events_max: usize,
+}
+
+impl LogConfig {
+    /// The largest payload that fits a batch and a segment.
+    pub fn payload_bytes_max(&self) -> usize {
+        let segment_room = usize::try_from(
+            self.segment_bytes
+                .saturating_sub(SEGMENT_HEADER_BYTES as u64),
+        )
+        .unwrap_or(usize::MAX);
+        self.batch_bytes_max
+            .min(segment_room)
+            .saturating_sub(record::RECORD_HEADER_BYTES)
+            .min(RECORD_PAYLOAD_BYTES_MAX)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let invalid = |field, what: String| Err(StorageError::Invalid { field, what });
+        if self.segment_bytes < SEGMENT_BYTES_MIN {
+            return invalid(
+                "segment_bytes",
+                format!(
+                    "{} is below the minimum {SEGMENT_BYTES_MIN}",
+                    self.segment_bytes
+                ),
+            );
+        }
+        if self.batch_events_max == 0 {
+            return invalid("batch_events_max", "must be at least 1".into());
+        }
+        if self.batch_bytes_max < record_bytes(1) {
+            return invalid(
+                "batch_bytes_max",
+                format!("{} cannot hold one record", self.batch_bytes_max),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What `push` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// The record was staged with this sequence number.
+    Staged(u64),
+    /// The open batch (or the segment, with a write still in flight) is full: complete the
+    /// in-flight write, submit, and push again.
+    Full,
+}
+
+/// A batch whose writes completed: records `first_seq..end_seq` are on the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// First sequence number of the batch.
+    pub first_seq: u64,
+    /// One past the last sequence number of the batch.
+    pub end_seq: u64,
+}
+
+/// One record read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Sequence number within the shard.
+    pub seq: u64,
+    /// The shard's timestamp, nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    /// The payload, byte for byte as appended.
+    pub payload: Bytes,
+}
+
+#[derive(Debug)]
+pub(crate) struct SealedSegment {
+    pub(crate) base: u64,
+    pub(crate) end: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct ActiveSegment {
+    pub(crate) base: u64,
+    pub(crate) dat_path: PathBuf,
+    pub(crate) idx_path: PathBuf,
+    pub(crate) dat: File,
+    pub(crate) idx: File,
+    pub(crate) dat_read: File,
+    pub(crate) idx_read: File,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    stage: usize,
+    first_seq: u64,
+    end_seq: u64,
+    dat_len: usize,
+    idx_len: usize,
+    pending: u64,
+}
+
+#[derive(Debug)]
+struct Reader {
+    base: u64,
+    dat: File,
+    idx: File,
+}
+
+/// The append-only segment log of one shard.
+#[derive(Debug)]
+pub struct Log {
+    pub(crate) dir: PathBuf,
+    pub(crate) cfg: LogConfig,
+    pub(crate) ring: Ring,
+    pub(crate) sealed: Vec<SealedSegment>,
+    pub(crate) active: ActiveSegment,
+    pub(crate) dat: [Stage; 2],
+    pub(crate) idx: [Stage; 2],
+    pub(crate) open: usize,
+    pub(crate) open_events: usize,
+    pub(crate) open_record_bytes: usize,
+    inflight: Option<Inflight>,
+    pub(crate) next_seq: u64,
+    pub(crate) persisted_end: u64,
+    poisoned: Option<String>,
+    reader: Option<Reader>,
+}
+
+impl Log {
+    pub(crate) fn assemble(
+        dir: PathBuf,
+        cfg: LogConfig,
+        ring: Ring,
+        sealed: Vec<SealedSegment>,
+        active: ActiveSegment,
+    ) -> Log {
+        cfg.validate().expect("validated by open");
+        let dat_cap = cfg.batch_bytes_max + SEGMENT_HEADER_BYTES;
+        let idx_cap = cfg.batch_events_max.saturating_mul(INDEX_ENTRY_BYTES);
+        Log {
+            dir,
+            cfg,
+            ring,
+            sealed,
+            active,
+            dat: [Stage::new(dat_cap), Stage::new(dat_cap)],
+            idx: [Stage::new(idx_cap), Stage::new(idx_cap)],
+            open: 0,
+            open_events: 0,
+            open_record_bytes: 0,
+            inflight: None,
+            next_seq: 0,
+            persisted_end: 0,
+            poisoned: None,
+            reader: None,
+        }
+    }
+
+    pub(crate) fn validate_config(cfg: &LogConfig) -> Result<()> {
+        cfg.validate()
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The sizing the log was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.cfg
+    }
+
+    /// Sequence number the next pushed record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// One past the last sequence number whose write completed.
+    pub fn persisted_end(&self) -> u64 {
+        self.persisted_end
+    }
+
+    /// The first sequence number still stored.
+    pub fn first_seq(&self) -> u64 {
+        self.sealed.first().map_or(self.active.base, |s| s.base)
+    }
+
+    /// Records staged in the open batch, not yet submitted.
+    pub fn open_events(&self) -> usize {
+        self.open_events
+    }
+
+    /// Whether a batch write is in flight.
+    pub fn in_flight(&self) -> bool {
+        self.inflight.is_some()
+    }
+
+    /// The failure that poisoned the log, if any.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(reason) => Err(StorageError::Poisoned {
+                shard: self.cfg.shard,
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, err: StorageError) -> StorageError {
+        if self.poisoned.is_none() {
+            self.poisoned = Some(err.to_string());
+        }
+        err
+    }
+
+    /// Stages one record into the open batch.
+    pub fn push(&mut self, ts_ns: u64, payload: &[u8]) -> Result<Push> {
+        self.check_poison()?;
+        if payload.len() > self.cfg.payload_bytes_max() {
+            return Err(StorageError::Invalid {
+                field: "payload",
+                what: format!(
+                    "{} bytes exceeds the maximum {}",
+                    payload.len(),
+                    self.cfg.payload_bytes_max()
+                ),
+            });
+        }
+        let rec = record_bytes(payload.len());
+        if self.open_events == self.cfg.batch_events_max
+            || self.open_record_bytes + rec > self.cfg.batch_bytes_max
+        {
+            return Ok(Push::Full);
+        }
+        let segment_end = self.dat[self.open].end();
+        if segment_end + rec as u64 > self.cfg.segment_bytes && self.next_seq > self.active.base {
+            if self.open_events > 0 || self.inflight.is_some() {
+                return Ok(Push::Full);
+            }
+            self.roll()?;
+        }
+        let seq = self.next_seq;
+        let offset = self.dat[self.open].end();
+        let len = u32::try_from(rec).expect("bounded by payload_bytes_max");
+        self.dat[self.open].append_with(rec, |dst| {
+            record::encode(dst, seq, ts_ns, payload);
+        });
+        self.idx[self.open].append_with(INDEX_ENTRY_BYTES, |dst| {
+            IndexEntry { seq, offset, len }.encode(dst)
+        });
+        self.open_events += 1;
+        self.open_record_bytes += rec;
+        self.next_seq += 1;
+        Ok(Push::Staged(seq))
+    }
+
+    /// Submits the open batch as one write per file. Returns false if it was empty.
+    ///
+    /// # Panics
+    /// If a batch is still in flight: call [`Log::complete`] until it returns the batch first.
+    pub fn submit(&mut self) -> Result<bool> {
+        self.check_poison()?;
+        assert!(self.inflight.is_none(), "submit with a batch in flight");
+        if self.open_events == 0 {
+            return Ok(false);
+        }
+        let s = self.open;
+        let dat_len = self.dat[s].seal_for_write();
+        let idx_len = self.idx[s].seal_for_write();
+        let fds = (self.active.dat.as_raw_fd(), self.active.idx.as_raw_fd());
+        // SAFETY: both stage buffers are owned by self, never reallocated, and not written
+        // again until `complete` has reaped both writes (the next batch uses the other stage).
+        unsafe {
+            let dat = &self.dat[s];
+            self.ring.push_write(
+                fds.0,
+                dat.buf.as_slice().as_ptr(),
+                len_u32(dat_len),
+                dat.start,
+                TAG_DAT,
+            );
+            let idx = &self.idx[s];
+            self.ring.push_write(
+                fds.1,
+                idx.buf.as_slice().as_ptr(),
+                len_u32(idx_len),
+                idx.start,
+                TAG_IDX,
+            );
+        }
+        if let Err(e) = self.ring.submit() {
+            let path = self.active.dat_path.clone();
+            return Err(self.poison(StorageError::Io {
+                op: "submit write",
+                path,
+                source: e,
+            }));
+        }
+        let first_seq = self.next_seq - self.open_events as u64;
+        self.inflight = Some(Inflight {
+            stage: s,
+            first_seq,
+            end_seq: self.next_seq,
+            dat_len,
+            idx_len,
+            pending: TAG_DAT | TAG_IDX,
+        });
+        let (prev, next) = pair_mut(&mut self.dat, s);
+        next.carry_from(prev);
+        let (prev, next) = pair_mut(&mut self.idx, s);
+        next.carry_from(prev);
+        self.open = 1 - s;
+        self.open_events = 0;
+        self.open_record_bytes = 0;
+        Ok(true)
+    }
+
+    /// Reaps the in-flight batch's completions; with `wait`, blocks until they arrive.
+    /// Returns the batch once both of its writes completed in full.
+    pub fn complete(&mut self, wait: bool) -> Result<Option<Written>> {
+        loop {
+            let Some(inf) = self.inflight.as_mut() else {
+                return Ok(None);
+            };
+            let mut failure: Option<(u64, i32)> = None;
+            self.ring.reap(|tag, res| {
+                let expected = if tag == TAG_DAT {
+                    inf.dat_len
+                } else {
+                    inf.idx_len
+                };
+                if res < 0 || res as usize != expected {
+                    failure.get_or_insert((tag, res));
+                }
+                inf.pending &= !tag;
+            });
+            if let Some((tag, res)) = failure {
+                let inf = self.inflight.take().expect("in flight");
+                let (path, expected) = if tag == TAG_DAT {
+                    (self.active.dat_path.clone(), inf.dat_len)
+                } else {
+                    (self.active.idx_path.clone(), inf.idx_len)
+                };
+                let err = if res < 0 {
+                    StorageError::Io {
+                        op: "write",
+                        path,
+                        source: std::io::Error::from_raw_os_error(-res),
+                    }
+                } else {
+                    StorageError::ShortWrite {
+                        path,
+                        written: res as usize,
+                        expected,
+                    }
+                };
+                return Err(self.poison(err));
+            }
+            if inf.pending == 0 {
+                let inf = self.inflight.take().expect("in flight");
+                debug_assert_ne!(inf.stage, self.open);
+                self.persisted_end = inf.end_seq;
+                return Ok(Some(Written {
+                    first_seq: inf.first_seq,
+                    end_seq: inf.end_seq,
+                }));
+            }
+            if !wait {
+                return Ok(None);
+            }
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                let path = self.active.dat_path.clone();
+                return Err(self.poison(StorageError::Io {
+                    op: "wait for write",
+                    path,
+                    source: e,
+                }));
+            }
+        }
+    }
+
+    /// Seals the active segment and starts a new one at `next_seq`.
+    fn roll(&mut self) -> Result<()> {
+        assert!(
+            self.inflight.is_none() && self.open_events == 0,
+            "roll with pending writes"
+        );
+        self.truncate_active().map_err(|e| self.poison(e))?;
+        self.sealed.push(SealedSegment {
+            base: self.active.base,
+            end: self.next_seq,
+        });
+        let active =
+            create_segment(&self.dir, self.cfg.shard, self.next_seq).map_err(|e| self.poison(e))?;
+        self.active = active;
+        let header = SegmentHeader {
+            shard: self.cfg.shard,
+            base_seq: self.next_seq,
+        };
+        self.dat[self.open].reset_at(0, |_| 0);
+        self.dat[self.open].append_with(SEGMENT_HEADER_BYTES, |d| header.encode(d));
+        self.idx[self.open].reset_at(0, |_| 0);
+        Ok(())
+    }
+
+    /// Cuts the zero padding after the logical end of the active segment's files.
+    fn truncate_active(&self) -> Result<()> {
+        let s = self.open;
+        let a = &self.active;
+        a.dat
+            .set_len(self.dat[s].end())
+            .map_err(io_err("truncate", &a.dat_path))?;
+        a.idx
+            .set_len(self.idx[s].end())
+            .map_err(io_err("truncate", &a.idx_path))?;
+        Ok(())
+    }
+
+    /// Waits for the in-flight batch, cuts padding, and closes the log.
+    ///
+    /// # Panics
+    /// If records are staged but not submitted (the caller decides what happens to them).
+    pub fn close(mut self) -> Result<Option<Written>> {
+        assert_eq!(self.open_events, 0, "close with staged records");
+        let written = self.complete(true)?;
+        self.check_poison()?;
+        self.truncate_active()?;
+        Ok(written)
+    }
+
+    /// Reads up to `max_events` records (and about `max_bytes`, at least one record) starting
+    /// at `from`, from one segment. Returns an empty vector at the end of persisted data.
+    pub fn read(
+        &mut self,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>> {
+        let from = from.max(self.first_seq());
+        if from >= self.persisted_end || max_events == 0 {
+            return Ok(Vec::new());
+        }
+        let (base, end) = self.segment_of(from);
+        let end = end
+            .min(self.persisted_end)
+            .min(from.saturating_add(max_events as u64));
+        let (dat, idx, dat_path, idx_path) = self.files_of(base)?;
+        let n = usize::try_from(end - from).expect("bounded by max_events");
+        let mut entries = vec![0u8; n * INDEX_ENTRY_BYTES];
+        idx.read_exact_at(&mut entries, (from - base) * INDEX_ENTRY_BYTES as u64)
+            .map_err(io_err("read", &idx_path))?;
+        let entry = |i: usize| -> Result<IndexEntry> {
+            let at = i * INDEX_ENTRY_BYTES;
+            IndexEntry::decode(&entries[at..])
+                .filter(|e| e.seq == from + i as u64)
+                .ok_or_else(|| {
+                    corrupt(
+                        &idx_path,
+                        (from - base + i as u64) * INDEX_ENTRY_BYTES as u64,
+                        "bad index entry",
+                    )
+                })
+        };
+        let first = entry(0)?;
+        let mut count = 1;
+        let mut last = first;
+        while count < n {
+            let e = entry(count)?;
+            if (e.offset + u64::from(e.len) - first.offset) as usize > max_bytes {
+                break;
+            }
+            last = e;
+            count += 1;
+        }
+        let span = usize::try_from(last.offset + u64::from(last.len) - first.offset)
+            .expect("bounded read");
+        let mut data = vec![0u8; span];
+        dat.read_exact_at(&mut data, first.offset)
+            .map_err(io_err("read", &dat_path))?;
+        let data = Bytes::from(data);
+        let mut out = Vec::with_capacity(count);
+        let mut pos = 0usize;
+        for i in 0..count {
+            let h = record::decode(&data[pos..])
+                .map_err(|e| corrupt(&dat_path, first.offset + pos as u64, &format!("{e:?}")))?;
+            if h.seq != from + i as u64 {
+                return Err(corrupt(
+                    &dat_path,
+                    first.offset + pos as u64,
+                    "record out of sequence",
+                ));
+            }
+            let start = pos + record::RECORD_HEADER_BYTES;
+            out.push(StoredRecord {
+                seq: h.seq,
+                ts_ns: h.ts_ns,
+                payload: data.slice(start..start + h.len as usize),
+            });
+            pos += h.record_bytes();
+        }
+        Ok(out)
+    }
+
+    fn segment_of(&self, seq: u64) -> (u64, u64) {
+        if seq >= self.active.base {
+            return (self.active.base, u64::MAX);
+        }
+        let i = self.sealed.partition_point(|s| s.base <= seq);
+        let s = &self.sealed[i.checked_sub(1).expect("seq >= first_seq")];
+        (s.base, s.end)
+    }
+
+    fn files_of(&mut self, base: u64) -> Result<(&File, &File, PathBuf, PathBuf)> {
+        let dat_path = segment::dat_path(&self.dir, base);
+        let idx_path = segment::idx_path(&self.dir, base);
+        if base == self.active.base {
+            return Ok((
+                &self.active.dat_read,
+                &self.active.idx_read,
+                dat_path,
+                idx_path,
+            ));
+        }
+        if self.reader.as_ref().is_none_or(|r| r.base != base) {
+            let dat = segment::open_read(&dat_path)?;
+            let idx = segment::open_read(&idx_path)?;
+            self.reader = Some(Reader { base, dat, idx });
+        }
+        let r = self.reader.as_ref().expect("just opened");
+        Ok((&r.dat, &r.idx, dat_path, idx_path))
+    }
+}
+
+fn len_u32(n: usize) -> u32 {
+    u32::try_from(n).expect("stage sizes are far below 4 GiB")
+}
+
+fn pair_mut(stages: &mut [Stage; 2], prev: usize) -> (&Stage, &mut Stage) {
+    let (a, b) = stages.split_at_mut(1);
+    if prev == 0 {
+        (&a[0], &mut b[0])
+    } else {
+        (&b[0], &mut a[0])
+    }
+}
+
+pub(crate) fn corrupt(path: &Path, offset: u64, what: &str) -> StorageError {
+    StorageError::Corrupt {
+        path: path.into(),
+        offset,
+        what: what.into(),
+    }
+}
+
+/// Creates the files of a new, empty segment and makes their names durable.
+pub(crate) fn create_segment(dir: &Path, _shard: u16, base: u64) -> Result<ActiveSegment> {
+    let dat_path = segment::dat_path(dir, base);
+    let idx_path = segment::idx_path(dir, base);
+    let (dat, _) = segment::open_append(&dat_path)?;
+    let (idx, _) = segment::open_append(&idx_path)?;
+    segment::sync_dir(dir)?;
+    Ok(ActiveSegment {
+        base,
+        dat_read: segment::open_read(&dat_path)?,
+        idx_read: segment::open_read(&idx_path)?,
+        dat_path,
+        idx_path,
+        dat,
+        idx,
+    })
+}

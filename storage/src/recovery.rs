@@ -1,0 +1,257 @@
+//! Opening a log: find the segments, validate the tail of the last one record by record,
+//! cut a torn tail, repair the index from `.dat`, and continue the sequence.
+//!
+//! `.dat` is the source of truth. The scan stops at the first record that is zero (the clean
+//! end), incomplete, fails its checksum, or is out of sequence; everything after it is cut. The
+//! `.idx` of the last segment is compared with the entries the scan derived and rewritten where
+//! they disagree (index ahead, behind, or garbage). Any repair is made durable (`sync_all` of
+//! the files and an fsync of the directory) before the log accepts a write, so a crash right
+//! after recovery cannot bring the torn bytes back.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::buffer::align_down_u64;
+use crate::error::{Result, StorageError, io_err};
+use crate::index::{INDEX_ENTRY_BYTES, IndexEntry};
+use crate::log::{Log, LogConfig, SealedSegment, corrupt, create_segment};
+use crate::record::{self, DecodeError};
+use crate::segment::{self, SEGMENT_HEADER_BYTES, SegmentHeader};
+use crate::uring::Ring;
+
+/// What opening a log found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Segments found (including the active one).
+    pub segments: usize,
+    /// Sequence number the next record gets.
+    pub next_seq: u64,
+    /// Bytes cut from the end of the last `.dat` that did not hold valid records (zero
+    /// padding of a crashed writer included).
+    pub dat_bytes_cut: u64,
+    /// Whether a damaged or partial record was found at the tail (not just zero padding).
+    pub torn_tail: bool,
+    /// Whether the last `.idx` disagreed with `.dat` and was rewritten.
+    pub index_rebuilt: bool,
+}
+
+impl Recovery {
+    /// Whether anything on disk was changed.
+    pub fn repaired(&self) -> bool {
+        self.dat_bytes_cut > 0 || self.index_rebuilt
+    }
+}
+
+/// The result of scanning one segment's `.dat`.
+struct Scan {
+    data: Vec<u8>,
+    entries: Vec<IndexEntry>,
+    end: u64,
+    torn: bool,
+    has_header: bool,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering its tail.
+    pub fn open(dir: &Path, cfg: LogConfig) -> Result<(Log, Recovery)> {
+        Log::validate_config(&cfg)?;
+        std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        let ring = Ring::new().map_err(StorageError::Uring)?;
+        let bases = segment::list_segments(dir)?;
+        let mut report = Recovery {
+            segments: bases.len().max(1),
+            ..Recovery::default()
+        };
+        let Some((&last, sealed_bases)) = bases.split_last() else {
+            let active = create_segment(dir, cfg.shard, 0)?;
+            let mut log = Log::assemble(dir.into(), cfg, ring, Vec::new(), active);
+            start_fresh_segment(&mut log);
+            return Ok((log, report));
+        };
+        let mut sealed = Vec::with_capacity(sealed_bases.len());
+        for (i, &base) in sealed_bases.iter().enumerate() {
+            let end = sealed_end(dir, cfg.shard, base)?;
+            let next = bases[i + 1];
+            if end != next {
+                let what =
+                    format!("segment ends at seq {end} but the next segment starts at {next}");
+                return Err(corrupt(&segment::dat_path(dir, base), 0, &what));
+            }
+            sealed.push(SealedSegment { base, end });
+        }
+        let scan = scan_dat(dir, cfg.shard, last)?;
+        repair_tail(dir, last, &scan, &mut report)?;
+        let active = create_segment(dir, cfg.shard, last)?;
+        let mut log = Log::assemble(dir.into(), cfg, ring, sealed, active);
+        let next_seq = last + scan.entries.len() as u64;
+        log.next_seq = next_seq;
+        log.persisted_end = next_seq;
+        report.next_seq = next_seq;
+        if scan.has_header {
+            let end = scan.end;
+            let from = usize::try_from(align_down_u64(end)).expect("file in memory");
+            let to = usize::try_from(end).expect("file in memory");
+            log.dat[log.open].reset_at(end, |dst| copy_carry(dst, &scan.data[from..to]));
+            let idx_bytes = encode_entries(&scan.entries);
+            let idx_end = idx_bytes.len() as u64;
+            let from = usize::try_from(align_down_u64(idx_end)).expect("in memory");
+            log.idx[log.open].reset_at(idx_end, |dst| copy_carry(dst, &idx_bytes[from..]));
+        } else {
+            start_fresh_segment(&mut log);
+        }
+        Ok((log, report))
+    }
+}
+
+fn copy_carry(dst: &mut [u8], src: &[u8]) -> usize {
+    dst[..src.len()].copy_from_slice(src);
+    src.len()
+}
+
+/// Stages the header block of the active segment so that it goes out with the first batch.
+fn start_fresh_segment(log: &mut Log) {
+    let header = SegmentHeader {
+        shard: log.cfg.shard,
+        base_seq: log.active.base,
+    };
+    let s = log.open;
+    log.dat[s].reset_at(0, |_| 0);
+    log.dat[s].append_with(SEGMENT_HEADER_BYTES, |d| header.encode(d));
+    log.idx[s].reset_at(0, |_| 0);
+    log.next_seq = log.active.base;
+    log.persisted_end = log.active.base;
+}
+
+fn encode_entries(entries: &[IndexEntry]) -> Vec<u8> {
+    let mut out = vec![0u8; entries.len() * INDEX_ENTRY_BYTES];
+    for (e, dst) in entries.iter().zip(out.chunks_exact_mut(INDEX_ENTRY_BYTES)) {
+        e.encode(dst);
+    }
+    out
+}
+
+/// The end sequence of a sealed segment, from its index; falls back to scanning `.dat` when
+/// the index's last entry does not check out.
+fn sealed_end(dir: &Path, shard: u16, base: u64) -> Result<u64> {
+    let idx_path = segment::idx_path(dir, base);
+    let idx = std::fs::read(&idx_path).unwrap_or_default();
+    let count = idx.len() / INDEX_ENTRY_BYTES;
+    if idx.len() % INDEX_ENTRY_BYTES == 0 && count > 0 {
+        let last = IndexEntry::decode(&idx[(count - 1) * INDEX_ENTRY_BYTES..]);
+        if last.is_some_and(|e| e.seq == base + count as u64 - 1) {
+            return Ok(base + count as u64);
+        }
+    }
+    let scan = scan_dat(dir, shard, base)?;
+    let mut report = Recovery::default();
+    repair_tail(dir, base, &scan, &mut report)?;
+    Ok(base + scan.entries.len() as u64)
+}
+
+/// Reads a segment's `.dat` and validates its records in order.
+fn scan_dat(dir: &Path, shard: u16, base: u64) -> Result<Scan> {
+    let path = segment::dat_path(dir, base);
+    let data = std::fs::read(&path).map_err(io_err("read", &path))?;
+    let header = data.get(..SEGMENT_HEADER_BYTES);
+    if header.is_none_or(|h| h.iter().all(|&b| b == 0)) {
+        // Created but its first write never completed: an empty segment.
+        return Ok(Scan {
+            data,
+            entries: Vec::new(),
+            end: 0,
+            torn: false,
+            has_header: false,
+        });
+    }
+    let header = SegmentHeader::decode(&data).map_err(|what| corrupt(&path, 0, &what))?;
+    if header.base_seq != base || header.shard != shard {
+        let what = format!(
+            "header says shard {} base {}, expected shard {shard} base {base}",
+            header.shard, header.base_seq
+        );
+        return Err(corrupt(&path, 0, &what));
+    }
+    let mut entries = Vec::new();
+    let mut pos = SEGMENT_HEADER_BYTES;
+    let mut torn = false;
+    while pos < data.len() {
+        match record::decode(&data[pos..]) {
+            Ok(h) if h.seq == base + entries.len() as u64 => {
+                let len =
+                    u32::try_from(h.record_bytes()).expect("bounded by RECORD_PAYLOAD_BYTES_MAX");
+                entries.push(IndexEntry {
+                    seq: h.seq,
+                    offset: pos as u64,
+                    len,
+                });
+                pos += h.record_bytes();
+            }
+            Err(DecodeError::End) => break,
+            _ => {
+                torn = true;
+                break;
+            }
+        }
+    }
+    Ok(Scan {
+        end: pos as u64,
+        data,
+        entries,
+        torn,
+        has_header: true,
+    })
+}
+
+/// Cuts `.dat` after the last valid record and rewrites `.idx` where it disagrees; makes both
+/// durable before returning.
+fn repair_tail(dir: &Path, base: u64, scan: &Scan, report: &mut Recovery) -> Result<()> {
+    let dat_path = segment::dat_path(dir, base);
+    let idx_path = segment::idx_path(dir, base);
+    let end = if scan.has_header { scan.end } else { 0 };
+    let dat_len = scan.data.len() as u64;
+    let expected = encode_entries(&scan.entries);
+    let idx = std::fs::read(&idx_path).unwrap_or_default();
+    let idx_agrees = idx.len() >= expected.len()
+        && idx[..expected.len()] == expected[..]
+        && idx[expected.len()..].iter().all(|&b| b == 0);
+    let idx_padded = idx.len() != expected.len();
+    if dat_len == end && idx_agrees && !idx_padded {
+        return Ok(());
+    }
+    if dat_len > end {
+        report.dat_bytes_cut += dat_len - end;
+        report.torn_tail |= scan.torn;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&dat_path)
+            .map_err(io_err("open", &dat_path))?;
+        f.set_len(end).map_err(io_err("truncate", &dat_path))?;
+        f.sync_all().map_err(io_err("fsync", &dat_path))?;
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&idx_path)
+        .map_err(io_err("open", &idx_path))?;
+    if !idx_agrees {
+        report.index_rebuilt = true;
+        f.write_all(&expected).map_err(io_err("write", &idx_path))?;
+    }
+    f.set_len(expected.len() as u64)
+        .map_err(io_err("truncate", &idx_path))?;
+    f.sync_all().map_err(io_err("fsync", &idx_path))?;
+    segment::sync_dir(dir)?;
+    if report.repaired() {
+        let path: PathBuf = dat_path;
+        eprintln!(
+            "net-storage: recovered {}: cut {} bytes (torn: {}), index rebuilt: {}",
+            path.display(),
+            report.dat_bytes_cut,
+            report.torn_tail,
+            report.index_rebuilt
+        );
+    }
+    Ok(())
+}
