@@ -1,0 +1,359 @@
+//! The bus configuration: one JSON document parsed into typed structs and validated once.
+//!
+//! Unknown fields and unknown enum values are errors; zero where zero makes no sense is an
+//! error; every error names the field by its dotted path (`batch.max_events`). The same
+//! document is the FFI's `net_bus_new` argument and `netd`'s config file.
+//! [`Config::default`] serves an embedded single-machine setup.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Upper bound of `batch.max_events` (the v0.10 batch sizing overflowed past it).
+pub const BATCH_EVENTS_MAX: usize = 1_000_000;
+/// Upper bound of `batch.max_bytes`.
+pub const BATCH_BYTES_MAX: usize = 256 << 20;
+/// Bounds of `lane.capacity_bytes`.
+pub const LANE_BYTES_MIN: usize = 4 << 10;
+/// Upper bound of `lane.capacity_bytes`.
+pub const LANE_BYTES_MAX: usize = 1 << 30;
+/// Upper bound of `batch.linger_us` (one second).
+pub const LINGER_US_MAX: u64 = 1_000_000;
+/// Most shards one bus runs (shard ids are u16 on disk and in cursors).
+pub const SHARDS_MAX: usize = 1024;
+
+/// The whole configuration of a bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory holding one sub-directory of segments per shard (`shard-0000`, ...).
+    pub data_dir: PathBuf,
+    /// Number of shards; absent means one per CPU this process may run on.
+    pub shards: Option<usize>,
+    /// Pin each shard's thread to its core.
+    pub pin: bool,
+    /// Cores to pin shards to, in shard order (cycled); absent means the CPUs this process
+    /// may run on.
+    pub cores: Option<Vec<usize>>,
+    /// Producer lanes.
+    pub lane: LaneConfig,
+    /// Batching.
+    pub batch: BatchConfig,
+    /// What an idle shard does.
+    pub idle: IdleConfig,
+    /// RedEX segment log.
+    pub storage: StorageConfig,
+    /// The shard executors.
+    pub executor: ExecutorConfig,
+    /// Consumer polls.
+    pub poll: PollConfig,
+}
+
+/// One lane is a bounded SPSC ring from one producer to one shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LaneConfig {
+    /// Ring size in bytes; a power of two.
+    pub capacity_bytes: usize,
+    /// What `send` does when the ring is full.
+    pub backpressure: Backpressure,
+}
+
+/// What `send` does when a lane is full. Every dropped event is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Backpressure {
+    /// Wait until the shard makes room (or the bus shuts down).
+    Block,
+    /// Return [`crate::SendError::Full`]; the event is not ingested.
+    Fail,
+    /// Drop the event being sent.
+    DropNewest,
+    /// Drop the oldest events in the lane that the shard has not taken yet.
+    DropOldest,
+    /// Under pressure (lane at least 3/4 full) admit one event in `rate` and drop the rest;
+    /// when the lane is full, drop the event being sent.
+    Sample {
+        /// Admit one event in this many while under pressure; at least 1.
+        rate: u32,
+    },
+}
+
+/// Batching: a shard collects events from its lanes into one batch per write.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Most events per batch; 1 to 1 000 000.
+    pub max_events: usize,
+    /// Most record bytes per batch (32-byte header plus payload per event).
+    pub max_bytes: usize,
+    /// Longest an event waits in an open batch while more events keep arriving; an idle
+    /// shard writes at once.
+    pub linger_us: u64,
+}
+
+/// How an idle shard waits for work (as in Aeron's idle strategies).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdleConfig {
+    /// `spin`, `yield`, or `park`.
+    pub strategy: IdleStrategy,
+    /// With `park`: spin this long before parking.
+    pub spin_us: u64,
+    /// With `park`: the longest single park; a producer's write to the shard's eventfd ends
+    /// it sooner.
+    pub park_max_us: u64,
+}
+
+/// Idle strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleStrategy {
+    /// Busy-spin: lowest latency, one core at 100%.
+    Spin,
+    /// Yield the thread to the OS scheduler between checks.
+    Yield,
+    /// Spin briefly, then sleep on an eventfd until a producer wakes the shard.
+    Park,
+}
+
+/// The RedEX log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// A segment rolls before its `.dat` grows past this many bytes.
+    pub segment_bytes: u64,
+}
+
+/// The shard executors (glommio).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorConfig {
+    /// Memory glommio locks and registers with io_uring per shard. RedEX does its own
+    /// aligned I/O, so a small value is enough; non-root users need it within
+    /// `ulimit -l` (see the README).
+    pub io_memory_bytes: usize,
+}
+
+/// Consumer polls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollConfig {
+    /// A shard that has not answered a poll within this time is reported as stalled.
+    pub timeout_ms: u64,
+    /// Most bytes one shard returns to one poll.
+    pub shard_bytes_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            data_dir: PathBuf::from("net-data"),
+            shards: None,
+            pin: true,
+            cores: None,
+            lane: LaneConfig::default(),
+            batch: BatchConfig::default(),
+            idle: IdleConfig::default(),
+            storage: StorageConfig::default(),
+            executor: ExecutorConfig::default(),
+            poll: PollConfig::default(),
+        }
+    }
+}
+
+impl Default for LaneConfig {
+    fn default() -> LaneConfig {
+        LaneConfig {
+            capacity_bytes: 1 << 20,
+            backpressure: Backpressure::Block,
+        }
+    }
+}
+
+impl Default for BatchConfig {
+    fn default() -> BatchConfig {
+        BatchConfig {
+            max_events: 32_768,
+            max_bytes: 4 << 20,
+            linger_us: 200,
+        }
+    }
+}
+
+impl Default for IdleConfig {
+    fn default() -> IdleConfig {
+        IdleConfig {
+            strategy: IdleStrategy::Park,
+            spin_us: 50,
+            park_max_us: 10_000,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig {
+            segment_bytes: 128 << 20,
+        }
+    }
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> ExecutorConfig {
+        ExecutorConfig {
+            io_memory_bytes: 512 << 10,
+        }
+    }
+}
+
+impl Default for PollConfig {
+    fn default() -> PollConfig {
+        PollConfig {
+            timeout_ms: 5_000,
+            shard_bytes_max: 16 << 20,
+        }
+    }
+}
+
+fn reject(field: &str, what: impl Into<String>) -> Result<(), Error> {
+    Err(Error::Config {
+        field: field.into(),
+        what: what.into(),
+    })
+}
+
+fn in_range(field: &str, value: u64, min: u64, max: u64) -> Result<(), Error> {
+    if value < min || value > max {
+        return reject(field, format!("{value} is outside {min}..={max}"));
+    }
+    Ok(())
+}
+
+fn as_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+impl Config {
+    /// Parses and validates a JSON document.
+    pub fn from_json(text: &str) -> Result<Config, Error> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "(document)".to_string()
+            } else {
+                path
+            };
+            Error::Config {
+                field,
+                what: e.into_inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Serialises the configuration as JSON (every field, defaults included).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Checks every value; the error names the first bad field.
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(n) = self.shards {
+            in_range("shards", as_u64(n), 1, as_u64(SHARDS_MAX))?;
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            reject("data_dir", "must not be empty")?;
+        }
+        if let Some(cores) = &self.cores
+            && cores.is_empty()
+        {
+            reject("cores", "must list at least one core (or be absent)")?;
+        }
+        let cap = self.lane.capacity_bytes;
+        in_range(
+            "lane.capacity_bytes",
+            as_u64(cap),
+            as_u64(LANE_BYTES_MIN),
+            as_u64(LANE_BYTES_MAX),
+        )?;
+        if !cap.is_power_of_two() {
+            reject(
+                "lane.capacity_bytes",
+                format!("{cap} is not a power of two"),
+            )?;
+        }
+        if let Backpressure::Sample { rate: 0 } = self.lane.backpressure {
+            reject("lane.backpressure.rate", "must be at least 1")?;
+        }
+        in_range(
+            "batch.max_events",
+            as_u64(self.batch.max_events),
+            1,
+            as_u64(BATCH_EVENTS_MAX),
+        )?;
+        in_range(
+            "batch.max_bytes",
+            as_u64(self.batch.max_bytes),
+            4096,
+            as_u64(BATCH_BYTES_MAX),
+        )?;
+        in_range("batch.linger_us", self.batch.linger_us, 0, LINGER_US_MAX)?;
+        in_range("idle.spin_us", self.idle.spin_us, 0, LINGER_US_MAX)?;
+        in_range(
+            "idle.park_max_us",
+            self.idle.park_max_us,
+            1,
+            10 * LINGER_US_MAX,
+        )?;
+        let segment_min = as_u64(self.batch.max_bytes).saturating_add(2 * 4096);
+        in_range(
+            "storage.segment_bytes",
+            self.storage.segment_bytes,
+            segment_min,
+            1 << 40,
+        )?;
+        in_range(
+            "executor.io_memory_bytes",
+            as_u64(self.executor.io_memory_bytes),
+            64 << 10,
+            1 << 30,
+        )?;
+        in_range("poll.timeout_ms", self.poll.timeout_ms, 1, 3_600_000)?;
+        in_range(
+            "poll.shard_bytes_max",
+            as_u64(self.poll.shard_bytes_max),
+            4096,
+            1 << 30,
+        )?;
+        Ok(())
+    }
+
+    /// The largest payload one event may carry: a quarter of a lane, and what fits a batch.
+    pub fn payload_bytes_max(&self) -> usize {
+        (self.lane.capacity_bytes / 4)
+            .saturating_sub(crate::lane::RECORD_OVERHEAD_BYTES)
+            .min(
+                self.batch
+                    .max_bytes
+                    .saturating_sub(net_storage::record::RECORD_HEADER_BYTES),
+            )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_round_trips() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(Config::from_json(&c.to_json()).unwrap(), c);
+        assert_eq!(Config::from_json("{}").unwrap(), c);
+    }
+}

@@ -1,0 +1,205 @@
+//! The producer handle: one lane per shard, shard selection, and the backpressure modes.
+//!
+//! A `Producer` is `Send` but not `Sync`: it is each lane's single writer, so an application
+//! uses one per thread. `send` writes the record into the chosen lane in place: no
+//! allocation, no lock, and no syscall unless the shard parked.
+//!
+//! Shutdown fencing: a send runs inside a `busy` window (`busy = true` with SeqCst, then the
+//! `closed` check). The bus sets `closed` and then waits for `busy` to clear on every lane, so
+//! after that no event can enter a lane and the final accounting is exact.
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+
+use crossbeam_utils::Backoff;
+
+use crate::clock::monotonic_ns;
+use crate::config::Backpressure;
+use crate::error::SendError;
+use crate::ids::ShardId;
+use crate::lane::{DropOldest, LaneWriter};
+
+/// What happened to an accepted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Written into the lane.
+    Queued,
+    /// Dropped by the backpressure mode (counted in `dropped`).
+    Dropped,
+}
+
+/// A handle that sends events into the bus. See the module docs.
+#[derive(Debug)]
+pub struct Producer {
+    writers: Vec<LaneWriter>,
+    home: usize,
+    mode: Backpressure,
+    payload_bytes_max: usize,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+/// The unbiased map of a 64-bit hash onto `n` shards (Lemire's multiply-shift).
+pub fn shard_for_hash(hash: u64, n: usize) -> usize {
+    let n64 = u64::try_from(n).expect("shard count fits u64");
+    usize::try_from((u128::from(hash) * u128::from(n64)) >> 64).expect("below n")
+}
+
+/// The shard an event with this key goes to on a bus of `n` shards.
+pub fn shard_for_key(key: &[u8], n: usize) -> usize {
+    shard_for_hash(xxhash_rust::xxh3::xxh3_64(key), n)
+}
+
+impl Producer {
+    pub(crate) fn new(
+        writers: Vec<LaneWriter>,
+        home: usize,
+        mode: Backpressure,
+        payload_bytes_max: usize,
+    ) -> Producer {
+        Producer {
+            writers,
+            home,
+            mode,
+            payload_bytes_max,
+            _not_sync: PhantomData,
+        }
+    }
+
+    /// The shard `send_home` uses.
+    pub fn home(&self) -> ShardId {
+        ShardId(u16::try_from(self.home).expect("shard ids fit u16"))
+    }
+
+    /// The largest payload this bus accepts.
+    pub fn payload_bytes_max(&self) -> usize {
+        self.payload_bytes_max
+    }
+
+    /// Sends an event to the shard its key maps to. Events with the same key keep their order.
+    pub fn send(&mut self, key: &[u8], payload: &[u8]) -> Result<Sent, SendError> {
+        let shard = shard_for_key(key, self.writers.len());
+        self.send_to(shard, payload)
+    }
+
+    /// Sends an event to this producer's home shard.
+    pub fn send_home(&mut self, payload: &[u8]) -> Result<Sent, SendError> {
+        self.send_to(self.home, payload)
+    }
+
+    /// Sends an event to shard `shard` (`0..shards`).
+    ///
+    /// # Panics
+    /// If `shard` is not a shard of this bus.
+    pub fn send_to(&mut self, shard: usize, payload: &[u8]) -> Result<Sent, SendError> {
+        if payload.len() > self.payload_bytes_max {
+            return Err(SendError::TooLarge {
+                len: payload.len(),
+                max: self.payload_bytes_max,
+            });
+        }
+        let send_ns = monotonic_ns();
+        let mode = self.mode;
+        let w = &mut self.writers[shard];
+        w.lane.busy.store(true, Ordering::SeqCst);
+        let result = send_in_window(w, mode, send_ns, payload);
+        w.lane.busy.store(false, Ordering::Release);
+        if result == Ok(Sent::Queued) {
+            w.lane.signal.wake_if_parked();
+        }
+        result
+    }
+}
+
+fn send_in_window(
+    w: &mut LaneWriter,
+    mode: Backpressure,
+    send_ns: u64,
+    payload: &[u8],
+) -> Result<Sent, SendError> {
+    if w.lane.closed.load(Ordering::SeqCst) {
+        return Err(SendError::Closed);
+    }
+    if let Backpressure::Sample { rate } = mode
+        && w.fill_bytes() * 4 >= w.capacity() * 3
+    {
+        w.sample_n = w.sample_n.wrapping_add(1);
+        if w.sample_n % rate != 0 {
+            w.count_dropped_newest();
+            return Ok(Sent::Dropped);
+        }
+    }
+    let need = w.bytes_needed(payload.len());
+    if !w.has_room(need) {
+        match mode {
+            Backpressure::Fail => {
+                w.count_rejected();
+                return Err(SendError::Full(ShardId(
+                    u16::try_from(w.lane.shard).expect("u16 shard"),
+                )));
+            }
+            Backpressure::DropNewest | Backpressure::Sample { .. } => {
+                w.count_dropped_newest();
+                return Ok(Sent::Dropped);
+            }
+            Backpressure::Block => wait_for_room(w, need)?,
+            Backpressure::DropOldest => drop_until_room(w, need)?,
+        }
+    }
+    w.write(send_ns, payload);
+    Ok(Sent::Queued)
+}
+
+fn wait_for_room(w: &mut LaneWriter, need: u64) -> Result<(), SendError> {
+    let backoff = Backoff::new();
+    while !w.has_room(need) {
+        if w.lane.closed.load(Ordering::SeqCst) {
+            return Err(SendError::Closed);
+        }
+        w.lane.signal.wake_if_parked();
+        if backoff.is_completed() {
+            std::thread::yield_now();
+        } else {
+            backoff.snooze();
+        }
+    }
+    Ok(())
+}
+
+fn drop_until_room(w: &mut LaneWriter, need: u64) -> Result<(), SendError> {
+    let backoff = Backoff::new();
+    while !w.has_room(need) {
+        if w.lane.closed.load(Ordering::SeqCst) {
+            return Err(SendError::Closed);
+        }
+        if w.drop_oldest() == DropOldest::Busy {
+            // The shard is copying its claim out; it releases the space in microseconds.
+            if backoff.is_completed() {
+                std::thread::yield_now();
+            } else {
+                backoff.snooze();
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_map_covers_every_shard_evenly() {
+        let n = 7;
+        let mut counts = vec![0u32; n];
+        for i in 0..70_000u32 {
+            counts[shard_for_key(&i.to_le_bytes(), n)] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (9_000..11_000).contains(&c)),
+            "{counts:?}"
+        );
+        assert_eq!(shard_for_hash(u64::MAX, n), n - 1);
+        assert_eq!(shard_for_hash(0, n), 0);
+    }
+}

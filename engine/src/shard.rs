@@ -1,0 +1,422 @@
+//! A shard: one thread, one executor, one RedEX log. It drains its lanes into batches, stamps
+//! `(shard, seq, timestamp)`, appends each batch with one write per file, publishes the
+//! `persisted` counter and watermark, and answers control messages between batches.
+//!
+//! Batching is adaptive: while a write is in flight the next batch fills; it is submitted when
+//! the write completes and the batch is full, the lanes ran dry, or its oldest event waited
+//! `linger_us`. A shard whose log fails keeps draining its lanes and counts what it cannot
+//! store as dropped, so producers never wedge on a dead shard.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hdrhistogram::Histogram;
+use net_storage::{Log, Push, Written};
+
+use crate::clock::{TimestampGenerator, monotonic_ns, realtime_ns};
+use crate::config::{IdleConfig, IdleStrategy};
+use crate::control::{Control, PollReply, ShardShared};
+use crate::lane::LaneReader;
+
+/// Latency histogram bounds: 1 ns to 100 s, 3 significant digits.
+const LATENCY_NS_MAX: u64 = 100_000_000_000;
+
+pub(crate) struct ShardSettings {
+    pub(crate) id: u16,
+    pub(crate) batch_events_max: usize,
+    pub(crate) batch_bytes_max: usize,
+    pub(crate) linger_ns: u64,
+    pub(crate) idle: IdleConfig,
+}
+
+pub(crate) struct Shard {
+    s: ShardSettings,
+    log: Log,
+    shared: Arc<ShardShared>,
+    lanes: Vec<LaneReader>,
+    rr: usize,
+    ts: TimestampGenerator,
+    open_send_ns: Vec<u64>,
+    inflight_send_ns: Vec<u64>,
+    open_since_ns: u64,
+    latency: Histogram<u64>,
+    flushes: Vec<(
+        Vec<(u64, u64)>,
+        std::sync::mpsc::SyncSender<Result<(), String>>,
+    )>,
+    paused: bool,
+    stop_deadline_ns: Option<u64>,
+    idle_since_ns: Option<u64>,
+    failure: Option<String>,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        s: ShardSettings,
+        log: Log,
+        last_ts_ns: u64,
+        shared: Arc<ShardShared>,
+    ) -> Shard {
+        let events = s.batch_events_max;
+        shared
+            .counters
+            .persisted_end
+            .store(log.persisted_end(), Ordering::Release);
+        Shard {
+            s,
+            log,
+            shared,
+            lanes: Vec::new(),
+            rr: 0,
+            ts: TimestampGenerator::after(last_ts_ns),
+            open_send_ns: Vec::with_capacity(events),
+            inflight_send_ns: Vec::with_capacity(events),
+            open_since_ns: 0,
+            latency: Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3)
+                .expect("valid histogram bounds"),
+            flushes: Vec::new(),
+            paused: false,
+            stop_deadline_ns: None,
+            idle_since_ns: None,
+            failure: None,
+        }
+    }
+
+    /// Runs until stopped; returns the log's close error, if any.
+    pub(crate) fn run(mut self) -> Result<(), String> {
+        loop {
+            let mut busy = false;
+            if self.shared.has_pending() {
+                busy |= self.handle_control();
+            }
+            if let Some(deadline) = self.stop_deadline_ns
+                && self.stop_reached(deadline)
+            {
+                break;
+            }
+            let drained = if self.paused { 0 } else { self.drain() };
+            busy |= drained > 0;
+            busy |= self.progress(drained == 0);
+            if busy {
+                self.idle_since_ns = None;
+            } else {
+                self.idle();
+            }
+        }
+        self.finish()
+    }
+
+    /// Whether the shard may exit: everything drained, or the deadline passed.
+    fn stop_reached(&mut self, deadline_ns: u64) -> bool {
+        let drained = self.lanes.iter().all(LaneReader::is_empty)
+            && self.log.open_events() == 0
+            && !self.log.in_flight();
+        drained || monotonic_ns() >= deadline_ns
+    }
+
+    fn handle_control(&mut self) -> bool {
+        let mut any = false;
+        while let Some(msg) = self.shared.take() {
+            any = true;
+            match msg {
+                Control::AddLane(lane) => self.lanes.push(LaneReader::new(lane)),
+                Control::Poll {
+                    from,
+                    limit,
+                    bytes_max,
+                    reply,
+                } => {
+                    let _ = reply.send(self.read(from, limit, bytes_max));
+                }
+                Control::Flush { heads, reply } => self.flushes.push((heads, reply)),
+                Control::Latency { reply } => {
+                    let _ = reply.send(self.latency.clone());
+                    self.latency.reset();
+                }
+                Control::Pause(p) => self.paused = p,
+                Control::Stop { deadline_ns } => {
+                    self.stop_deadline_ns = Some(deadline_ns);
+                    self.paused = false;
+                }
+            }
+        }
+        self.resolve_flushes();
+        any
+    }
+
+    fn read(&mut self, from: u64, limit: usize, bytes_max: usize) -> PollReply {
+        let first_seq = self.log.first_seq();
+        let mut records = Vec::new();
+        let mut next = from.max(first_seq);
+        let mut bytes = 0usize;
+        while records.len() < limit && bytes < bytes_max {
+            match self
+                .log
+                .read(next, limit - records.len(), bytes_max - bytes)
+            {
+                Ok(batch) if batch.is_empty() => break,
+                Ok(batch) => {
+                    next = batch.last().map_or(next, |r| r.seq + 1);
+                    bytes += batch.iter().map(|r| r.payload.len() + 32).sum::<usize>();
+                    records.extend(batch);
+                }
+                Err(e) => {
+                    return PollReply {
+                        records,
+                        first_seq,
+                        error: Some(e.to_string()),
+                    };
+                }
+            }
+        }
+        PollReply {
+            records,
+            first_seq,
+            error: None,
+        }
+    }
+
+    /// Moves records from the lanes into the open batch. Returns how many.
+    fn drain(&mut self) -> usize {
+        if self.lanes.is_empty() {
+            return 0;
+        }
+        self.ts.tick(realtime_ns());
+        let now_ns = monotonic_ns();
+        let bytes_max = u64::try_from(self.s.batch_bytes_max).unwrap_or(u64::MAX);
+        let n = self.lanes.len();
+        let mut total = 0;
+        for k in 0..n {
+            let i = (self.rr + k) % n;
+            let room_events = self.s.batch_events_max - self.log.open_events();
+            if room_events == 0 {
+                break;
+            }
+            if self.log.open_events() == 0 {
+                self.open_since_ns = now_ns;
+            }
+            let Shard {
+                log,
+                lanes,
+                ts,
+                open_send_ns,
+                failure,
+                ..
+            } = self;
+            let (mut full, mut lost) = (false, 0usize);
+            let got = lanes[i].drain(room_events, bytes_max, |send_ns, payload| {
+                if failure.is_some() {
+                    lost += 1;
+                    return true;
+                }
+                match log.push(ts.next(), payload) {
+                    Ok(Push::Staged(_)) => {
+                        open_send_ns.push(send_ns);
+                        true
+                    }
+                    Ok(Push::Full) => {
+                        full = true;
+                        false
+                    }
+                    Err(e) => {
+                        *failure = Some(e.to_string());
+                        lost += 1;
+                        true
+                    }
+                }
+            });
+            total += got;
+            if self.failure.is_some() {
+                self.fail_batch(lost);
+            } else if full {
+                self.make_room();
+            }
+        }
+        self.rr = self.rr.wrapping_add(1);
+        total
+    }
+
+    /// Counts what a failed log cannot take as dropped: the staged batch and `lost` events
+    /// consumed from lanes after the failure.
+    fn fail_batch(&mut self, lost: usize) {
+        let staged = self.log.discard_open();
+        self.open_send_ns.clear();
+        self.shared.counters.add_dropped((staged + lost) as u64);
+        self.mark_failed();
+    }
+
+    fn mark_failed(&mut self) {
+        if self.shared.counters.failed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let reason = self
+            .failure
+            .clone()
+            .or_else(|| self.log.poisoned().map(str::to_string));
+        let reason = reason.unwrap_or_else(|| "unknown failure".into());
+        eprintln!("net: shard {} failed: {reason}", self.s.id);
+        *self.shared.counters.error.lock().expect("shard error") = Some(reason);
+    }
+
+    /// The batch is full: finish the write in flight and submit the open batch.
+    fn make_room(&mut self) {
+        if self.log.in_flight() {
+            self.complete(true);
+        }
+        self.submit();
+    }
+
+    /// Reaps the in-flight write and submits the open batch when it is due.
+    fn progress(&mut self, lanes_dry: bool) -> bool {
+        let mut any = false;
+        if self.log.in_flight() {
+            any |= self.complete(false);
+        }
+        if !self.log.in_flight() && self.log.open_events() > 0 {
+            let full = self.log.open_events() >= self.s.batch_events_max;
+            let lingered = monotonic_ns().saturating_sub(self.open_since_ns) >= self.s.linger_ns;
+            if full || lanes_dry || lingered || self.stop_deadline_ns.is_some() {
+                self.submit();
+                any = true;
+            }
+        }
+        if !self.flushes.is_empty() {
+            self.resolve_flushes();
+        }
+        any
+    }
+
+    fn submit(&mut self) {
+        if self.failure.is_some() || self.log.open_events() == 0 {
+            return;
+        }
+        if let Err(e) = self.log.submit() {
+            self.failure = Some(e.to_string());
+            self.fail_batch(0);
+            return;
+        }
+        std::mem::swap(&mut self.open_send_ns, &mut self.inflight_send_ns);
+        for lane in &mut self.lanes {
+            lane.inflight_pos = lane.pos();
+        }
+    }
+
+    /// Reaps the write in flight. Returns whether it completed.
+    fn complete(&mut self, wait: bool) -> bool {
+        match self.log.complete(wait) {
+            Ok(Some(w)) => {
+                self.on_written(w);
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                let lost = self.inflight_send_ns.len() as u64;
+                self.inflight_send_ns.clear();
+                self.shared.counters.add_dropped(lost);
+                self.failure = Some(e.to_string());
+                self.fail_batch(0);
+                true
+            }
+        }
+    }
+
+    fn on_written(&mut self, w: Written) {
+        let n = w.end_seq - w.first_seq;
+        debug_assert_eq!(n, self.inflight_send_ns.len() as u64);
+        let now = monotonic_ns();
+        for &sent in &self.inflight_send_ns {
+            let _ = self
+                .latency
+                .record(now.saturating_sub(sent).clamp(1, LATENCY_NS_MAX));
+        }
+        self.inflight_send_ns.clear();
+        let c = &self.shared.counters;
+        c.persisted_end.store(w.end_seq, Ordering::Release);
+        c.batches
+            .store(c.batches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        c.add_persisted(n);
+        for lane in &mut self.lanes {
+            lane.persisted_pos = lane.inflight_pos;
+        }
+    }
+
+    fn resolve_flushes(&mut self) {
+        if !self.log.in_flight() && self.log.open_events() == 0 {
+            // Nothing staged or in flight: everything handed over is persisted, including
+            // positions skipped over by drop_oldest.
+            for lane in &mut self.lanes {
+                lane.persisted_pos = lane.pos();
+            }
+        }
+        let failed = self.failure.clone();
+        let lanes = &self.lanes;
+        self.flushes.retain(|(heads, reply)| {
+            if let Some(reason) = &failed {
+                let _ = reply.send(Err(reason.clone()));
+                return false;
+            }
+            let done = heads.iter().all(|&(id, head)| {
+                lanes
+                    .iter()
+                    .find(|l| l.lane.id == id)
+                    .is_none_or(|l| l.persisted_pos >= head)
+            });
+            if done {
+                let _ = reply.send(Ok(()));
+            }
+            !done
+        });
+    }
+
+    fn idle(&mut self) {
+        let now = monotonic_ns();
+        let since = *self.idle_since_ns.get_or_insert(now);
+        match self.s.idle.strategy {
+            IdleStrategy::Spin => std::hint::spin_loop(),
+            IdleStrategy::Yield => std::thread::yield_now(),
+            IdleStrategy::Park if now - since < self.s.idle.spin_us * 1000 => {
+                std::hint::spin_loop()
+            }
+            IdleStrategy::Park => self.park(),
+        }
+    }
+
+    fn park(&mut self) {
+        if self.log.in_flight() {
+            self.complete(true);
+            return;
+        }
+        let signal = &self.shared.signal;
+        signal.prepare_park();
+        let work = self.shared.has_pending()
+            || (!self.paused && self.lanes.iter().any(|l| l.lane.has_unclaimed()));
+        if work {
+            signal.unpark();
+        } else {
+            signal.park(self.s.idle.park_max_us);
+        }
+    }
+
+    /// Completes or discards what is pending and closes the log.
+    fn finish(mut self) -> Result<(), String> {
+        if self.log.in_flight() {
+            self.complete(true);
+        }
+        let drained = self.lanes.iter().all(LaneReader::is_empty);
+        if drained && self.failure.is_none() && self.log.open_events() > 0 {
+            self.submit();
+            self.complete(true);
+        }
+        // Past the deadline: staged events are abandoned; the bus counts them as dropped.
+        self.log.discard_open();
+        self.open_send_ns.clear();
+        self.resolve_flushes();
+        for (_, reply) in self.flushes.drain(..) {
+            let _ = reply.send(Err("the shard stopped before the flush completed".into()));
+        }
+        if let Some(f) = self.failure {
+            return Err(f);
+        }
+        self.log.close().map(|_| ()).map_err(|e| e.to_string())
+    }
+}

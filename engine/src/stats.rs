@@ -1,0 +1,189 @@
+//! Counters and their snapshots.
+//!
+//! Every counter has one writer: a producer writes its lanes' `ingested`/`dropped`/`rejected`,
+//! a shard writes its own `persisted`/`dropped`, and the bus writes a shard's counters only
+//! after that shard's thread has ended. Writers use plain stores; there is no RMW.
+//!
+//! `ingested == persisted + dropped + in_flight` holds at every observation with `in_flight`
+//! never negative, because an observer reads the shard counters first and the lane counters
+//! last: a producer counts an event ingested before publishing it (Release on `head`), and a
+//! shard publishes `persisted` after acquiring that `head`, so whatever the observer sees
+//! persisted it also sees ingested. After shutdown `in_flight == 0` exactly.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use crate::ids::ShardId;
+use crate::lane::Lane;
+
+/// Counters a shard writes.
+#[derive(Debug, Default)]
+pub(crate) struct ShardCounters {
+    pub(crate) persisted: AtomicU64,
+    /// Events the shard (or the bus after the shard ended) had to drop: I/O failure, shutdown
+    /// deadline, a panicked shard.
+    pub(crate) dropped: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) persisted_end: AtomicU64,
+    pub(crate) failed: AtomicBool,
+    pub(crate) panicked: AtomicBool,
+    /// Why the shard failed or panicked (control plane only).
+    pub(crate) error: std::sync::Mutex<Option<String>>,
+}
+
+impl ShardCounters {
+    pub(crate) fn add_persisted(&self, n: u64) {
+        let v = self.persisted.load(Ordering::Relaxed) + n;
+        self.persisted.store(v, Ordering::Release);
+    }
+
+    pub(crate) fn add_dropped(&self, n: u64) {
+        let v = self.dropped.load(Ordering::Relaxed) + n;
+        self.dropped.store(v, Ordering::Release);
+    }
+}
+
+/// Event counts; `ingested == persisted + dropped + in_flight`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Events the bus took responsibility for.
+    pub ingested: u64,
+    /// Events written to the shard's log.
+    pub persisted: u64,
+    /// Events dropped: by backpressure, by an I/O failure, or at shutdown.
+    pub dropped: u64,
+    /// Sends refused with `SendError::Full` (not ingested).
+    pub rejected: u64,
+    /// Events in lanes or batches, not yet persisted.
+    pub in_flight: u64,
+}
+
+impl Totals {
+    fn add(&mut self, other: &Totals) {
+        self.ingested += other.ingested;
+        self.persisted += other.persisted;
+        self.dropped += other.dropped;
+        self.rejected += other.rejected;
+        self.in_flight += other.in_flight;
+    }
+}
+
+/// One shard's figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardStats {
+    /// The shard.
+    pub shard: ShardId,
+    /// Its counts.
+    pub totals: Totals,
+    /// Batches written.
+    pub batches: u64,
+    /// One past the last persisted sequence number.
+    pub persisted_end: u64,
+    /// The log failed (poisoned); the reason is in [`Stats::errors`].
+    pub failed: bool,
+    /// The shard's thread panicked.
+    pub panicked: bool,
+}
+
+/// A snapshot of the bus's figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Per shard.
+    pub shards: Vec<ShardStats>,
+    /// Summed over shards.
+    pub total: Totals,
+    /// Whether the bus lost events it had accepted at shutdown (deadline, failure, panic, or
+    /// being dropped without `shutdown`).
+    pub lossy: bool,
+    /// Failures by shard.
+    pub errors: Vec<(ShardId, String)>,
+}
+
+/// The state every stats reader shares; outlives the bus.
+#[derive(Debug)]
+pub(crate) struct StatsShared {
+    pub(crate) shards: Vec<Arc<CachePadded<ShardCounters>>>,
+    pub(crate) lanes: std::sync::Mutex<Vec<Arc<Lane>>>,
+    pub(crate) lossy: AtomicBool,
+}
+
+/// A cheap, clonable reader of the bus's counters that stays valid after the bus is gone, so
+/// that the final figures of a bus dropped without `shutdown` can still be read.
+#[derive(Debug, Clone)]
+pub struct StatsHandle {
+    pub(crate) shared: Arc<StatsShared>,
+}
+
+impl StatsHandle {
+    /// One shard's counts, reading shard counters before lane counters (see module docs).
+    fn shard_totals(&self, shard: usize, lanes: &[Arc<Lane>]) -> Totals {
+        let c = &self.shared.shards[shard];
+        let persisted = c.persisted.load(Ordering::Acquire);
+        let shard_dropped = c.dropped.load(Ordering::Acquire);
+        let (mut lane_dropped, mut rejected, mut ingested) = (0, 0, 0);
+        for lane in lanes.iter().filter(|l| l.shard == shard) {
+            lane_dropped += lane.counters.dropped.load(Ordering::Acquire);
+            rejected += lane.counters.rejected.load(Ordering::Acquire);
+        }
+        for lane in lanes.iter().filter(|l| l.shard == shard) {
+            ingested += lane.counters.ingested.load(Ordering::Acquire);
+        }
+        let dropped = shard_dropped + lane_dropped;
+        let in_flight = ingested.checked_sub(persisted + dropped).unwrap_or_else(|| {
+            panic!("counter invariant broken on shard {shard}: ingested {ingested} < persisted {persisted} + dropped {dropped}")
+        });
+        Totals {
+            ingested,
+            persisted,
+            dropped,
+            rejected,
+            in_flight,
+        }
+    }
+
+    /// Totals over all shards. Allocates nothing (safe inside measured windows).
+    pub fn totals(&self) -> Totals {
+        let lanes = self.shared.lanes.lock().expect("lane registry");
+        let mut t = Totals::default();
+        for s in 0..self.shared.shards.len() {
+            t.add(&self.shard_totals(s, &lanes));
+        }
+        t
+    }
+
+    /// A full snapshot.
+    pub fn snapshot(&self) -> Stats {
+        let lanes = self.shared.lanes.lock().expect("lane registry");
+        let mut total = Totals::default();
+        let shards = (0..self.shared.shards.len())
+            .map(|s| {
+                let totals = self.shard_totals(s, &lanes);
+                total.add(&totals);
+                let c = &self.shared.shards[s];
+                ShardStats {
+                    shard: ShardId(u16::try_from(s).expect("u16 shard")),
+                    totals,
+                    batches: c.batches.load(Ordering::Relaxed),
+                    persisted_end: c.persisted_end.load(Ordering::Relaxed),
+                    failed: c.failed.load(Ordering::Relaxed),
+                    panicked: c.panicked.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        drop(lanes);
+        let errors = (self.shared.shards.iter().enumerate())
+            .filter_map(|(s, c)| {
+                let e = c.error.lock().expect("shard error").clone()?;
+                Some((ShardId(u16::try_from(s).expect("u16 shard")), e))
+            })
+            .collect();
+        Stats {
+            shards,
+            total,
+            lossy: self.shared.lossy.load(Ordering::Acquire),
+            errors,
+        }
+    }
+}

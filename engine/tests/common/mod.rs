@@ -1,0 +1,58 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use net_engine::{Bus, Config, Cursor, Event, IdleStrategy};
+
+/// A small, unpinned configuration for tests.
+pub fn config(dir: &Path, shards: usize) -> Config {
+    let mut c = Config::default();
+    c.data_dir = dir.to_path_buf();
+    c.shards = Some(shards);
+    c.pin = false;
+    c.lane.capacity_bytes = 64 << 10;
+    c.batch.max_events = 256;
+    c.batch.max_bytes = 64 << 10;
+    c.storage.segment_bytes = 1 << 20;
+    c.idle.strategy = IdleStrategy::Park;
+    c.idle.spin_us = 10;
+    c.idle.park_max_us = 2_000;
+    c
+}
+
+/// Polls until `count` events were read (or 30 s pass) and returns them.
+pub fn poll_all(bus: &Bus, count: usize) -> Vec<Event> {
+    let mut cursor = Cursor::start();
+    let mut out = Vec::with_capacity(count);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.len() < count && Instant::now() < deadline {
+        let resp = bus.poll(&cursor, 1000).expect("poll");
+        assert!(resp.failed_shards.is_empty(), "{:?}", resp.failed_shards);
+        if resp.events.is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        out.extend(resp.events);
+        cursor = resp.next;
+    }
+    out
+}
+
+/// A payload naming its producer and per-producer counter.
+pub fn payload(producer: u32, n: u64, len: usize) -> Vec<u8> {
+    let mut p = vec![0u8; len.max(12)];
+    p[0..4].copy_from_slice(&producer.to_le_bytes());
+    p[4..12].copy_from_slice(&n.to_le_bytes());
+    for (i, b) in p[12..].iter_mut().enumerate() {
+        *b = (n as usize).wrapping_add(i) as u8;
+    }
+    p
+}
+
+pub fn parse(p: &[u8]) -> (u32, u64) {
+    (
+        u32::from_le_bytes(p[0..4].try_into().unwrap()),
+        u64::from_le_bytes(p[4..12].try_into().unwrap()),
+    )
+}
