@@ -50,7 +50,7 @@ impl TimestampGenerator {
     }
 
     /// The next timestamp: never below the last tick, always above the previous stamp.
-    pub fn next(&mut self) -> u64 {
+    pub fn stamp(&mut self) -> u64 {
         self.last_ns = self.now_ns.max(self.last_ns.saturating_add(1));
         self.last_ns
     }
@@ -64,17 +64,17 @@ mod tests {
     fn stamps_increase_and_follow_real_time() {
         let mut g = TimestampGenerator::after(100);
         g.tick(50);
-        assert_eq!((g.next(), g.next()), (101, 102));
+        assert_eq!((g.stamp(), g.stamp()), (101, 102));
         g.tick(1_000);
-        assert_eq!(g.next(), 1_000, "a clock jump forward is followed at once");
+        assert_eq!(g.stamp(), 1_000, "a clock jump forward is followed at once");
         g.tick(10);
         assert_eq!(
-            g.next(),
+            g.stamp(),
             1_001,
             "a clock step back never makes stamps go back"
         );
         let mut g = TimestampGenerator::after(u64::MAX);
-        assert_eq!(g.next(), u64::MAX, "saturates instead of wrapping");
+        assert_eq!(g.stamp(), u64::MAX, "saturates instead of wrapping");
     }
 
     #[test]

@@ -120,6 +120,11 @@ fn explain(err: &glommio::GlommioError<()>) -> String {
     }
 }
 
+/// A shard's thread; it returns the shard's final error, if any.
+pub(crate) type ShardThread = JoinHandle<Result<(), String>>;
+/// Receives how a shard's start went.
+pub(crate) type StartSignal = mpsc::Receiver<Result<(), Error>>;
+
 /// Spawns a shard thread. `open` runs on the new thread inside the executor and returns the
 /// shard's run function or a start error; the start outcome is sent back before running.
 pub(crate) fn spawn_shard<R, O>(
@@ -127,13 +132,7 @@ pub(crate) fn spawn_shard<R, O>(
     cpu: Option<usize>,
     io_memory: usize,
     open: O,
-) -> Result<
-    (
-        JoinHandle<Result<(), String>>,
-        mpsc::Receiver<Result<(), Error>>,
-    ),
-    Error,
->
+) -> Result<(ShardThread, StartSignal), Error>
 where
     O: FnOnce() -> Result<R, Error> + Send + 'static,
     R: FnOnce() -> Result<(), String>,

@@ -124,7 +124,7 @@ fn send_in_window(
         && w.fill_bytes() * 4 >= w.capacity() * 3
     {
         w.sample_n = w.sample_n.wrapping_add(1);
-        if w.sample_n % rate != 0 {
+        if !w.sample_n.is_multiple_of(rate) {
             w.count_dropped_newest();
             return Ok(Sent::Dropped);
         }

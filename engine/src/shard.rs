@@ -21,6 +21,12 @@ use crate::lane::LaneReader;
 /// Latency histogram bounds: 1 ns to 100 s, 3 significant digits.
 const LATENCY_NS_MAX: u64 = 100_000_000_000;
 
+/// A flush barrier: lane heads at flush entry, and where to answer.
+type FlushWaiter = (
+    Vec<(u64, u64)>,
+    std::sync::mpsc::SyncSender<Result<(), String>>,
+);
+
 pub(crate) struct ShardSettings {
     pub(crate) id: u16,
     pub(crate) batch_events_max: usize,
@@ -40,10 +46,7 @@ pub(crate) struct Shard {
     inflight_send_ns: Vec<u64>,
     open_since_ns: u64,
     latency: Histogram<u64>,
-    flushes: Vec<(
-        Vec<(u64, u64)>,
-        std::sync::mpsc::SyncSender<Result<(), String>>,
-    )>,
+    flushes: Vec<FlushWaiter>,
     paused: bool,
     stop_deadline_ns: Option<u64>,
     idle_since_ns: Option<u64>,
@@ -209,7 +212,7 @@ impl Shard {
                     lost += 1;
                     return true;
                 }
-                match log.push(ts.next(), payload) {
+                match log.push(ts.stamp(), payload) {
                     Ok(Push::Staged(_)) => {
                         open_send_ns.push(send_ns);
                         true

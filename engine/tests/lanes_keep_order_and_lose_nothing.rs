@@ -1,6 +1,7 @@
 //! Through lanes and batches, each producer's events arrive in order per shard, none is lost
 //! or duplicated, and payloads come back byte for byte — over ring sizes, batch sizes and
 //! shard counts.
+#![allow(clippy::cast_possible_truncation)]
 
 mod common;
 

@@ -444,8 +444,21 @@ impl Log {
         };
         self.dat[self.open].reset_at(0, |_| 0);
         self.dat[self.open].append_with(SEGMENT_HEADER_BYTES, |d| header.encode(d));
+        self.dat[self.open].mark_carry();
         self.idx[self.open].reset_at(0, |_| 0);
         Ok(())
+    }
+
+    /// Drops the records staged in the open batch (they were never written) and returns how
+    /// many; their sequence numbers are given out again.
+    pub fn discard_open(&mut self) -> usize {
+        let n = self.open_events;
+        self.dat[self.open].discard();
+        self.idx[self.open].discard();
+        self.next_seq -= n as u64;
+        self.open_events = 0;
+        self.open_record_bytes = 0;
+        n
     }
 
     /// Cuts the zero padding after the logical end of the active segment's files.
@@ -511,7 +524,9 @@ impl Log {
         let mut last = first;
         while count < n {
             let e = entry(count)?;
-            if (e.offset + u64::from(e.len) - first.offset) as usize > max_bytes {
+            if e.offset + u64::from(e.len) - first.offset
+                > u64::try_from(max_bytes).unwrap_or(u64::MAX)
+            {
                 break;
             }
             last = e;

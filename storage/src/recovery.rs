@@ -118,6 +118,7 @@ fn start_fresh_segment(log: &mut Log) {
     let s = log.open;
     log.dat[s].reset_at(0, |_| 0);
     log.dat[s].append_with(SEGMENT_HEADER_BYTES, |d| header.encode(d));
+    log.dat[s].mark_carry();
     log.idx[s].reset_at(0, |_| 0);
     log.next_seq = log.active.base;
     log.persisted_end = log.active.base;
@@ -137,7 +138,7 @@ fn sealed_end(dir: &Path, shard: u16, base: u64) -> Result<u64> {
     let idx_path = segment::idx_path(dir, base);
     let idx = std::fs::read(&idx_path).unwrap_or_default();
     let count = idx.len() / INDEX_ENTRY_BYTES;
-    if idx.len() % INDEX_ENTRY_BYTES == 0 && count > 0 {
+    if idx.len().is_multiple_of(INDEX_ENTRY_BYTES) && count > 0 {
         let last = IndexEntry::decode(&idx[(count - 1) * INDEX_ENTRY_BYTES..]);
         if last.is_some_and(|e| e.seq == base + count as u64 - 1) {
             return Ok(base + count as u64);

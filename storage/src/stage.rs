@@ -15,6 +15,9 @@ pub(crate) struct Stage {
     pub(crate) start: u64,
     /// Valid bytes in `buf`.
     pub(crate) fill: usize,
+    /// Bytes at the start that belong to data before this stage's batch (the carried block,
+    /// or a new segment's header); discarding the batch keeps them.
+    pub(crate) carry: usize,
 }
 
 impl Stage {
@@ -23,6 +26,7 @@ impl Stage {
             buf: AlignedBuf::new(capacity + 2 * BLOCK_BYTES),
             start: 0,
             fill: 0,
+            carry: 0,
         }
     }
 
@@ -70,6 +74,17 @@ impl Stage {
         let written = fill_carry(&mut self.buf.as_mut_slice()[..BLOCK_BYTES]);
         assert_eq!(written, carry, "carry must fill the partial block exactly");
         self.fill = carry;
+        self.carry = carry;
+    }
+
+    /// Makes everything staged so far part of the carry (a new segment's header).
+    pub(crate) fn mark_carry(&mut self) {
+        self.carry = self.fill;
+    }
+
+    /// Drops the batch's bytes, keeping the carry.
+    pub(crate) fn discard(&mut self) {
+        self.fill = self.carry;
     }
 }
 

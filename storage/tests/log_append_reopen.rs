@@ -1,5 +1,6 @@
 //! Appending batches, rolling segments, reading by sequence range, and reopening a data dir
 //! that continues the sequence and serves old records byte for byte.
+#![allow(clippy::cast_possible_truncation)]
 
 use net_storage::{Log, LogConfig, Push};
 

@@ -8,10 +8,12 @@ use net_engine::{Bus, Config, Cursor, Event, IdleStrategy};
 
 /// A small, unpinned configuration for tests.
 pub fn config(dir: &Path, shards: usize) -> Config {
-    let mut c = Config::default();
-    c.data_dir = dir.to_path_buf();
-    c.shards = Some(shards);
-    c.pin = false;
+    let mut c = Config {
+        data_dir: dir.to_path_buf(),
+        shards: Some(shards),
+        pin: false,
+        ..Config::default()
+    };
     c.lane.capacity_bytes = 64 << 10;
     c.batch.max_events = 256;
     c.batch.max_bytes = 64 << 10;
