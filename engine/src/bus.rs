@@ -377,6 +377,13 @@ impl Bus {
         self.shards[usize::from(shard.0)].send(Control::Pause(paused));
     }
 
+    /// Makes a shard's thread panic (fault injection for tests of panic surfacing; not for
+    /// production use).
+    #[doc(hidden)]
+    pub fn inject_shard_panic(&self, shard: ShardId) {
+        self.shards[usize::from(shard.0)].send(Control::InjectPanic);
+    }
+
     /// Drains until `deadline`, then stops; counts what could not be drained as dropped,
     /// exactly once.
     pub fn shutdown(mut self, deadline: Duration) -> ShutdownReport {

@@ -62,8 +62,11 @@ pub struct LaneConfig {
 }
 
 /// What `send` does when a lane is full. Every dropped event is counted.
+///
+/// In JSON: `{"mode": "block"}`, `{"mode": "sample", "rate": 10}`, ... A field that does not
+/// belong to the mode (such as `rate` with `block`) is an error, not silently ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "BackpressureRepr", into = "BackpressureRepr")]
 pub enum Backpressure {
     /// Wait until the shard makes room (or the bus shuts down).
     Block,
@@ -79,6 +82,53 @@ pub enum Backpressure {
         /// Admit one event in this many while under pressure; at least 1.
         rate: u32,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum BackpressureMode {
+    Block,
+    Fail,
+    DropNewest,
+    DropOldest,
+    Sample,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackpressureRepr {
+    mode: BackpressureMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rate: Option<u32>,
+}
+
+impl TryFrom<BackpressureRepr> for Backpressure {
+    type Error = String;
+    fn try_from(r: BackpressureRepr) -> Result<Backpressure, String> {
+        let b = match (r.mode, r.rate) {
+            (BackpressureMode::Sample, Some(rate)) => return Ok(Backpressure::Sample { rate }),
+            (BackpressureMode::Sample, None) => return Err("mode `sample` needs `rate`".into()),
+            (_, Some(_)) => return Err("`rate` is only valid with mode `sample`".into()),
+            (BackpressureMode::Block, None) => Backpressure::Block,
+            (BackpressureMode::Fail, None) => Backpressure::Fail,
+            (BackpressureMode::DropNewest, None) => Backpressure::DropNewest,
+            (BackpressureMode::DropOldest, None) => Backpressure::DropOldest,
+        };
+        Ok(b)
+    }
+}
+
+impl From<Backpressure> for BackpressureRepr {
+    fn from(b: Backpressure) -> BackpressureRepr {
+        let (mode, rate) = match b {
+            Backpressure::Block => (BackpressureMode::Block, None),
+            Backpressure::Fail => (BackpressureMode::Fail, None),
+            Backpressure::DropNewest => (BackpressureMode::DropNewest, None),
+            Backpressure::DropOldest => (BackpressureMode::DropOldest, None),
+            Backpressure::Sample { rate } => (BackpressureMode::Sample, Some(rate)),
+        };
+        BackpressureRepr { mode, rate }
+    }
 }
 
 /// Batching: a shard collects events from its lanes into one batch per write.

@@ -43,6 +43,8 @@ pub(crate) enum Control {
         reply: SyncSender<Histogram<u64>>,
     },
     Pause(bool),
+    /// Fault injection for tests of panic surfacing.
+    InjectPanic,
     /// Drain (until the deadline, on the monotonic clock) and exit.
     Stop {
         deadline_ns: u64,

@@ -137,6 +137,7 @@ impl Shard {
                     self.latency.reset();
                 }
                 Control::Pause(p) => self.paused = p,
+                Control::InjectPanic => panic!("injected panic in shard {}", self.s.id),
                 Control::Stop { deadline_ns } => {
                     self.stop_deadline_ns = Some(deadline_ns);
                     self.paused = false;

@@ -1,0 +1,102 @@
+//! Every configuration rejection names its field; unknown fields and modes are errors; the
+//! `batch.max_events` cap holds; a pinned core that does not exist is refused at start.
+
+use net_engine::{Backpressure, Bus, Config, Error};
+
+fn field_of(json: &str) -> (String, String) {
+    match Config::from_json(json) {
+        Err(Error::Config { field, what }) => (field, what),
+        other => panic!("{json} was not rejected as a config error: {other:?}"),
+    }
+}
+
+#[test]
+fn each_rejection_names_its_field() {
+    let cases = [
+        (r#"{"shards": 0}"#, "shards"),
+        (r#"{"batch": {"max_events": 0}}"#, "batch.max_events"),
+        (r#"{"batch": {"max_events": 1000001}}"#, "batch.max_events"),
+        (r#"{"batch": {"max_bytes": 10}}"#, "batch.max_bytes"),
+        (r#"{"batch": {"linger_us": 5000000}}"#, "batch.linger_us"),
+        (
+            r#"{"lane": {"capacity_bytes": 100000}}"#,
+            "lane.capacity_bytes",
+        ),
+        (
+            r#"{"lane": {"capacity_bytes": 1024}}"#,
+            "lane.capacity_bytes",
+        ),
+        (
+            r#"{"lane": {"backpressure": {"mode": "sample", "rate": 0}}}"#,
+            "lane.backpressure.rate",
+        ),
+        (r#"{"idle": {"park_max_us": 0}}"#, "idle.park_max_us"),
+        (r#"{"idle": {"strategy": "nap"}}"#, "idle.strategy"),
+        (r#"{"poll": {"timeout_ms": 0}}"#, "poll.timeout_ms"),
+        (
+            r#"{"storage": {"segment_bytes": 0}}"#,
+            "storage.segment_bytes",
+        ),
+        (
+            r#"{"executor": {"io_memory_bytes": 0}}"#,
+            "executor.io_memory_bytes",
+        ),
+        (r#"{"data_dir": ""}"#, "data_dir"),
+        (r#"{"cores": []}"#, "cores"),
+        (r#"{"batch": {"max_events": "many"}}"#, "batch.max_events"),
+    ];
+    for (json, field) in cases {
+        let (got, what) = field_of(json);
+        assert_eq!(got, field, "{json}: {what}");
+        assert!(!what.is_empty());
+    }
+}
+
+#[test]
+fn unknown_fields_and_modes_are_errors() {
+    let (field, what) = field_of(r#"{"lane": {"backpressure": {"mode": "drop_random"}}}"#);
+    assert_eq!(field, "lane.backpressure.mode");
+    assert!(what.contains("drop_random"), "{what}");
+    let (field, what) = field_of(r#"{"batch": {"max_event": 5}}"#);
+    assert_eq!(field, "batch.max_event");
+    assert!(what.contains("max_event"), "{what}");
+    let (field, what) = field_of(r#"{"shard": 2}"#);
+    assert_eq!(field, "shard");
+    assert!(what.contains("shard"), "{what}");
+    let (field, what) = field_of(r#"{"lane": {"backpressure": {"mode": "block", "rate": 3}}}"#);
+    assert_eq!(field, "lane.backpressure");
+    assert!(what.contains("rate"), "{what}");
+    let (field, what) = field_of(r#"{"lane": {"backpressure": {"mode": "sample"}}}"#);
+    assert_eq!(field, "lane.backpressure");
+    assert!(what.contains("needs `rate`"), "{what}");
+}
+
+#[test]
+fn valid_documents_parse_into_typed_settings() {
+    let c = Config::from_json(
+        r#"{"shards": 3, "batch": {"max_events": 1000000}, "lane": {"backpressure": {"mode": "sample", "rate": 10}}}"#,
+    )
+    .unwrap();
+    assert_eq!(c.shards, Some(3));
+    assert_eq!(c.batch.max_events, 1_000_000);
+    assert_eq!(c.lane.backpressure, Backpressure::Sample { rate: 10 });
+    assert_eq!(Config::from_json(&c.to_json()).unwrap(), c);
+}
+
+#[test]
+fn a_pinned_core_that_does_not_exist_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        data_dir: dir.path().into(),
+        shards: Some(1),
+        cores: Some(vec![4095]),
+        ..Config::default()
+    };
+    match Bus::start(cfg) {
+        Err(Error::Config { field, what }) => {
+            assert_eq!(field, "cores");
+            assert!(what.contains("4095"), "{what}");
+        }
+        other => panic!("expected a cores error, got {other:?}"),
+    }
+}
