@@ -73,28 +73,30 @@ fn memlock_limit_bytes() -> u64 {
 
 /// Checks that `shards` executors with `io_memory` each can lock their memory.
 pub(crate) fn check_memlock(shards: usize, io_memory: usize) -> Result<(), Error> {
-    if has_cap_ipc_lock() {
-        return Ok(());
+    match memlock_shortfall(shards, io_memory, memlock_limit_bytes(), has_cap_ipc_lock()) {
+        Some(what) => Err(Error::Start { shard: 0, what }),
+        None => Ok(()),
     }
-    let per_shard = u64::try_from(io_memory)
-        .unwrap_or(u64::MAX)
-        .saturating_add(EXECUTOR_LOCKED_OVERHEAD_BYTES);
+}
+
+/// What to tell the user if `shards` executors cannot lock their io memory under `limit`.
+fn memlock_shortfall(shards: usize, io_memory: usize, limit: u64, cap_ipc_lock: bool) -> Option<String> {
+    if cap_ipc_lock {
+        return None;
+    }
+    let per_shard = u64::try_from(io_memory).unwrap_or(u64::MAX).saturating_add(EXECUTOR_LOCKED_OVERHEAD_BYTES);
     let need = per_shard.saturating_mul(u64::try_from(shards).unwrap_or(u64::MAX));
-    let limit = memlock_limit_bytes();
-    if need > limit {
-        return Err(Error::Start {
-            shard: 0,
-            what: format!(
-                "{shards} shard executors need about {} KiB of locked memory but RLIMIT_MEMLOCK is {} KiB; \
-                 raise it (`ulimit -l {}` or LimitMEMLOCK= in the systemd unit), grant CAP_IPC_LOCK, \
-                 or lower `executor.io_memory_bytes` or `shards`",
-                need / 1024,
-                limit / 1024,
-                need.div_ceil(1024)
-            ),
-        });
+    if need <= limit {
+        return None;
     }
-    Ok(())
+    Some(format!(
+        "{shards} shard executors need about {} KiB of locked memory but RLIMIT_MEMLOCK is {} KiB; \
+         raise it (`ulimit -l {}` or LimitMEMLOCK= in the systemd unit), grant CAP_IPC_LOCK, \
+         or lower `executor.io_memory_bytes` or `shards`",
+        need / 1024,
+        limit / 1024,
+        need.div_ceil(1024)
+    ))
 }
 
 fn explain(err: &glommio::GlommioError<()>) -> String {
@@ -174,4 +176,25 @@ where
             what: format!("cannot spawn thread: {e}"),
         })?;
     Ok((handle, started_rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memlock_shortfall_says_what_to_raise() {
+        assert_eq!(memlock_shortfall(2, 512 << 10, 8 << 20, false), None);
+        assert_eq!(memlock_shortfall(64, 10 << 20, 8 << 20, true), None, "CAP_IPC_LOCK has no limit");
+        let msg = memlock_shortfall(4, 10 << 20, 8 << 20, false).unwrap();
+        assert!(msg.contains("RLIMIT_MEMLOCK is 8192 KiB"), "{msg}");
+        assert!(msg.contains("ulimit -l") && msg.contains("CAP_IPC_LOCK") && msg.contains("executor.io_memory_bytes"));
+    }
+
+    #[test]
+    fn cores_outside_the_allowed_set_are_named() {
+        let err = check_cores(&[0, 9], &[0, 1]).unwrap_err().to_string();
+        assert!(err.contains("core 9") && err.contains("[0, 1]"), "{err}");
+        assert!(check_cores(&[1, 0], &[0, 1]).is_ok());
+    }
 }

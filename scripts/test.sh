@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, every crate's tests, and a smoke run of the two
+# README commands' binaries. CI (.ci/run) runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+echo "== setup"
+bash scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace
+
+echo "== net-bench smoke (release)"
+cargo build --release -p net-bench
+bench="${CARGO_TARGET_DIR:-target}/release/net-bench"
+"$bench" demo --events 1000000
+"$bench" ingest --events 200000 --json | tail -n 1 | python3 -c 'import json,sys; j=json.load(sys.stdin); assert j["scenario"]=="ingest" and j["events"]==200000, j; print("ingest json ok:", j["events_per_s"], "events/s, ratio", j["ratio"])'
+echo "== all tests passed"
