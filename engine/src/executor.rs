@@ -80,11 +80,18 @@ pub(crate) fn check_memlock(shards: usize, io_memory: usize) -> Result<(), Error
 }
 
 /// What to tell the user if `shards` executors cannot lock their io memory under `limit`.
-fn memlock_shortfall(shards: usize, io_memory: usize, limit: u64, cap_ipc_lock: bool) -> Option<String> {
+fn memlock_shortfall(
+    shards: usize,
+    io_memory: usize,
+    limit: u64,
+    cap_ipc_lock: bool,
+) -> Option<String> {
     if cap_ipc_lock {
         return None;
     }
-    let per_shard = u64::try_from(io_memory).unwrap_or(u64::MAX).saturating_add(EXECUTOR_LOCKED_OVERHEAD_BYTES);
+    let per_shard = u64::try_from(io_memory)
+        .unwrap_or(u64::MAX)
+        .saturating_add(EXECUTOR_LOCKED_OVERHEAD_BYTES);
     let need = per_shard.saturating_mul(u64::try_from(shards).unwrap_or(u64::MAX));
     if need <= limit {
         return None;
@@ -185,10 +192,18 @@ mod tests {
     #[test]
     fn memlock_shortfall_says_what_to_raise() {
         assert_eq!(memlock_shortfall(2, 512 << 10, 8 << 20, false), None);
-        assert_eq!(memlock_shortfall(64, 10 << 20, 8 << 20, true), None, "CAP_IPC_LOCK has no limit");
+        assert_eq!(
+            memlock_shortfall(64, 10 << 20, 8 << 20, true),
+            None,
+            "CAP_IPC_LOCK has no limit"
+        );
         let msg = memlock_shortfall(4, 10 << 20, 8 << 20, false).unwrap();
         assert!(msg.contains("RLIMIT_MEMLOCK is 8192 KiB"), "{msg}");
-        assert!(msg.contains("ulimit -l") && msg.contains("CAP_IPC_LOCK") && msg.contains("executor.io_memory_bytes"));
+        assert!(
+            msg.contains("ulimit -l")
+                && msg.contains("CAP_IPC_LOCK")
+                && msg.contains("executor.io_memory_bytes")
+        );
     }
 
     #[test]

@@ -1,0 +1,245 @@
+//! The conventional design net is measured against, run on the same workload in the same
+//! process: a tokio multi-thread runtime (one worker per shard), one bounded
+//! `tokio::sync::mpsc` channel per shard fed by std producer threads with `blocking_send`,
+//! each event its own `Vec<u8>`, and one consumer task per shard that stamps a per-shard seq,
+//! encodes the record exactly as RedEX does (`record`), and writes it into a
+//! `Mutex<BufWriter<File>>`, one file per shard.
+//!
+//! This is how the previous, tokio-based generation of net was built, and how most event
+//! pipelines are: it is not a straw man. Consumers reuse one encode buffer, the BufWriter
+//! batches syscalls, and nothing is fsynced (net's comparison run does not ask for fsync
+//! either). An event counts as persisted once it is in the BufWriter; the final flush of every
+//! file is inside the measured window.
+
+use crate::payload;
+use crate::record;
+use crate::workload::{self, Measurement, Workload};
+use crate::{alloc, cpu};
+use hdrhistogram::Histogram;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Bound of each shard's channel: the backpressure a conventional design relies on.
+pub const CHANNEL_CAPACITY: usize = 8192;
+
+/// BufWriter capacity per shard file: large enough that a write syscall moves many records.
+const FILE_BUFFER_BYTES: usize = 1 << 20;
+
+type ShardFile = Arc<Mutex<BufWriter<File>>>;
+
+/// One event in flight: its payload and when the producer handed it over.
+#[derive(Debug)]
+struct Message {
+    sent_ns: u64,
+    payload: Vec<u8>,
+}
+
+/// What a consumer task hands back: its latency samples and how many records it wrote.
+type ConsumerOutcome = io::Result<(Histogram<u64>, u64)>;
+
+/// Runs the workload through the baseline, writing `dir/shard-N.dat`.
+pub fn run(work: &Workload, dir: &Path) -> io::Result<Measurement> {
+    let files = open_files(dir, work.shards)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(work.shards)
+        .thread_name("baseline-worker")
+        .build()?;
+    let epoch = Instant::now();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..work.shards)
+        .map(|_| mpsc::channel::<Message>(CHANNEL_CAPACITY))
+        .unzip();
+    let consumers: Vec<_> = receivers
+        .into_iter()
+        .zip(&files)
+        .map(|(rx, file)| runtime.spawn(consume(rx, Arc::clone(file), epoch)))
+        .collect();
+    let barrier = Arc::new(Barrier::new(work.producers + 1));
+    let producers = (0..work.producers)
+        .map(|p| spawn_producer(p, *work, senders.clone(), Arc::clone(&barrier), epoch))
+        .collect::<io::Result<Vec<_>>>()?;
+    // Only the producers may keep the channels open, so consumers end when producers do.
+    drop(senders);
+
+    // Readings come before the release: after it, producers could get ahead of them.
+    let cpu_before = cpu::process_time();
+    let allocations_before = alloc::snapshot();
+    let start = Instant::now();
+    barrier.wait();
+    for producer in producers {
+        producer
+            .join()
+            .map_err(|_| io::Error::other("a baseline producer panicked"))?;
+    }
+    let mut latency = workload::latency_histogram();
+    let mut persisted = 0;
+    for consumer in consumers {
+        let (samples, written) = runtime.block_on(consumer).map_err(io::Error::other)??;
+        latency.add(&samples).expect("histograms share bounds");
+        persisted += written;
+    }
+    for file in &files {
+        file.lock()
+            .expect("no consumer is left to poison it")
+            .flush()?;
+    }
+    let elapsed = start.elapsed();
+    let allocations = alloc::snapshot().since(allocations_before);
+    let cpu = cpu::process_time()
+        .zip(cpu_before)
+        .map(|(end, start)| end - start);
+    check_file_sizes(dir, work)?;
+    if persisted != work.events {
+        let msg = format!("baseline wrote {persisted} of {} events", work.events);
+        return Err(io::Error::other(msg));
+    }
+    Ok(Measurement {
+        persisted,
+        dropped: 0,
+        elapsed,
+        allocations,
+        cpu,
+        latency,
+    })
+}
+
+fn open_files(dir: &Path, shards: usize) -> io::Result<Vec<ShardFile>> {
+    (0..shards)
+        .map(|shard| {
+            let file = File::create(dir.join(format!("shard-{shard}.dat")))?;
+            Ok(Arc::new(Mutex::new(BufWriter::with_capacity(
+                FILE_BUFFER_BYTES,
+                file,
+            ))))
+        })
+        .collect()
+}
+
+/// Every record has the same length, so the files must add up to exactly `events` records:
+/// a cheap check, outside the window, that the baseline did all the work it is credited with.
+fn check_file_sizes(dir: &Path, work: &Workload) -> io::Result<()> {
+    let mut total = 0;
+    for shard in 0..work.shards {
+        total += std::fs::metadata(dir.join(format!("shard-{shard}.dat")))?.len();
+    }
+    let expected = work.events * (record::HEADER_BYTES + work.payload_bytes) as u64;
+    if total != expected {
+        let msg = format!("baseline files hold {total} bytes, expected {expected}");
+        return Err(io::Error::other(msg));
+    }
+    Ok(())
+}
+
+fn spawn_producer(
+    producer: usize,
+    work: Workload,
+    senders: Vec<mpsc::Sender<Message>>,
+    barrier: Arc<Barrier>,
+    epoch: Instant,
+) -> io::Result<thread::JoinHandle<()>> {
+    let id = u32::try_from(producer).expect("producer count fits in u32");
+    thread::Builder::new()
+        .name(format!("baseline-producer-{producer}"))
+        .spawn(move || {
+            let events = payload::share(work.events, work.producers, producer);
+            barrier.wait();
+            for counter in 0..events {
+                // A conventional producer owns each event as a fresh buffer it can hand over.
+                let mut bytes = vec![0u8; work.payload_bytes];
+                payload::fill(&mut bytes, id, counter);
+                let shard = workload::shard_of(&payload::key(id, counter), work.shards);
+                let message = Message {
+                    sent_ns: nanos_since(epoch),
+                    payload: bytes,
+                };
+                if senders[shard].blocking_send(message).is_err() {
+                    return; // the consumer failed; `run` reports its error
+                }
+            }
+        })
+}
+
+async fn consume(
+    mut rx: mpsc::Receiver<Message>,
+    file: ShardFile,
+    epoch: Instant,
+) -> ConsumerOutcome {
+    let mut latency = workload::latency_histogram();
+    let mut encoded = Vec::with_capacity(record::HEADER_BYTES + 4096);
+    let mut seq = 0u64;
+    while let Some(message) = rx.recv().await {
+        encoded.clear();
+        record::encode(seq, unix_ns(), &message.payload, &mut encoded);
+        file.lock()
+            .expect("one writer per file")
+            .write_all(&encoded)?;
+        seq += 1;
+        latency.saturating_record(nanos_since(epoch).saturating_sub(message.sent_ns));
+    }
+    Ok((latency, seq))
+}
+
+/// The record timestamp: wall-clock nanoseconds since the Unix epoch, as net stamps it.
+fn unix_ns() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Monotonic nanoseconds since `epoch`; u64 holds 584 years.
+fn nanos_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_every_event_as_a_valid_record_in_order_per_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = Workload {
+            events: 10_000,
+            payload_bytes: 40,
+            shards: 3,
+            producers: 2,
+        };
+        let measured = run(&work, dir.path()).unwrap();
+        assert_eq!(measured.persisted, work.events);
+        assert_eq!(measured.latency.len(), work.events);
+        let mut seen = vec![false; 10_000];
+        for shard in 0..work.shards {
+            let bytes = std::fs::read(dir.path().join(format!("shard-{shard}.dat"))).unwrap();
+            let (mut at, mut expected_seq) = (0, 0);
+            let mut last_counter = [None; 2];
+            while at < bytes.len() {
+                let (rec, used) = record::decode(&bytes[at..]).unwrap();
+                assert_eq!(rec.seq, expected_seq);
+                let id = payload::identity(rec.payload).unwrap();
+                let mut expected = vec![0u8; 40];
+                payload::fill(&mut expected, id.producer, id.counter);
+                assert_eq!(rec.payload, &expected[..]);
+                assert_eq!(
+                    workload::shard_of(&payload::key(id.producer, id.counter), 3),
+                    shard
+                );
+                let p = id.producer as usize;
+                assert!(
+                    last_counter[p] < Some(id.counter),
+                    "order kept per producer and shard"
+                );
+                last_counter[p] = Some(id.counter);
+                let index = usize::try_from(id.counter).unwrap() * 2 + p;
+                assert!(!seen[index], "duplicate");
+                seen[index] = true;
+                (at, expected_seq) = (at + used, expected_seq + 1);
+            }
+        }
+        assert!(seen.iter().all(|s| *s), "every event written");
+    }
+}

@@ -1,0 +1,248 @@
+//! `net-bench demo`: the embedded default end to end. Start a bus on `Config::default()`
+//! (every available core, pinned), ingest events from several producer threads, wait until
+//! they are persisted, read every one back by cursor and check it against the ledger, shut
+//! down and require a lossless report. Any mismatch fails the run with a non-zero exit.
+
+use crate::feed::{self, Window};
+use crate::ledger::Ledger;
+use crate::report::{self, JsonLine, Percentiles, Table};
+use crate::workload::Workload;
+use crate::{Failure, parse_payload_bytes, parse_positive};
+use net_engine::{Bus, Config, Cursor, PollResponse};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Events asked for per poll: large enough that the per-call cost is amortised.
+const POLL_LIMIT: usize = 65_536;
+
+/// How long polls may return nothing, after a flush, before the read-back is declared stuck.
+const POLL_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time the bus gets to drain at shutdown; everything is persisted by then, so it is a bound.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Events to ingest and read back.
+    #[arg(long, default_value_t = 10_000_000, value_parser = parse_positive)]
+    events: u64,
+    /// Bytes per payload (at least 12: the event's identity).
+    #[arg(long, default_value_t = 100, value_parser = parse_payload_bytes)]
+    payload_bytes: usize,
+    /// Producer threads.
+    #[arg(long, default_value_t = 4, value_parser = parse_positive)]
+    producers: u64,
+    /// Shards; by default the embedded default (every CPU this process may run on).
+    #[arg(long, value_parser = parse_positive)]
+    shards: Option<u64>,
+    /// Directory for the bus's data (a temporary directory is made inside it).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print the figures as one JSON object on the last line too.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What reading everything back measured.
+#[derive(Debug)]
+struct ReadBack {
+    events: u64,
+    payload_bytes: u64,
+    /// Time spent inside `Bus::poll` only; verification is not charged to net.
+    polling: Duration,
+}
+
+pub fn run(args: &Args) -> Result<(), Failure> {
+    let dir = crate::scratch_dir(args.dir.as_deref(), "demo")?;
+    let bus = start(args, dir.path())?;
+    let work = Workload {
+        events: args.events,
+        payload_bytes: args.payload_bytes,
+        shards: bus.shards(),
+        producers: usize::try_from(args.producers).expect("producer count fits usize"),
+    };
+    let window = feed::feed(&bus, &work)?;
+    let latency = Percentiles::from_ns(&bus.take_latency());
+    if window.totals.dropped > 0 {
+        let dropped = window.totals.dropped;
+        return Err(Failure::Verification(format!(
+            "net dropped {dropped} events on ingest"
+        )));
+    }
+    bus.flush().map_err(|e| Failure::engine("flush", e))?;
+    let mut ledger = Ledger::new(&work);
+    let read = read_back(&bus, &mut ledger)?;
+    let verified = ledger.finish().map_err(Failure::Verification)?;
+    let shutdown = bus.shutdown(SHUTDOWN_DEADLINE);
+    if shutdown.lossy || !shutdown.panicked_shards.is_empty() || !shutdown.failed_shards.is_empty()
+    {
+        return Err(Failure::Verification(format!(
+            "shutdown was not clean: {shutdown:?}"
+        )));
+    }
+    print_report(args, &work, &window, &latency, &read, verified);
+    Ok(())
+}
+
+fn start(args: &Args, dir: &Path) -> Result<Bus, Failure> {
+    let defaults = Config::default();
+    let shards = args
+        .shards
+        .map(|s| usize::try_from(s).expect("shard count fits usize"));
+    let config = Config {
+        data_dir: dir.to_path_buf(),
+        shards: shards.or(defaults.shards),
+        ..defaults
+    };
+    Bus::start(config).map_err(|e| Failure::engine("starting the bus", e))
+}
+
+/// Polls from the start of every shard until the ledger has seen every event, then once more
+/// to make sure the bus holds nothing beyond them.
+fn read_back(bus: &Bus, ledger: &mut Ledger) -> Result<ReadBack, Failure> {
+    let expected = ledger.expected_events();
+    let mut cursor = Cursor::start();
+    let mut read = ReadBack {
+        events: 0,
+        payload_bytes: 0,
+        polling: Duration::ZERO,
+    };
+    let mut last_progress = Instant::now();
+    loop {
+        let started = Instant::now();
+        let response = bus
+            .poll(&cursor, POLL_LIMIT)
+            .map_err(|e| Failure::engine("poll", e))?;
+        let took = started.elapsed();
+        check_response(&response)?;
+        if response.events.is_empty() {
+            // Empty polls are not charged to net: the last one only confirms the end.
+            if response.next != cursor {
+                return Err(Failure::Engine("an empty poll moved the cursor".to_owned()));
+            }
+            if read.events == expected {
+                return Ok(read);
+            }
+            if last_progress.elapsed() > POLL_STALL_TIMEOUT {
+                return Err(stalled(&read, expected, &response));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        read.polling += took;
+        for event in &response.events {
+            ledger.check(event).map_err(Failure::Verification)?;
+            read.payload_bytes += event.payload.len() as u64;
+        }
+        read.events += response.events.len() as u64;
+        if read.events > expected {
+            let msg = format!("read {} events, {expected} were sent", read.events);
+            return Err(Failure::Verification(msg));
+        }
+        last_progress = Instant::now();
+        cursor = response.next;
+    }
+}
+
+fn check_response(response: &PollResponse) -> Result<(), Failure> {
+    if !response.failed_shards.is_empty() {
+        let failed = &response.failed_shards;
+        return Err(Failure::Engine(format!("poll: shards failed: {failed:?}")));
+    }
+    if response.skipped {
+        return Err(Failure::Verification("poll skipped events".to_owned()));
+    }
+    Ok(())
+}
+
+fn stalled(read: &ReadBack, expected: u64, response: &PollResponse) -> Failure {
+    let stalled = &response.stalled_shards;
+    Failure::Verification(format!(
+        "read {} of {expected} events, then nothing for {POLL_STALL_TIMEOUT:?} \
+         (stalled shards {stalled:?})",
+        read.events
+    ))
+}
+
+fn print_report(
+    args: &Args,
+    work: &Workload,
+    window: &Window,
+    latency: &Percentiles,
+    read: &ReadBack,
+    verified: u64,
+) {
+    let command = command(args);
+    let ingest_per_s = report::per_s(window.totals.persisted, window.elapsed);
+    let ingest_mb_per_s = report::per_s(work.payload_total_bytes(), window.elapsed) / 1e6;
+    let allocs_per_event = window.allocations.allocations as f64 / work.events as f64;
+    let cpu_ns_per_event = window
+        .cpu
+        .map(|cpu| cpu.as_nanos() as f64 / work.events as f64);
+    let cpu_cell = cpu_ns_per_event.map_or_else(|| "n/a".to_owned(), |ns| format!("{ns:.0}"));
+    let poll_per_s = report::per_s(read.events, read.polling);
+    let poll_gb_per_s = report::per_s(read.payload_bytes, read.polling) / 1e9;
+    let config = if args.shards.is_some() {
+        "default config, shards set"
+    } else {
+        "default config"
+    };
+    let title = format!(
+        "net demo: {} events x {} B, {} producers, {} shards ({config})",
+        report::format_count(work.events as f64),
+        work.payload_bytes,
+        work.producers,
+        work.shards
+    );
+    let mut table = Table::new(&title, &["net"]);
+    table
+        .row("events", vec![report::format_count(work.events as f64)])
+        .row("ingest events/s", vec![report::format_count(ingest_per_s)])
+        .row("ingest MB/s", vec![format!("{ingest_mb_per_s:.1}")])
+        .latency_rows("ingest->persisted", &[*latency])
+        .row(
+            "allocations/event (ingest)",
+            vec![format!("{allocs_per_event:.4}")],
+        )
+        .row("CPU ns/event (ingest, process)", vec![cpu_cell])
+        .row("poll events/s", vec![report::format_count(poll_per_s)])
+        .row("poll GB/s", vec![format!("{poll_gb_per_s:.2}")])
+        .row("verified", vec![format!("{verified} events byte-exact")])
+        .row("shutdown", vec!["clean (lossy: false)".to_owned()]);
+    print!("{}", table.render());
+    println!("  reproduce: {command}");
+    if args.json {
+        let mut json = JsonLine::default();
+        json.field("scenario", "demo")
+            .field("events", work.events)
+            .field("payload_bytes", work.payload_bytes)
+            .field("shards", work.shards)
+            .field("producers", work.producers)
+            .field("events_per_s", report::round_to(ingest_per_s, 0))
+            .field("mb_per_s", report::round_to(ingest_mb_per_s, 2))
+            .field("allocs_per_event", allocs_per_event)
+            .field("cpu_ns_per_event", cpu_ns_per_event.map(f64::round))
+            .latency("", latency)
+            .field("poll_events_per_s", report::round_to(poll_per_s, 0))
+            .field("poll_gb_per_s", report::round_to(poll_gb_per_s, 3))
+            .field("verified", verified)
+            .field("lossy", false)
+            .field("command", command);
+        println!("{}", json.render());
+    }
+}
+
+fn command(args: &Args) -> String {
+    let mut flags = vec![
+        ("events", args.events.to_string()),
+        ("payload-bytes", args.payload_bytes.to_string()),
+        ("producers", args.producers.to_string()),
+    ];
+    if let Some(shards) = args.shards {
+        flags.push(("shards", shards.to_string()));
+    }
+    if args.json {
+        flags.push(("json", String::new()));
+    }
+    crate::reproduce_command("demo", &flags, args.dir.as_ref())
+}

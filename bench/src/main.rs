@@ -1,0 +1,138 @@
+//! `net-bench`: runs a net scenario and, in the same process and run, its baseline, then
+//! prints throughput, hdrhistogram latency percentiles and allocations per event as a table
+//! (with the exact command to reproduce) and, under `--json`, as one JSON object on the last
+//! line. Ratios between designs measured in one run are the figures to quote: the machines are
+//! shared and noisy, absolute times are not comparable between runs.
+
+mod alloc;
+mod baseline;
+mod cpu;
+mod demo;
+mod feed;
+mod ingest;
+mod ledger;
+mod payload;
+mod plot;
+mod record;
+mod report;
+mod workload;
+
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "net-bench",
+    version,
+    about = "net benchmarks with same-run baselines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Ingest, persist, read back and verify every event on the embedded default config.
+    Demo(demo::Args),
+    /// Ingest-to-persisted throughput and latency of net against a tokio + mutex baseline.
+    Ingest(ingest::Args),
+}
+
+/// Why a scenario failed; each variant says which side of the bench went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("net engine: {0}")]
+    Engine(String),
+    #[error("verification failed: {0}")]
+    Verification(String),
+}
+
+impl Failure {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Failure {
+        let context = context.into();
+        move |source| Failure::Io { context, source }
+    }
+
+    pub fn engine(context: &str, error: impl std::fmt::Display) -> Failure {
+        Failure::Engine(format!("{context}: {error}"))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match &cli.scenario {
+        Scenario::Demo(args) => demo::run(args),
+        Scenario::Ingest(args) => ingest::run(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("net-bench: {failure}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Clap parser for `--payload-bytes`: a payload must hold the 12-byte identity that the
+/// read-back verification relies on, and fit a record's u32 length.
+pub fn parse_payload_bytes(text: &str) -> Result<usize, String> {
+    let n: usize = text.parse().map_err(|e| format!("{e}"))?;
+    let max = 16 << 20;
+    if (payload::IDENTITY_BYTES..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "must be between {} and {max}",
+            payload::IDENTITY_BYTES
+        ))
+    }
+}
+
+/// Clap parser for counts that must be at least one (`--events`, `--producers`, `--shards`).
+pub fn parse_positive(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A fresh directory for one design's files under `base` (`--dir`, or the system temp dir),
+/// removed when dropped.
+pub fn scratch_dir(base: Option<&Path>, design: &str) -> Result<tempfile::TempDir, Failure> {
+    let base = base.map_or_else(std::env::temp_dir, Path::to_path_buf);
+    tempfile::Builder::new()
+        .prefix(&format!("net-bench-{design}-"))
+        .tempdir_in(&base)
+        .map_err(Failure::io(format!(
+            "creating a scratch directory under {}",
+            base.display()
+        )))
+}
+
+/// The command line that reproduces a run, with every default spelled out; a flag with an
+/// empty value is a switch.
+pub fn reproduce_command(
+    scenario: &str,
+    flags: &[(&str, String)],
+    dir: Option<&PathBuf>,
+) -> String {
+    let mut command = format!("cargo run --release -p net-bench -- {scenario}");
+    for (flag, value) in flags {
+        command.push_str(&format!(" --{flag}"));
+        if !value.is_empty() {
+            command.push_str(&format!(" {value}"));
+        }
+    }
+    if let Some(dir) = dir {
+        command.push_str(&format!(" --dir {}", dir.display()));
+    }
+    command
+}
