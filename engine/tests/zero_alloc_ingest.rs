@@ -1,5 +1,6 @@
 //! After warm-up, ingesting 100 000 events until they are persisted allocates nothing, on any
-//! thread (producer and shards), counted by a global allocator.
+//! thread (producer and shards), counted by a global allocator — including while segments
+//! roll.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};

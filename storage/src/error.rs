@@ -64,10 +64,14 @@ pub enum StorageError {
 /// Result alias of this crate.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
-pub(crate) fn io_err(
+/// Maps an OS error on `path` to [`StorageError::Io`]; the path is copied only on error.
+pub(crate) fn io_err<'a, P: AsRef<std::path::Path> + ?Sized>(
     op: &'static str,
-    path: impl Into<PathBuf>,
-) -> impl FnOnce(io::Error) -> StorageError {
-    let path = path.into();
-    move |source| StorageError::Io { op, path, source }
+    path: &'a P,
+) -> impl FnOnce(io::Error) -> StorageError + 'a {
+    move |source| StorageError::Io {
+        op,
+        path: path.as_ref().to_path_buf(),
+        source,
+    }
 }

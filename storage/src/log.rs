@@ -29,6 +29,8 @@ use crate::uring::Ring;
 
 const TAG_DAT: u64 = 1;
 const TAG_IDX: u64 = 2;
+/// Sealed segments the log has room for before its list grows.
+const SEALED_RESERVE: usize = 4096;
 /// The smallest segment that holds its header block and one small record.
 pub const SEGMENT_BYTES_MIN: u64 = 2 * BLOCK_BYTES as u64;
 
@@ -122,8 +124,6 @@ pub(crate) struct SealedSegment {
 #[derive(Debug)]
 pub(crate) struct ActiveSegment {
     pub(crate) base: u64,
-    pub(crate) dat_path: PathBuf,
-    pub(crate) idx_path: PathBuf,
     pub(crate) dat: File,
     pub(crate) idx: File,
     pub(crate) dat_read: File,
@@ -151,6 +151,9 @@ struct Reader {
 #[derive(Debug)]
 pub struct Log {
     pub(crate) dir: PathBuf,
+    /// The directory, open: segments are created relative to it and it is fsynced through it,
+    /// so a roll allocates nothing.
+    pub(crate) dir_fd: File,
     pub(crate) cfg: LogConfig,
     pub(crate) ring: Ring,
     pub(crate) sealed: Vec<SealedSegment>,
@@ -170,16 +173,20 @@ pub struct Log {
 impl Log {
     pub(crate) fn assemble(
         dir: PathBuf,
+        dir_fd: File,
         cfg: LogConfig,
         ring: Ring,
-        sealed: Vec<SealedSegment>,
+        mut sealed: Vec<SealedSegment>,
         active: ActiveSegment,
     ) -> Log {
         cfg.validate().expect("validated by open");
         let dat_cap = cfg.batch_bytes_max + SEGMENT_HEADER_BYTES;
         let idx_cap = cfg.batch_events_max.saturating_mul(INDEX_ENTRY_BYTES);
+        // Room for thousands of rolls without growing (a roll must not allocate).
+        sealed.reserve(SEALED_RESERVE);
         Log {
             dir,
+            dir_fd,
             cfg,
             ring,
             sealed,
@@ -334,7 +341,7 @@ impl Log {
             );
         }
         if let Err(e) = self.ring.submit() {
-            let path = self.active.dat_path.clone();
+            let path = segment::dat_path(&self.dir, self.active.base);
             return Err(self.poison(StorageError::Io {
                 op: "submit write",
                 path,
@@ -382,9 +389,9 @@ impl Log {
             if let Some((tag, res)) = failure {
                 let inf = self.inflight.take().expect("in flight");
                 let (path, expected) = if tag == TAG_DAT {
-                    (self.active.dat_path.clone(), inf.dat_len)
+                    (segment::dat_path(&self.dir, self.active.base), inf.dat_len)
                 } else {
-                    (self.active.idx_path.clone(), inf.idx_len)
+                    (segment::idx_path(&self.dir, self.active.base), inf.idx_len)
                 };
                 let err = if res < 0 {
                     StorageError::Io {
@@ -414,7 +421,7 @@ impl Log {
                 return Ok(None);
             }
             if let Err(e) = self.ring.submit_and_wait(1) {
-                let path = self.active.dat_path.clone();
+                let path = segment::dat_path(&self.dir, self.active.base);
                 return Err(self.poison(StorageError::Io {
                     op: "wait for write",
                     path,
@@ -436,7 +443,7 @@ impl Log {
             end: self.next_seq,
         });
         let active =
-            create_segment(&self.dir, self.cfg.shard, self.next_seq).map_err(|e| self.poison(e))?;
+            create_segment(&self.dir, &self.dir_fd, self.next_seq).map_err(|e| self.poison(e))?;
         self.active = active;
         let header = SegmentHeader {
             shard: self.cfg.shard,
@@ -467,10 +474,10 @@ impl Log {
         let a = &self.active;
         a.dat
             .set_len(self.dat[s].end())
-            .map_err(io_err("truncate", &a.dat_path))?;
+            .map_err(segment_err("truncate", &self.dir, a.base, "dat"))?;
         a.idx
             .set_len(self.idx[s].end())
-            .map_err(io_err("truncate", &a.idx_path))?;
+            .map_err(segment_err("truncate", &self.dir, a.base, "idx"))?;
         Ok(())
     }
 
@@ -612,20 +619,40 @@ pub(crate) fn corrupt(path: &Path, offset: u64, what: &str) -> StorageError {
     }
 }
 
-/// Creates the files of a new, empty segment and makes their names durable.
-pub(crate) fn create_segment(dir: &Path, _shard: u16, base: u64) -> Result<ActiveSegment> {
-    let dat_path = segment::dat_path(dir, base);
-    let idx_path = segment::idx_path(dir, base);
-    let (dat, _) = segment::open_append(&dat_path)?;
-    let (idx, _) = segment::open_append(&idx_path)?;
-    segment::sync_dir(dir)?;
+/// An error mapper that builds the file's path only when there is an error (the success
+/// path of a roll must not allocate).
+fn segment_err<'a>(
+    op: &'static str,
+    dir: &'a Path,
+    base: u64,
+    ext: &'static str,
+) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+    move |source| StorageError::Io {
+        op,
+        path: dir.join(format!("{base:020}.{ext}")),
+        source,
+    }
+}
+
+/// Creates (or opens) the files of the segment starting at `base` and makes their names
+/// durable. Allocates nothing unless it fails.
+pub(crate) fn create_segment(dir: &Path, dir_fd: &File, base: u64) -> Result<ActiveSegment> {
+    let dat_name = segment::c_name(base, b"dat");
+    let idx_name = segment::c_name(base, b"idx");
+    let dat =
+        segment::open_at(dir_fd, &dat_name, true).map_err(segment_err("open", dir, base, "dat"))?;
+    let idx =
+        segment::open_at(dir_fd, &idx_name, true).map_err(segment_err("open", dir, base, "idx"))?;
+    dir_fd.sync_all().map_err(io_err("fsync directory", dir))?;
+    let dat_read = segment::open_at(dir_fd, &dat_name, false)
+        .map_err(segment_err("open", dir, base, "dat"))?;
+    let idx_read = segment::open_at(dir_fd, &idx_name, false)
+        .map_err(segment_err("open", dir, base, "idx"))?;
     Ok(ActiveSegment {
         base,
-        dat_read: segment::open_read(&dat_path)?,
-        idx_read: segment::open_read(&idx_path)?,
-        dat_path,
-        idx_path,
         dat,
         idx,
+        dat_read,
+        idx_read,
     })
 }

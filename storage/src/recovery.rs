@@ -58,14 +58,15 @@ impl Log {
         Log::validate_config(&cfg)?;
         std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         let ring = Ring::new().map_err(StorageError::Uring)?;
+        let dir_fd = std::fs::File::open(dir).map_err(io_err("open directory", dir))?;
         let bases = segment::list_segments(dir)?;
         let mut report = Recovery {
             segments: bases.len().max(1),
             ..Recovery::default()
         };
         let Some((&last, sealed_bases)) = bases.split_last() else {
-            let active = create_segment(dir, cfg.shard, 0)?;
-            let mut log = Log::assemble(dir.into(), cfg, ring, Vec::new(), active);
+            let active = create_segment(dir, &dir_fd, 0)?;
+            let mut log = Log::assemble(dir.into(), dir_fd, cfg, ring, Vec::new(), active);
             start_fresh_segment(&mut log);
             return Ok((log, report));
         };
@@ -82,8 +83,8 @@ impl Log {
         }
         let scan = scan_dat(dir, cfg.shard, last)?;
         repair_tail(dir, last, &scan, &mut report)?;
-        let active = create_segment(dir, cfg.shard, last)?;
-        let mut log = Log::assemble(dir.into(), cfg, ring, sealed, active);
+        let active = create_segment(dir, &dir_fd, last)?;
+        let mut log = Log::assemble(dir.into(), dir_fd, cfg, ring, sealed, active);
         let next_seq = last + scan.entries.len() as u64;
         log.next_seq = next_seq;
         log.persisted_end = next_seq;

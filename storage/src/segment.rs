@@ -139,6 +139,51 @@ pub fn open_read(path: &Path) -> Result<File> {
     File::open(path).map_err(io_err("open", path))
 }
 
+/// A segment file's name as a NUL-terminated string on the stack, `<20 digits>.<ext>\0`, so
+/// that rolling a segment allocates nothing.
+pub(crate) fn c_name(base: u64, ext: &[u8; 3]) -> [u8; 25] {
+    let mut name = [0u8; 25];
+    let mut v = base;
+    for digit in name[..20].iter_mut().rev() {
+        *digit = b'0' + u8::try_from(v % 10).expect("a decimal digit");
+        v /= 10;
+    }
+    name[20] = b'.';
+    name[21..24].copy_from_slice(ext);
+    name
+}
+
+/// Opens a segment file relative to the directory `dir`: for appends (created if missing,
+/// `O_DIRECT` where supported) or for buffered reads.
+pub(crate) fn open_at(dir: &File, name: &[u8; 25], append: bool) -> std::io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let base_flags = if append {
+        libc::O_RDWR | libc::O_CREAT
+    } else {
+        libc::O_RDONLY
+    };
+    let open = |flags: i32| {
+        // SAFETY: `name` is NUL-terminated (c_name); openat reads it and returns a new fd or -1.
+        unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr().cast(),
+                flags | libc::O_CLOEXEC,
+                0o644,
+            )
+        }
+    };
+    let mut fd = open(base_flags | if append { libc::O_DIRECT } else { 0 });
+    if fd < 0 && append && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        fd = open(base_flags);
+    }
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 /// fsyncs a directory so that file creations, renames and removals in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
@@ -160,6 +205,14 @@ mod tests {
             dat_path(Path::new("/d"), 7),
             PathBuf::from("/d/00000000000000000007.dat")
         );
+    }
+
+    #[test]
+    fn stack_names_match_paths() {
+        let n = c_name(42, b"dat");
+        assert_eq!(&n[..24], b"00000000000000000042.dat");
+        assert_eq!(n[24], 0);
+        assert_eq!(&c_name(u64::MAX, b"idx")[..20], b"18446744073709551615");
     }
 
     #[test]
