@@ -151,6 +151,7 @@ impl Bus {
             batch_bytes_max: c.batch.max_bytes,
             linger_ns: c.batch.linger_us * 1000,
             idle: c.idle.clone(),
+            fsync: c.storage.fsync,
         };
         let dir = shard_dir(c, shard);
         let (handle, rx) = executor::spawn_shard(id, cpu, c.executor.io_memory_bytes, move || {
@@ -197,6 +198,7 @@ impl Bus {
                 i,
                 self.config.lane.capacity_bytes,
                 shard.signal.clone(),
+                shard.counters.clone(),
             ));
             lanes.push(lane.clone());
             shard.send(Control::AddLane(lane.clone()));
@@ -350,6 +352,68 @@ impl Bus {
         Ok(())
     }
 
+    /// Waits until every event in `ids` is durable under the fsync policy (written, for
+    /// `never`), asking the shards to sync now rather than at the end of their interval.
+    pub fn wait_durable(&self, ids: &[EventId], timeout: Duration) -> Result<(), Error> {
+        if self.shut_down {
+            return Err(Error::Closed);
+        }
+        let n = self.shards.len();
+        if let Some(bad) = ids.iter().find(|id| usize::from(id.shard.0) >= n) {
+            return Err(Error::Cursor(format!(
+                "event {bad} names a shard this bus does not have ({n} shards)"
+            )));
+        }
+        let mut want = vec![0u64; n];
+        for id in ids {
+            let w = &mut want[usize::from(id.shard.0)];
+            *w = (*w).max(id.seq.0.saturating_add(1));
+        }
+        for (s, &end) in want.iter().enumerate() {
+            if end > 0 {
+                self.shards[s].send(Control::SyncNow);
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        let never = self.config.storage.fsync == crate::config::FsyncPolicy::Never;
+        for (s, &end) in want.iter().enumerate() {
+            let c = &self.stats.shared.shards[s];
+            let shard = ShardId(u16::try_from(s).expect("u16 shard"));
+            loop {
+                let reached = if never {
+                    &c.persisted_end
+                } else {
+                    &c.durable_end
+                };
+                if reached.load(Ordering::Acquire) >= end {
+                    break;
+                }
+                if c.failed.load(Ordering::Acquire) || c.stopped.load(Ordering::Acquire) {
+                    let reason = c
+                        .error
+                        .lock()
+                        .expect("shard error")
+                        .clone()
+                        .unwrap_or_else(|| "stopped".into());
+                    return Err(Error::Storage {
+                        shard,
+                        source: net_storage::StorageError::Poisoned {
+                            shard: shard.0,
+                            reason,
+                        },
+                    });
+                }
+                if Instant::now() >= deadline {
+                    return Err(Error::Timeout {
+                        what: format!("durability of shard {shard} up to seq {end}"),
+                    });
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        Ok(())
+    }
+
     /// Takes and resets the ingest-to-persisted latency histogram (nanoseconds) of every
     /// shard, merged.
     pub fn take_latency(&self) -> Histogram<u64> {
@@ -419,7 +483,9 @@ impl Bus {
             let shard = ShardId(u16::try_from(s).expect("u16 shard"));
             let Some(handle) = t.take() else { continue };
             let counters = &self.stats.shared.shards[s];
-            match handle.join() {
+            let joined = handle.join();
+            counters.stopped.store(true, Ordering::Release);
+            match joined {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     failed.push((shard, e.clone()));

@@ -175,6 +175,25 @@ pub enum IdleStrategy {
 pub struct StorageConfig {
     /// A segment rolls before its `.dat` grows past this many bytes.
     pub segment_bytes: u64,
+    /// When written events are made durable (`fdatasync`).
+    pub fsync: FsyncPolicy,
+}
+
+/// When a shard makes its written events durable.
+///
+/// In JSON: `"never"`, `"every_batch"`, or `{"interval_ms": N}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum FsyncPolicy {
+    /// Never sync per batch (segments are still synced when sealed and at close); "durable"
+    /// then means written to the file.
+    Never,
+    /// Sync at most this often: the first batch written after the interval carries a sync, and
+    /// an idle shard syncs what is pending once the interval passed.
+    IntervalMs(u64),
+    /// Group commit: every batch's write is followed by one `fdatasync` that covers it and all
+    /// batches before it; events that arrive meanwhile form the next batch.
+    EveryBatch,
 }
 
 /// The shard executors (glommio).
@@ -247,6 +266,7 @@ impl Default for StorageConfig {
     fn default() -> StorageConfig {
         StorageConfig {
             segment_bytes: 128 << 20,
+            fsync: FsyncPolicy::EveryBatch,
         }
     }
 }
@@ -367,6 +387,9 @@ impl Config {
             segment_min,
             1 << 40,
         )?;
+        if let FsyncPolicy::IntervalMs(ms) = self.storage.fsync {
+            in_range("storage.fsync.interval_ms", ms, 1, 3_600_000)?;
+        }
         in_range(
             "executor.io_memory_bytes",
             as_u64(self.executor.io_memory_bytes),

@@ -39,6 +39,8 @@ pub(crate) enum Control {
         heads: Vec<(u64, u64)>,
         reply: SyncSender<Result<(), String>>,
     },
+    /// Sync what is written now instead of waiting for the interval.
+    SyncNow,
     Latency {
         reply: SyncSender<Histogram<u64>>,
     },

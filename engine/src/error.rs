@@ -64,6 +64,12 @@ pub enum SendError {
     /// The bus is shutting down or shut down.
     #[error("the bus is shut down")]
     Closed,
+    /// The shard's log failed; the event is not durable.
+    #[error("shard {0} failed before the event became durable")]
+    Failed(ShardId),
+    /// The shard stopped (shutdown past its deadline) before the event became durable.
+    #[error("shard {0} stopped before the event became durable")]
+    Stopped(ShardId),
     /// The payload is larger than a lane or a batch can hold.
     #[error("payload of {len} bytes exceeds the maximum of {max} bytes")]
     TooLarge {

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
+use crate::stats::ShardCounters;
 use crate::wake::ShardSignal;
 
 /// Bytes a lane spends per record besides the payload (header word and timestamp word).
@@ -62,10 +63,21 @@ pub(crate) struct Lane {
     tail: CachePadded<AtomicU64>,
     /// Set by the bus at shutdown; producers check it inside their `busy` window.
     pub(crate) closed: AtomicBool,
+    /// Lane position up to which records are durable under the fsync policy (written, for
+    /// `never`) or were dropped; written by the shard, read by `send_durable` and flush.
+    pub(crate) durable_pos: CachePadded<AtomicU64>,
+    /// The shard's counters, so a waiting producer sees the shard fail.
+    pub(crate) shard_state: Arc<CachePadded<ShardCounters>>,
 }
 
 impl Lane {
-    pub(crate) fn new(id: u64, shard: usize, capacity: usize, signal: Arc<ShardSignal>) -> Lane {
+    pub(crate) fn new(
+        id: u64,
+        shard: usize,
+        capacity: usize,
+        signal: Arc<ShardSignal>,
+        shard_state: Arc<CachePadded<ShardCounters>>,
+    ) -> Lane {
         assert!(
             capacity.is_power_of_two() && capacity >= 64,
             "lane capacity"
@@ -83,6 +95,8 @@ impl Lane {
             claim: CachePadded::new(AtomicU64::new(0)),
             tail: CachePadded::new(AtomicU64::new(0)),
             closed: AtomicBool::new(false),
+            durable_pos: CachePadded::new(AtomicU64::new(0)),
+            shard_state,
         }
     }
 
@@ -170,6 +184,11 @@ impl LaneWriter {
         }
         self.tail_cache = self.lane.tail.load(Ordering::Acquire);
         self.head + need - self.tail_cache <= self.lane.capacity
+    }
+
+    /// Position after the last record written.
+    pub(crate) fn head(&self) -> u64 {
+        self.head
     }
 
     /// Bytes in use as last seen (for `sample`).
@@ -280,6 +299,7 @@ pub(crate) struct LaneReader {
     pub(crate) inflight_pos: u64,
     /// Lane position up to which every record is persisted (or was dropped).
     pub(crate) persisted_pos: u64,
+    durable_pos: u64,
 }
 
 impl LaneReader {
@@ -290,7 +310,21 @@ impl LaneReader {
             claimed_end: 0,
             inflight_pos: 0,
             persisted_pos: 0,
+            durable_pos: 0,
         }
+    }
+
+    /// Publishes that everything below `pos` is durable (under the policy) or dropped.
+    pub(crate) fn publish_durable(&mut self, pos: u64) {
+        if pos > self.durable_pos {
+            self.durable_pos = pos;
+            self.lane.durable_pos.store(pos, Ordering::Release);
+        }
+    }
+
+    /// Lane position up to which records are durable (under the policy) or dropped.
+    pub(crate) fn durable_pos(&self) -> u64 {
+        self.durable_pos
     }
 
     /// Position after the last record handed to the shard.
@@ -389,7 +423,14 @@ mod tests {
     use super::*;
 
     fn lane(cap: usize) -> (LaneWriter, LaneReader) {
-        let l = Arc::new(Lane::new(0, 0, cap, Arc::new(ShardSignal::new().unwrap())));
+        let state = Arc::new(CachePadded::new(ShardCounters::default()));
+        let l = Arc::new(Lane::new(
+            0,
+            0,
+            cap,
+            Arc::new(ShardSignal::new().unwrap()),
+            state,
+        ));
         (LaneWriter::new(l.clone()), LaneReader::new(l))
     }
 

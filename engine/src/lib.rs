@@ -23,7 +23,10 @@ mod wake;
 
 pub use bus::{Bus, ShutdownReport};
 pub use clock::{TimestampGenerator, monotonic_ns, realtime_ns};
-pub use config::{Backpressure, BatchConfig, Config, IdleConfig, IdleStrategy, LaneConfig};
+pub use config::{
+    Backpressure, BatchConfig, Config, FsyncPolicy, IdleConfig, IdleStrategy, LaneConfig,
+    StorageConfig,
+};
 pub use cursor::Cursor;
 pub use error::{Error, SendError};
 pub use ids::{EventId, Seq, ShardId};

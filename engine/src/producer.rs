@@ -18,7 +18,7 @@ use crate::clock::monotonic_ns;
 use crate::config::Backpressure;
 use crate::error::SendError;
 use crate::ids::ShardId;
-use crate::lane::{DropOldest, LaneWriter};
+use crate::lane::{DropOldest, Lane, LaneWriter};
 
 /// What happened to an accepted event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +82,21 @@ impl Producer {
         self.send_to(shard, payload)
     }
 
+    /// Sends an event and returns once it is durable under the bus's fsync policy
+    /// (`every_batch`: after the fdatasync of its batch; `interval_ms`: after the next sync,
+    /// at most the interval later; `never`: once written to the file). An event dropped by the
+    /// backpressure mode returns `Ok(Sent::Dropped)` at once. Blocks the calling thread; for
+    /// many events, `send` them and then `Bus::flush`.
+    pub fn send_durable(&mut self, key: &[u8], payload: &[u8]) -> Result<Sent, SendError> {
+        let shard = shard_for_key(key, self.writers.len());
+        let sent = self.send_to_stamped(shard, payload, None)?;
+        if sent == Sent::Dropped {
+            return Ok(sent);
+        }
+        let w = &self.writers[shard];
+        wait_lane_durable(&w.lane, w.head())
+    }
+
     /// Sends an event to this producer's home shard.
     pub fn send_home(&mut self, payload: &[u8]) -> Result<Sent, SendError> {
         self.send_to(self.home, payload)
@@ -92,13 +107,36 @@ impl Producer {
     /// # Panics
     /// If `shard` is not a shard of this bus.
     pub fn send_to(&mut self, shard: usize, payload: &[u8]) -> Result<Sent, SendError> {
+        self.send_to_stamped(shard, payload, None)
+    }
+
+    /// Like [`Producer::send`], with the event's origin time for the ingest-to-persisted
+    /// latency histogram: `origin_ns` on the [`crate::monotonic_ns`] clock, such as when the
+    /// event arrived or when a paced load generator meant to send it (which keeps the
+    /// histogram free of coordinated omission). `send` uses the time of the call.
+    pub fn send_stamped(
+        &mut self,
+        key: &[u8],
+        payload: &[u8],
+        origin_ns: u64,
+    ) -> Result<Sent, SendError> {
+        let shard = shard_for_key(key, self.writers.len());
+        self.send_to_stamped(shard, payload, Some(origin_ns))
+    }
+
+    fn send_to_stamped(
+        &mut self,
+        shard: usize,
+        payload: &[u8],
+        origin_ns: Option<u64>,
+    ) -> Result<Sent, SendError> {
         if payload.len() > self.payload_bytes_max {
             return Err(SendError::TooLarge {
                 len: payload.len(),
                 max: self.payload_bytes_max,
             });
         }
-        let send_ns = monotonic_ns();
+        let send_ns = origin_ns.unwrap_or_else(monotonic_ns);
         let mode = self.mode;
         let w = &mut self.writers[shard];
         w.lane.busy.store(true, Ordering::SeqCst);
@@ -148,6 +186,34 @@ fn send_in_window(
     }
     w.write(send_ns, payload);
     Ok(Sent::Queued)
+}
+
+/// Waits until the shard publishes the lane durable up to `pos`. The producer does not send
+/// meanwhile, so its own `drop_oldest` cannot drop the record being waited for.
+fn wait_lane_durable(lane: &Lane, pos: u64) -> Result<Sent, SendError> {
+    let shard = ShardId(u16::try_from(lane.shard).expect("u16 shard"));
+    let backoff = Backoff::new();
+    loop {
+        if lane.durable_pos.load(Ordering::Acquire) >= pos {
+            return Ok(Sent::Queued);
+        }
+        let state = &lane.shard_state;
+        if state.failed.load(Ordering::Acquire) || state.panicked.load(Ordering::Acquire) {
+            return Err(SendError::Failed(shard));
+        }
+        if state.stopped.load(Ordering::Acquire) {
+            // The shard publishes its last durable position before it stops.
+            if lane.durable_pos.load(Ordering::Acquire) >= pos {
+                return Ok(Sent::Queued);
+            }
+            return Err(SendError::Stopped(shard));
+        }
+        if backoff.is_completed() {
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        } else {
+            backoff.snooze();
+        }
+    }
 }
 
 fn wait_for_room(w: &mut LaneWriter, need: u64) -> Result<(), SendError> {

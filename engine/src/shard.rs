@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use net_storage::{Log, Push, Written};
 
 use crate::clock::{TimestampGenerator, monotonic_ns, realtime_ns};
-use crate::config::{IdleConfig, IdleStrategy};
+use crate::config::{FsyncPolicy, IdleConfig, IdleStrategy};
 use crate::control::{Control, PollReply, ShardShared};
 use crate::lane::LaneReader;
 
@@ -33,6 +33,7 @@ pub(crate) struct ShardSettings {
     pub(crate) batch_bytes_max: usize,
     pub(crate) linger_ns: u64,
     pub(crate) idle: IdleConfig,
+    pub(crate) fsync: FsyncPolicy,
 }
 
 pub(crate) struct Shard {
@@ -51,6 +52,10 @@ pub(crate) struct Shard {
     stop_deadline_ns: Option<u64>,
     idle_since_ns: Option<u64>,
     failure: Option<String>,
+    /// When the last fdatasync was submitted (monotonic ns).
+    last_sync_ns: u64,
+    /// A flush or `wait_durable` asked for a sync before the interval passed.
+    sync_requested: bool,
 }
 
 impl Shard {
@@ -82,6 +87,8 @@ impl Shard {
             stop_deadline_ns: None,
             idle_since_ns: None,
             failure: None,
+            last_sync_ns: 0,
+            sync_requested: false,
         }
     }
 
@@ -131,7 +138,11 @@ impl Shard {
                 } => {
                     let _ = reply.send(self.read(from, limit, bytes_max));
                 }
-                Control::Flush { heads, reply } => self.flushes.push((heads, reply)),
+                Control::Flush { heads, reply } => {
+                    self.flushes.push((heads, reply));
+                    self.sync_requested = true;
+                }
+                Control::SyncNow => self.sync_requested = true,
                 Control::Latency { reply } => {
                     let _ = reply.send(self.latency.clone());
                     self.latency.reset();
@@ -284,17 +295,60 @@ impl Shard {
                 any = true;
             }
         }
+        if !self.log.in_flight() && self.log.open_events() == 0 && self.sync_due() {
+            any = true;
+            self.last_sync_ns = monotonic_ns();
+            self.sync_requested = false;
+            if let Err(e) = self.log.sync() {
+                self.failure = Some(e.to_string());
+                self.fail_batch(0);
+            }
+        }
         if !self.flushes.is_empty() {
             self.resolve_flushes();
         }
         any
     }
 
+    /// Under `interval_ms`: written events wait for a sync and the interval passed (or a
+    /// flush asked for one).
+    fn sync_due(&self) -> bool {
+        let FsyncPolicy::IntervalMs(ms) = self.s.fsync else {
+            return false;
+        };
+        self.failure.is_none()
+            && self.log.durable_end() < self.log.persisted_end()
+            && (self.sync_requested
+                || monotonic_ns().saturating_sub(self.last_sync_ns) >= ms * 1_000_000)
+    }
+
+    /// Whether the next batch carries an fdatasync.
+    fn sync_with_batch(&self) -> bool {
+        match self.s.fsync {
+            FsyncPolicy::Never => false,
+            FsyncPolicy::EveryBatch => true,
+            FsyncPolicy::IntervalMs(ms) => {
+                self.sync_requested
+                    || monotonic_ns().saturating_sub(self.last_sync_ns) >= ms * 1_000_000
+            }
+        }
+    }
+
+    /// Whether everything written counts as durable under the policy.
+    fn written_is_durable(&self) -> bool {
+        self.s.fsync == FsyncPolicy::Never || self.log.durable_end() == self.log.persisted_end()
+    }
+
     fn submit(&mut self) {
         if self.failure.is_some() || self.log.open_events() == 0 {
             return;
         }
-        if let Err(e) = self.log.submit() {
+        let sync = self.sync_with_batch();
+        if sync {
+            self.last_sync_ns = monotonic_ns();
+            self.sync_requested = false;
+        }
+        if let Err(e) = self.log.submit(sync) {
             self.failure = Some(e.to_string());
             self.fail_batch(0);
             return;
@@ -336,11 +390,19 @@ impl Shard {
         self.inflight_send_ns.clear();
         let c = &self.shared.counters;
         c.persisted_end.store(w.end_seq, Ordering::Release);
-        c.batches
-            .store(c.batches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        c.add_persisted(n);
-        for lane in &mut self.lanes {
-            lane.persisted_pos = lane.inflight_pos;
+        c.durable_end.store(w.durable_end, Ordering::Release);
+        if n > 0 {
+            c.batches
+                .store(c.batches.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            c.add_persisted(n);
+            for lane in &mut self.lanes {
+                lane.persisted_pos = lane.inflight_pos;
+            }
+        }
+        if self.written_is_durable() {
+            for lane in &mut self.lanes {
+                lane.publish_durable(lane.persisted_pos);
+            }
         }
     }
 
@@ -348,8 +410,12 @@ impl Shard {
         if !self.log.in_flight() && self.log.open_events() == 0 {
             // Nothing staged or in flight: everything handed over is persisted, including
             // positions skipped over by drop_oldest.
+            let durable = self.written_is_durable();
             for lane in &mut self.lanes {
                 lane.persisted_pos = lane.pos();
+                if durable {
+                    lane.publish_durable(lane.persisted_pos);
+                }
             }
         }
         let failed = self.failure.clone();
@@ -363,7 +429,7 @@ impl Shard {
                 lanes
                     .iter()
                     .find(|l| l.lane.id == id)
-                    .is_none_or(|l| l.persisted_pos >= head)
+                    .is_none_or(|l| l.durable_pos() >= head)
             });
             if done {
                 let _ = reply.send(Ok(()));
@@ -397,7 +463,19 @@ impl Shard {
         if work {
             signal.unpark();
         } else {
-            signal.park(self.s.idle.park_max_us);
+            signal.park(self.park_us());
+        }
+    }
+
+    /// How long to park: at most `park_max_us`, and no later than a pending interval sync.
+    fn park_us(&self) -> u64 {
+        let max = self.s.idle.park_max_us;
+        match self.s.fsync {
+            FsyncPolicy::IntervalMs(ms) if self.log.durable_end() < self.log.persisted_end() => {
+                let due = self.last_sync_ns.saturating_add(ms * 1_000_000);
+                max.min(due.saturating_sub(monotonic_ns()) / 1000 + 1)
+            }
+            _ => max,
         }
     }
 
@@ -418,9 +496,11 @@ impl Shard {
         for (_, reply) in self.flushes.drain(..) {
             let _ = reply.send(Err("the shard stopped before the flush completed".into()));
         }
-        if let Some(f) = self.failure {
-            return Err(f);
-        }
-        self.log.close().map(|_| ()).map_err(|e| e.to_string())
+        let result = match self.failure.take() {
+            Some(f) => Err(f),
+            None => self.log.close().map(|_| ()).map_err(|e| e.to_string()),
+        };
+        self.shared.counters.stopped.store(true, Ordering::Release);
+        result
     }
 }

@@ -27,8 +27,11 @@ pub(crate) struct ShardCounters {
     pub(crate) dropped: AtomicU64,
     pub(crate) batches: AtomicU64,
     pub(crate) persisted_end: AtomicU64,
+    pub(crate) durable_end: AtomicU64,
     pub(crate) failed: AtomicBool,
     pub(crate) panicked: AtomicBool,
+    /// The shard's thread has ended (cleanly, failed, or panicked).
+    pub(crate) stopped: AtomicBool,
     /// Why the shard failed or panicked (control plane only).
     pub(crate) error: std::sync::Mutex<Option<String>>,
 }
@@ -79,8 +82,10 @@ pub struct ShardStats {
     pub totals: Totals,
     /// Batches written.
     pub batches: u64,
-    /// One past the last persisted sequence number.
+    /// One past the last persisted (written) sequence number.
     pub persisted_end: u64,
+    /// One past the last sequence number known durable (fdatasync completed).
+    pub durable_end: u64,
     /// The log failed (poisoned); the reason is in [`Stats::errors`].
     pub failed: bool,
     /// The shard's thread panicked.
@@ -167,6 +172,7 @@ impl StatsHandle {
                     totals,
                     batches: c.batches.load(Ordering::Relaxed),
                     persisted_end: c.persisted_end.load(Ordering::Relaxed),
+                    durable_end: c.durable_end.load(Ordering::Relaxed),
                     failed: c.failed.load(Ordering::Relaxed),
                     panicked: c.panicked.load(Ordering::Relaxed),
                 }

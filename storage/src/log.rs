@@ -29,6 +29,7 @@ use crate::uring::Ring;
 
 const TAG_DAT: u64 = 1;
 const TAG_IDX: u64 = 2;
+const TAG_SYNC: u64 = 4;
 /// Sealed segments the log has room for before its list grows.
 const SEALED_RESERVE: usize = 4096;
 /// The smallest segment that holds its header block and one small record.
@@ -102,6 +103,9 @@ pub struct Written {
     pub first_seq: u64,
     /// One past the last sequence number of the batch.
     pub end_seq: u64,
+    /// One past the last sequence number known durable (fdatasync completed) after this
+    /// completion.
+    pub durable_end: u64,
 }
 
 /// One record read back from the log.
@@ -132,7 +136,8 @@ pub(crate) struct ActiveSegment {
 
 #[derive(Debug)]
 struct Inflight {
-    stage: usize,
+    /// Whether an fdatasync covers this batch.
+    synced: bool,
     first_seq: u64,
     end_seq: u64,
     dat_len: usize,
@@ -166,6 +171,7 @@ pub struct Log {
     inflight: Option<Inflight>,
     pub(crate) next_seq: u64,
     pub(crate) persisted_end: u64,
+    pub(crate) durable_end: u64,
     poisoned: Option<String>,
     reader: Option<Reader>,
 }
@@ -199,6 +205,7 @@ impl Log {
             inflight: None,
             next_seq: 0,
             persisted_end: 0,
+            durable_end: 0,
             poisoned: None,
             reader: None,
         }
@@ -226,6 +233,11 @@ impl Log {
     /// One past the last sequence number whose write completed.
     pub fn persisted_end(&self) -> u64 {
         self.persisted_end
+    }
+
+    /// One past the last sequence number known durable.
+    pub fn durable_end(&self) -> u64 {
+        self.durable_end
     }
 
     /// The first sequence number still stored.
@@ -306,11 +318,15 @@ impl Log {
         Ok(Push::Staged(seq))
     }
 
-    /// Submits the open batch as one write per file. Returns false if it was empty.
+    /// Submits the open batch as one write per file. With `sync`, an `fdatasync` of `.dat`
+    /// linked after its write makes the batch, and everything written before it, durable
+    /// (group commit: one sync for every event that queued while the previous one ran).
+    /// `.idx` is never synced per batch: recovery rebuilds it from `.dat`. Returns false if
+    /// the batch was empty.
     ///
     /// # Panics
-    /// If a batch is still in flight: call [`Log::complete`] until it returns the batch first.
-    pub fn submit(&mut self) -> Result<bool> {
+    /// If a batch or sync is still in flight: call [`Log::complete`] until it returns first.
+    pub fn submit(&mut self, sync: bool) -> Result<bool> {
         self.check_poison()?;
         assert!(self.inflight.is_none(), "submit with a batch in flight");
         if self.open_events == 0 {
@@ -319,44 +335,31 @@ impl Log {
         let s = self.open;
         let dat_len = self.dat[s].seal_for_write();
         let idx_len = self.idx[s].seal_for_write();
-        let fds = (self.active.dat.as_raw_fd(), self.active.idx.as_raw_fd());
+        let (dat_fd, idx_fd) = (self.active.dat.as_raw_fd(), self.active.idx.as_raw_fd());
+        let (dat, idx) = (&self.dat[s], &self.idx[s]);
         // SAFETY: both stage buffers are owned by self, never reallocated, and not written
         // again until `complete` has reaped both writes (the next batch uses the other stage).
         unsafe {
-            let dat = &self.dat[s];
-            self.ring.push_write(
-                fds.0,
-                dat.buf.as_slice().as_ptr(),
-                len_u32(dat_len),
-                dat.start,
-                TAG_DAT,
-            );
-            let idx = &self.idx[s];
-            self.ring.push_write(
-                fds.1,
-                idx.buf.as_slice().as_ptr(),
-                len_u32(idx_len),
-                idx.start,
-                TAG_IDX,
-            );
+            let ptr = dat.buf.as_slice().as_ptr();
+            self.ring
+                .push_write(dat_fd, ptr, len_u32(dat_len), dat.start, TAG_DAT, sync);
+            if sync {
+                self.ring.push_fdatasync(dat_fd, TAG_SYNC);
+            }
+            let ptr = idx.buf.as_slice().as_ptr();
+            self.ring
+                .push_write(idx_fd, ptr, len_u32(idx_len), idx.start, TAG_IDX, false);
         }
-        if let Err(e) = self.ring.submit() {
-            let path = segment::dat_path(&self.dir, self.active.base);
-            return Err(self.poison(StorageError::Io {
-                op: "submit write",
-                path,
-                source: e,
-            }));
-        }
+        let pending = TAG_DAT | TAG_IDX | if sync { TAG_SYNC } else { 0 };
         let first_seq = self.next_seq - self.open_events as u64;
-        self.inflight = Some(Inflight {
-            stage: s,
+        self.start_inflight(Inflight {
+            synced: sync,
             first_seq,
             end_seq: self.next_seq,
             dat_len,
             idx_len,
-            pending: TAG_DAT | TAG_IDX,
-        });
+            pending,
+        })?;
         let (prev, next) = pair_mut(&mut self.dat, s);
         next.carry_from(prev);
         let (prev, next) = pair_mut(&mut self.idx, s);
@@ -367,8 +370,43 @@ impl Log {
         Ok(true)
     }
 
-    /// Reaps the in-flight batch's completions; with `wait`, blocks until they arrive.
-    /// Returns the batch once both of its writes completed in full.
+    /// Makes everything written so far durable with one `fdatasync` of `.dat`, when nothing
+    /// is in flight. Returns false if there was nothing to make durable.
+    pub fn sync(&mut self) -> Result<bool> {
+        self.check_poison()?;
+        assert!(self.inflight.is_none(), "sync with a batch in flight");
+        if self.durable_end == self.persisted_end {
+            return Ok(false);
+        }
+        self.ring
+            .push_fdatasync(self.active.dat.as_raw_fd(), TAG_SYNC);
+        let end = self.persisted_end;
+        self.start_inflight(Inflight {
+            synced: true,
+            first_seq: end,
+            end_seq: end,
+            dat_len: 0,
+            idx_len: 0,
+            pending: TAG_SYNC,
+        })?;
+        Ok(true)
+    }
+
+    fn start_inflight(&mut self, inf: Inflight) -> Result<()> {
+        if let Err(e) = self.ring.submit() {
+            let path = segment::dat_path(&self.dir, self.active.base);
+            return Err(self.poison(StorageError::Io {
+                op: "submit write",
+                path,
+                source: e,
+            }));
+        }
+        self.inflight = Some(inf);
+        Ok(())
+    }
+
+    /// Reaps the in-flight batch's (or sync's) completions; with `wait`, blocks until they
+    /// arrive. Returns the batch once all its operations completed in full.
     pub fn complete(&mut self, wait: bool) -> Result<Option<Written>> {
         loop {
             let Some(inf) = self.inflight.as_mut() else {
@@ -376,45 +414,31 @@ impl Log {
             };
             let mut failure: Option<(u64, i32)> = None;
             self.ring.reap(|tag, res| {
-                let expected = if tag == TAG_DAT {
-                    inf.dat_len
-                } else {
-                    inf.idx_len
+                let expected = match tag {
+                    TAG_DAT => inf.dat_len,
+                    TAG_IDX => inf.idx_len,
+                    _ => 0,
                 };
-                if res < 0 || res as usize != expected {
+                if res < 0 || usize::try_from(res).ok() != Some(expected) {
                     failure.get_or_insert((tag, res));
                 }
                 inf.pending &= !tag;
             });
             if let Some((tag, res)) = failure {
                 let inf = self.inflight.take().expect("in flight");
-                let (path, expected) = if tag == TAG_DAT {
-                    (segment::dat_path(&self.dir, self.active.base), inf.dat_len)
-                } else {
-                    (segment::idx_path(&self.dir, self.active.base), inf.idx_len)
-                };
-                let err = if res < 0 {
-                    StorageError::Io {
-                        op: "write",
-                        path,
-                        source: std::io::Error::from_raw_os_error(-res),
-                    }
-                } else {
-                    StorageError::ShortWrite {
-                        path,
-                        written: res as usize,
-                        expected,
-                    }
-                };
-                return Err(self.poison(err));
+                return Err(self.poison(self.op_error(&inf, tag, res)));
             }
             if inf.pending == 0 {
                 let inf = self.inflight.take().expect("in flight");
-                debug_assert_ne!(inf.stage, self.open);
+                let synced = inf.synced;
                 self.persisted_end = inf.end_seq;
+                if synced {
+                    self.durable_end = inf.end_seq;
+                }
                 return Ok(Some(Written {
                     first_seq: inf.first_seq,
                     end_seq: inf.end_seq,
+                    durable_end: self.durable_end,
                 }));
             }
             if !wait {
@@ -431,6 +455,39 @@ impl Log {
         }
     }
 
+    /// The error for a failed (`res < 0`) or short operation of a batch.
+    fn op_error(&self, inf: &Inflight, tag: u64, res: i32) -> StorageError {
+        let (path, expected, op) = match tag {
+            TAG_DAT => (
+                segment::dat_path(&self.dir, self.active.base),
+                inf.dat_len,
+                "write",
+            ),
+            TAG_IDX => (
+                segment::idx_path(&self.dir, self.active.base),
+                inf.idx_len,
+                "write",
+            ),
+            _ => (
+                segment::dat_path(&self.dir, self.active.base),
+                0,
+                "fdatasync",
+            ),
+        };
+        match usize::try_from(res) {
+            Ok(written) => StorageError::ShortWrite {
+                path,
+                written,
+                expected,
+            },
+            Err(_) => StorageError::Io {
+                op,
+                path,
+                source: std::io::Error::from_raw_os_error(-res),
+            },
+        }
+    }
+
     /// Seals the active segment and starts a new one at `next_seq`.
     fn roll(&mut self) -> Result<()> {
         assert!(
@@ -438,6 +495,10 @@ impl Log {
             "roll with pending writes"
         );
         self.truncate_active().map_err(|e| self.poison(e))?;
+        // A sealed segment is complete and durable, whatever the fsync policy: its index is
+        // trusted on open, and its truncation must not come undone.
+        self.sync_active().map_err(|e| self.poison(e))?;
+        self.durable_end = self.persisted_end;
         self.sealed.push(SealedSegment {
             base: self.active.base,
             end: self.next_seq,
@@ -468,6 +529,26 @@ impl Log {
         n
     }
 
+    /// fdatasyncs both files of the active segment (rare: at roll, open and close).
+    fn sync_active(&self) -> Result<()> {
+        let a = &self.active;
+        a.dat
+            .sync_data()
+            .map_err(segment_err("fdatasync", &self.dir, a.base, "dat"))?;
+        a.idx
+            .sync_data()
+            .map_err(segment_err("fdatasync", &self.dir, a.base, "idx"))?;
+        Ok(())
+    }
+
+    /// Makes the active segment durable and records it (called once when the log opens, so
+    /// that everything recovered counts as durable).
+    pub(crate) fn sync_opened(&mut self) -> Result<()> {
+        self.sync_active()?;
+        self.durable_end = self.persisted_end;
+        Ok(())
+    }
+
     /// Cuts the zero padding after the logical end of the active segment's files.
     fn truncate_active(&self) -> Result<()> {
         let s = self.open;
@@ -481,7 +562,8 @@ impl Log {
         Ok(())
     }
 
-    /// Waits for the in-flight batch, cuts padding, and closes the log.
+    /// Waits for the in-flight batch, cuts padding, makes the segment durable, and closes the
+    /// log.
     ///
     /// # Panics
     /// If records are staged but not submitted (the caller decides what happens to them).
@@ -490,6 +572,7 @@ impl Log {
         let written = self.complete(true)?;
         self.check_poison()?;
         self.truncate_active()?;
+        self.sync_active()?;
         Ok(written)
     }
 

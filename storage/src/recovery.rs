@@ -68,6 +68,7 @@ impl Log {
             let active = create_segment(dir, &dir_fd, 0)?;
             let mut log = Log::assemble(dir.into(), dir_fd, cfg, ring, Vec::new(), active);
             start_fresh_segment(&mut log);
+            log.sync_opened()?;
             return Ok((log, report));
         };
         let mut sealed = Vec::with_capacity(sealed_bases.len());
@@ -101,6 +102,7 @@ impl Log {
         } else {
             start_fresh_segment(&mut log);
         }
+        log.sync_opened()?;
         Ok((log, report))
     }
 }

@@ -8,7 +8,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use io_uring::{IoUring, opcode, types};
+use io_uring::{IoUring, opcode, squeue, types};
 
 /// Submission queue entries: two writes and one sync per batch, with room to spare.
 pub(crate) const RING_ENTRIES: u32 = 16;
@@ -30,7 +30,8 @@ impl Ring {
         })
     }
 
-    /// Queues a write of `len` bytes from `buf` at `offset` of `fd`.
+    /// Queues a write of `len` bytes from `buf` at `offset` of `fd`. With `link`, the next
+    /// queued entry starts only after this write succeeded (`IOSQE_IO_LINK`).
     ///
     /// # Safety
     /// `buf` must stay valid and unmodified for `len` bytes until the completion tagged `tag` is
@@ -42,13 +43,33 @@ impl Ring {
         len: u32,
         offset: u64,
         tag: u64,
+        link: bool,
     ) {
-        let entry = opcode::Write::new(types::Fd(fd), buf, len)
+        let mut entry = opcode::Write::new(types::Fd(fd), buf, len)
             .offset(offset)
             .build()
             .user_data(tag);
+        if link {
+            entry = entry.flags(squeue::Flags::IO_LINK);
+        }
         // SAFETY: the caller guarantees the buffer outlives the operation; the queue has room
         // because the log never has more than RING_ENTRIES operations outstanding.
+        unsafe {
+            self.ring
+                .submission()
+                .push(&entry)
+                .expect("io_uring submission queue full")
+        };
+    }
+
+    /// Queues an `fdatasync` of `fd`. Queued right after a write pushed with `link`, it starts
+    /// only once that write succeeded, and completes with `-ECANCELED` if the write failed.
+    pub(crate) fn push_fdatasync(&mut self, fd: RawFd, tag: u64) {
+        let entry = opcode::Fsync::new(types::Fd(fd))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(tag);
+        // SAFETY: an fsync references no memory.
         unsafe {
             self.ring
                 .submission()

@@ -33,14 +33,14 @@ fn append(log: &mut Log, n: u64) -> Vec<u64> {
                 if log.in_flight() {
                     log.complete(true).unwrap().expect("a batch was in flight");
                 }
-                log.submit().unwrap();
+                log.submit(false).unwrap();
             }
         }
     }
     if log.in_flight() {
         log.complete(true).unwrap();
     }
-    log.submit().unwrap();
+    log.submit(false).unwrap();
     log.complete(true).unwrap();
     seqs
 }
@@ -100,7 +100,7 @@ fn reads_serve_only_persisted_records_and_respect_limits() {
         log.read(0, 10, 1 << 20).unwrap().is_empty(),
         "staged is not readable"
     );
-    log.submit().unwrap();
+    log.submit(false).unwrap();
     log.complete(true).unwrap();
     let r = log.read(0, 10, 1 << 20).unwrap();
     assert_eq!(r.len(), 1);
