@@ -294,6 +294,20 @@ impl Bus {
                 }
             }
         }
+        for (s, c) in self.stats.shared.shards.iter().enumerate() {
+            let shard = ShardId(u16::try_from(s).expect("u16 shard"));
+            if c.failed.load(Ordering::Acquire)
+                && !resp.failed_shards.iter().any(|(f, _)| *f == shard)
+            {
+                let reason = c
+                    .error
+                    .lock()
+                    .expect("shard error")
+                    .clone()
+                    .unwrap_or_else(|| "failed".into());
+                resp.failed_shards.push((shard, reason));
+            }
+        }
         resp.events = merge(per, limit, &mut resp.next);
         Ok(resp)
     }

@@ -18,7 +18,7 @@ pub enum StorageError {
         source: io::Error,
     },
     /// A write completed with fewer bytes than submitted.
-    #[error("short write to {}: {written} of {expected} bytes", path.display())]
+    #[error("short write to {}: {written} of {expected} bytes{hint}", path.display())]
     ShortWrite {
         /// The file.
         path: PathBuf,
@@ -26,6 +26,8 @@ pub enum StorageError {
         written: usize,
         /// Bytes submitted.
         expected: usize,
+        /// What the file system says about it (such as "No space left on device").
+        hint: String,
     },
     /// io_uring could not be set up for this shard's log.
     #[error(

@@ -479,6 +479,7 @@ impl Log {
                 path,
                 written,
                 expected,
+                hint: space_hint(&self.dir),
             },
             Err(_) => StorageError::Io {
                 op,
@@ -678,6 +679,27 @@ impl Log {
         }
         let r = self.reader.as_ref().expect("just opened");
         Ok((&r.dat, &r.idx, dat_path, idx_path))
+    }
+}
+
+/// Why a write may have come up short: `": No space left on device (N bytes free)"` when the
+/// file system is full, else empty.
+fn space_hint(dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return String::new();
+    };
+    // SAFETY: an all-zero statvfs is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs fills one struct from a NUL-terminated path; both pointers are valid.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return String::new();
+    }
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < crate::buffer::BLOCK_BYTES as u64 * 4 {
+        format!(": No space left on device ({free} bytes free)")
+    } else {
+        String::new()
     }
 }
 

@@ -241,7 +241,9 @@ fn repair_tail(dir: &Path, base: u64, scan: &Scan, report: &mut Recovery) -> Res
         .map_err(io_err("open", &idx_path))?;
     if !idx_agrees {
         report.index_rebuilt = true;
-        f.write_all(&expected).map_err(io_err("write", &idx_path))?;
+        // On a full disk this fails and the log does not open: nothing is cut to make room.
+        f.write_all(&expected)
+            .map_err(io_err("rebuild index", &idx_path))?;
     }
     f.set_len(expected.len() as u64)
         .map_err(io_err("truncate", &idx_path))?;

@@ -58,3 +58,40 @@ pub fn parse(p: &[u8]) -> (u32, u64) {
         u64::from_le_bytes(p[4..12].try_into().unwrap()),
     )
 }
+
+/// A tmpfs mounted for a test, unmounted on drop (root only).
+#[derive(Debug)]
+pub struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    /// Mounts a tmpfs of `size` (`"2m"`), or prints why the test is skipped.
+    pub fn mount(size: &str) -> Option<SmallFs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: this test mounts a tmpfs and needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "running as root but `mount -t tmpfs` failed"
+        );
+        Some(SmallFs(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
