@@ -14,11 +14,15 @@ pub mod index;
 mod log;
 pub mod record;
 mod recovery;
+mod retention;
 pub mod segment;
 mod stage;
 mod uring;
+pub mod verify;
 
 pub use buffer::{AlignedBuf, BLOCK_BYTES};
 pub use error::{Result, StorageError};
 pub use log::{Log, LogConfig, Push, SEGMENT_BYTES_MIN, StoredRecord, Written};
 pub use recovery::Recovery;
+pub use retention::{Retention, Swept};
+pub use verify::{DumpOptions, DumpReport, ShardReport, VerifyReport, dump, repair, verify};

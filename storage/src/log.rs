@@ -119,10 +119,14 @@ pub struct StoredRecord {
     pub payload: Bytes,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct SealedSegment {
     pub(crate) base: u64,
     pub(crate) end: u64,
+    /// Length of its `.dat` file.
+    pub(crate) dat_bytes: u64,
+    /// Timestamp of its newest record.
+    pub(crate) last_ts_ns: u64,
 }
 
 #[derive(Debug)]
@@ -172,6 +176,8 @@ pub struct Log {
     pub(crate) next_seq: u64,
     pub(crate) persisted_end: u64,
     pub(crate) durable_end: u64,
+    /// Timestamp of the newest record pushed.
+    pub(crate) last_ts_ns: u64,
     poisoned: Option<String>,
     reader: Option<Reader>,
 }
@@ -206,6 +212,7 @@ impl Log {
             next_seq: 0,
             persisted_end: 0,
             durable_end: 0,
+            last_ts_ns: 0,
             poisoned: None,
             reader: None,
         }
@@ -238,6 +245,11 @@ impl Log {
     /// One past the last sequence number known durable.
     pub fn durable_end(&self) -> u64 {
         self.durable_end
+    }
+
+    /// Timestamp of the newest record pushed (or recovered).
+    pub fn last_ts_ns(&self) -> u64 {
+        self.last_ts_ns
     }
 
     /// The first sequence number still stored.
@@ -315,6 +327,7 @@ impl Log {
         self.open_events += 1;
         self.open_record_bytes += rec;
         self.next_seq += 1;
+        self.last_ts_ns = ts_ns;
         Ok(Push::Staged(seq))
     }
 
@@ -503,6 +516,8 @@ impl Log {
         self.sealed.push(SealedSegment {
             base: self.active.base,
             end: self.next_seq,
+            dat_bytes: self.dat[self.open].end(),
+            last_ts_ns: self.last_ts_ns,
         });
         let active =
             create_segment(&self.dir, &self.dir_fd, self.next_seq).map_err(|e| self.poison(e))?;
@@ -650,6 +665,18 @@ impl Log {
             pos += h.record_bytes();
         }
         Ok(out)
+    }
+
+    /// Drops the cached reader if it names a segment below `first` (removed by retention).
+    pub(crate) fn forget_reader_below(&mut self, first: u64) {
+        if self.reader.as_ref().is_some_and(|r| r.base < first) {
+            self.reader = None;
+        }
+    }
+
+    /// Number of segments (sealed and active).
+    pub fn segments(&self) -> usize {
+        self.sealed.len() + 1
     }
 
     fn segment_of(&self, seq: u64) -> (u64, u64) {

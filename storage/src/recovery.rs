@@ -60,6 +60,9 @@ impl Log {
         let ring = Ring::new().map_err(StorageError::Uring)?;
         let dir_fd = std::fs::File::open(dir).map_err(io_err("open directory", dir))?;
         let bases = segment::list_segments(dir)?;
+        if segment::remove_orphan_indexes(dir, &bases)? > 0 {
+            segment::sync_dir(dir)?;
+        }
         let mut report = Recovery {
             segments: bases.len().max(1),
             ..Recovery::default()
@@ -73,22 +76,27 @@ impl Log {
         };
         let mut sealed = Vec::with_capacity(sealed_bases.len());
         for (i, &base) in sealed_bases.iter().enumerate() {
-            let end = sealed_end(dir, cfg.shard, base)?;
-            let next = bases[i + 1];
+            let meta = sealed_meta(dir, cfg.shard, base)?;
+            let (end, next) = (meta.end, bases[i + 1]);
             if end != next {
                 let what =
                     format!("segment ends at seq {end} but the next segment starts at {next}");
                 return Err(corrupt(&segment::dat_path(dir, base), 0, &what));
             }
-            sealed.push(SealedSegment { base, end });
+            sealed.push(meta);
         }
-        let scan = scan_dat(dir, cfg.shard, last)?;
-        repair_tail(dir, last, &scan, &mut report)?;
+        let mut scan = scan_dat(dir, cfg.shard, last)?;
+        repair_tail(dir, last, &mut scan, &mut report)?;
         let active = create_segment(dir, &dir_fd, last)?;
         let mut log = Log::assemble(dir.into(), dir_fd, cfg, ring, sealed, active);
         let next_seq = last + scan.entries.len() as u64;
         log.next_seq = next_seq;
         log.persisted_end = next_seq;
+        log.last_ts_ns = log
+            .sealed
+            .last()
+            .map_or(0, |s| s.last_ts_ns)
+            .max(scan.last_ts_ns());
         report.next_seq = next_seq;
         if scan.has_header {
             let end = scan.end;
@@ -135,22 +143,62 @@ fn encode_entries(entries: &[IndexEntry]) -> Vec<u8> {
     out
 }
 
-/// The end sequence of a sealed segment, from its index; falls back to scanning `.dat` when
-/// the index's last entry does not check out.
-fn sealed_end(dir: &Path, shard: u16, base: u64) -> Result<u64> {
-    let idx_path = segment::idx_path(dir, base);
-    let idx = std::fs::read(&idx_path).unwrap_or_default();
-    let count = idx.len() / INDEX_ENTRY_BYTES;
-    if idx.len().is_multiple_of(INDEX_ENTRY_BYTES) && count > 0 {
-        let last = IndexEntry::decode(&idx[(count - 1) * INDEX_ENTRY_BYTES..]);
-        if last.is_some_and(|e| e.seq == base + count as u64 - 1) {
-            return Ok(base + count as u64);
-        }
+/// A sealed segment's extent, from the last entry of its index and the record it points at
+/// (a few bytes read, not the whole files); falls back to scanning `.dat` when they do not
+/// check out.
+fn sealed_meta(dir: &Path, shard: u16, base: u64) -> Result<SealedSegment> {
+    if let Some(meta) = sealed_meta_from_index(dir, base) {
+        return Ok(meta);
     }
-    let scan = scan_dat(dir, shard, base)?;
+    let mut scan = scan_dat(dir, shard, base)?;
     let mut report = Recovery::default();
-    repair_tail(dir, base, &scan, &mut report)?;
-    Ok(base + scan.entries.len() as u64)
+    repair_tail(dir, base, &mut scan, &mut report)?;
+    let last_ts_ns = scan.last_ts_ns();
+    Ok(SealedSegment {
+        base,
+        end: base + scan.entries.len() as u64,
+        dat_bytes: scan.end,
+        last_ts_ns,
+    })
+}
+
+fn sealed_meta_from_index(dir: &Path, base: u64) -> Option<SealedSegment> {
+    use std::os::unix::fs::FileExt;
+    let idx = std::fs::File::open(segment::idx_path(dir, base)).ok()?;
+    let idx_len = idx.metadata().ok()?.len();
+    let entry_bytes = INDEX_ENTRY_BYTES as u64;
+    if idx_len == 0 || !idx_len.is_multiple_of(entry_bytes) {
+        return None;
+    }
+    let count = idx_len / entry_bytes;
+    let mut raw = [0u8; INDEX_ENTRY_BYTES];
+    idx.read_exact_at(&mut raw, idx_len - entry_bytes).ok()?;
+    let last = IndexEntry::decode(&raw).filter(|e| e.seq == base + count - 1)?;
+    let dat = std::fs::File::open(segment::dat_path(dir, base)).ok()?;
+    let dat_bytes = last.offset + u64::from(last.len);
+    if dat.metadata().ok()?.len() != dat_bytes {
+        return None;
+    }
+    let mut record = vec![0u8; usize::try_from(last.len).ok()?];
+    dat.read_exact_at(&mut record, last.offset).ok()?;
+    let header = record::decode(&record).ok().filter(|h| h.seq == last.seq)?;
+    Some(SealedSegment {
+        base,
+        end: base + count,
+        dat_bytes,
+        last_ts_ns: header.ts_ns,
+    })
+}
+
+impl Scan {
+    /// Timestamp of the last valid record (0 if none).
+    fn last_ts_ns(&self) -> u64 {
+        let Some(e) = self.entries.last() else {
+            return 0;
+        };
+        let at = usize::try_from(e.offset).expect("file in memory");
+        record::decode(&self.data[at..]).map_or(0, |h| h.ts_ns)
+    }
 }
 
 /// Reads a segment's `.dat` and validates its records in order.
@@ -209,7 +257,7 @@ fn scan_dat(dir: &Path, shard: u16, base: u64) -> Result<Scan> {
 
 /// Cuts `.dat` after the last valid record and rewrites `.idx` where it disagrees; makes both
 /// durable before returning.
-fn repair_tail(dir: &Path, base: u64, scan: &Scan, report: &mut Recovery) -> Result<()> {
+fn repair_tail(dir: &Path, base: u64, scan: &mut Scan, report: &mut Recovery) -> Result<()> {
     let dat_path = segment::dat_path(dir, base);
     let idx_path = segment::idx_path(dir, base);
     let end = if scan.has_header { scan.end } else { 0 };

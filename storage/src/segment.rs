@@ -84,11 +84,38 @@ pub fn idx_path(dir: &Path, base: u64) -> PathBuf {
 /// Parses a segment file name (`<20 digits>.dat`) into its base sequence number. Names that
 /// are not exactly 20 decimal digits are not segments (no `"00"` read as `0`).
 pub fn parse_dat_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".dat")?;
+    parse_name(name, ".dat")
+}
+
+/// Parses `<20 digits><ext>` into the base sequence number.
+pub fn parse_name(name: &str, ext: &str) -> Option<u64> {
+    let digits = name.strip_suffix(ext)?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     digits.parse().ok()
+}
+
+/// Removes `.idx` files whose `.dat` is gone (a retention sweep interrupted between its two
+/// unlinks); returns how many.
+pub fn remove_orphan_indexes(dir: &Path, bases: &[u64]) -> Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let Some(base) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| parse_name(n, ".idx"))
+        else {
+            continue;
+        };
+        if bases.binary_search(&base).is_err() {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Lists the base sequence numbers of the segments in `dir`, ascending.
