@@ -152,6 +152,11 @@ impl Bus {
             linger_ns: c.batch.linger_us * 1000,
             idle: c.idle.clone(),
             fsync: c.storage.fsync,
+            retention: net_storage::Retention {
+                max_events: c.storage.retention.max_events,
+                max_bytes: c.storage.retention.max_bytes,
+                max_age_ms: c.storage.retention.max_age_ms,
+            },
         };
         let dir = shard_dir(c, shard);
         let (handle, rx) = executor::spawn_shard(id, cpu, c.executor.io_memory_bytes, move || {
@@ -159,7 +164,8 @@ impl Bus {
                 shard: ShardId(id),
                 source,
             })?;
-            let shard = Shard::new(settings, log, crate::clock::realtime_ns(), shared);
+            let last_ts_ns = log.last_ts_ns();
+            let shard = Shard::new(settings, log, last_ts_ns, shared);
             Ok(move || shard.run())
         })?;
         self.threads.push(Some(handle));

@@ -177,6 +177,20 @@ pub struct StorageConfig {
     pub segment_bytes: u64,
     /// When written events are made durable (`fdatasync`).
     pub fsync: FsyncPolicy,
+    /// When whole sealed segments are removed.
+    pub retention: RetentionConfig,
+}
+
+/// Retention limits; an absent limit means none, zero is rejected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Keep at most about this many events per shard (whole segments removed while over).
+    pub max_events: Option<u64>,
+    /// Keep at most about this many bytes of segments per shard.
+    pub max_bytes: Option<u64>,
+    /// Remove a sealed segment once its newest event is older than this.
+    pub max_age_ms: Option<u64>,
 }
 
 /// When a shard makes its written events durable.
@@ -267,6 +281,7 @@ impl Default for StorageConfig {
         StorageConfig {
             segment_bytes: 128 << 20,
             fsync: FsyncPolicy::EveryBatch,
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -387,6 +402,19 @@ impl Config {
             segment_min,
             1 << 40,
         )?;
+        let r = &self.storage.retention;
+        for (field, value) in [
+            ("storage.retention.max_events", r.max_events),
+            ("storage.retention.max_bytes", r.max_bytes),
+            ("storage.retention.max_age_ms", r.max_age_ms),
+        ] {
+            if value == Some(0) {
+                reject(
+                    field,
+                    "0 would keep nothing; omit the field (or null) for no limit",
+                )?;
+            }
+        }
         if let FsyncPolicy::IntervalMs(ms) = self.storage.fsync {
             in_range("storage.fsync.interval_ms", ms, 1, 3_600_000)?;
         }

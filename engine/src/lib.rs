@@ -25,7 +25,7 @@ pub use bus::{Bus, ShutdownReport};
 pub use clock::{TimestampGenerator, monotonic_ns, realtime_ns};
 pub use config::{
     Backpressure, BatchConfig, Config, FsyncPolicy, IdleConfig, IdleStrategy, LaneConfig,
-    StorageConfig,
+    RetentionConfig, StorageConfig,
 };
 pub use cursor::Cursor;
 pub use error::{Error, SendError};

@@ -18,6 +18,8 @@ use crate::config::{FsyncPolicy, IdleConfig, IdleStrategy};
 use crate::control::{Control, PollReply, ShardShared};
 use crate::lane::LaneReader;
 
+/// How often retention re-checks ages when no segment rolled.
+const RETENTION_CHECK_NS: u64 = 1_000_000_000;
 /// Latency histogram bounds: 1 ns to 100 s, 3 significant digits.
 const LATENCY_NS_MAX: u64 = 100_000_000_000;
 
@@ -34,6 +36,7 @@ pub(crate) struct ShardSettings {
     pub(crate) linger_ns: u64,
     pub(crate) idle: IdleConfig,
     pub(crate) fsync: FsyncPolicy,
+    pub(crate) retention: net_storage::Retention,
 }
 
 pub(crate) struct Shard {
@@ -56,6 +59,8 @@ pub(crate) struct Shard {
     last_sync_ns: u64,
     /// A flush or `wait_durable` asked for a sync before the interval passed.
     sync_requested: bool,
+    /// Segment count and time at the last retention sweep.
+    retention_checked: (usize, u64),
 }
 
 impl Shard {
@@ -66,10 +71,11 @@ impl Shard {
         shared: Arc<ShardShared>,
     ) -> Shard {
         let events = s.batch_events_max;
-        shared
-            .counters
-            .persisted_end
+        let c = &shared.counters;
+        c.persisted_end
             .store(log.persisted_end(), Ordering::Release);
+        c.durable_end.store(log.durable_end(), Ordering::Release);
+        c.retained_first.store(log.first_seq(), Ordering::Release);
         Shard {
             s,
             log,
@@ -89,6 +95,7 @@ impl Shard {
             failure: None,
             last_sync_ns: 0,
             sync_requested: false,
+            retention_checked: (0, 0),
         }
     }
 
@@ -307,7 +314,30 @@ impl Shard {
         if !self.flushes.is_empty() {
             self.resolve_flushes();
         }
+        self.sweep_retention();
         any
+    }
+
+    /// Applies retention after a segment rolled, and once a second for `max_age_ms`.
+    fn sweep_retention(&mut self) {
+        if !self.s.retention.is_limited() || self.failure.is_some() {
+            return;
+        }
+        let now = monotonic_ns();
+        let (segments, at) = self.retention_checked;
+        if self.log.segments() == segments && now.saturating_sub(at) < RETENTION_CHECK_NS {
+            return;
+        }
+        match self.log.enforce_retention(&self.s.retention, realtime_ns()) {
+            Ok(swept) if swept.segments > 0 => {
+                let c = &self.shared.counters;
+                c.retained_first
+                    .store(self.log.first_seq(), Ordering::Release);
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("net: shard {}: retention sweep failed: {e}", self.s.id),
+        }
+        self.retention_checked = (self.log.segments(), now);
     }
 
     /// Under `interval_ms`: written events wait for a sync and the interval passed (or a

@@ -28,6 +28,8 @@ pub(crate) struct ShardCounters {
     pub(crate) batches: AtomicU64,
     pub(crate) persisted_end: AtomicU64,
     pub(crate) durable_end: AtomicU64,
+    /// First sequence number still stored (retention moves it).
+    pub(crate) retained_first: AtomicU64,
     pub(crate) failed: AtomicBool,
     pub(crate) panicked: AtomicBool,
     /// The shard's thread has ended (cleanly, failed, or panicked).
@@ -86,6 +88,8 @@ pub struct ShardStats {
     pub persisted_end: u64,
     /// One past the last sequence number known durable (fdatasync completed).
     pub durable_end: u64,
+    /// The first sequence number still stored (retention removes older segments).
+    pub retained_first: u64,
     /// The log failed (poisoned); the reason is in [`Stats::errors`].
     pub failed: bool,
     /// The shard's thread panicked.
@@ -173,6 +177,7 @@ impl StatsHandle {
                     batches: c.batches.load(Ordering::Relaxed),
                     persisted_end: c.persisted_end.load(Ordering::Relaxed),
                     durable_end: c.durable_end.load(Ordering::Relaxed),
+                    retained_first: c.retained_first.load(Ordering::Relaxed),
                     failed: c.failed.load(Ordering::Relaxed),
                     panicked: c.panicked.load(Ordering::Relaxed),
                 }
