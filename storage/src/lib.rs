@@ -9,6 +9,7 @@
 //! the files.
 
 mod buffer;
+pub mod compaction;
 mod error;
 pub mod index;
 mod log;

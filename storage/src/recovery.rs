@@ -53,9 +53,32 @@ struct Scan {
 }
 
 impl Log {
-    /// Opens (or creates) the log in `dir`, recovering its tail.
+    /// Creates an empty log in `dir` whose first record gets sequence number `base_seq` (a
+    /// compacted copy keeps its sequence numbers). `dir` must hold no segments.
+    pub fn create(dir: &Path, cfg: LogConfig, base_seq: u64) -> Result<Log> {
+        Log::validate_config(&cfg)?;
+        std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        if !segment::list_segments(dir)?.is_empty() {
+            return Err(corrupt(
+                dir,
+                0,
+                "cannot create a log: the directory already holds segments",
+            ));
+        }
+        let ring = Ring::new().map_err(StorageError::Uring)?;
+        let dir_fd = std::fs::File::open(dir).map_err(io_err("open directory", dir))?;
+        let active = create_segment(dir, &dir_fd, base_seq)?;
+        let mut log = Log::assemble(dir.into(), dir_fd, cfg, ring, Vec::new(), active);
+        start_fresh_segment(&mut log);
+        log.sync_opened()?;
+        Ok(log)
+    }
+
+    /// Opens (or creates) the log in `dir`, recovering its tail. Leftovers of an interrupted
+    /// compaction next to `dir` are removed first (they are never the live set).
     pub fn open(dir: &Path, cfg: LogConfig) -> Result<(Log, Recovery)> {
         Log::validate_config(&cfg)?;
+        crate::compaction::remove_leftovers(dir)?;
         std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         let ring = Ring::new().map_err(StorageError::Uring)?;
         let dir_fd = std::fs::File::open(dir).map_err(io_err("open directory", dir))?;
