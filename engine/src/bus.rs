@@ -160,10 +160,11 @@ impl Bus {
         };
         let dir = shard_dir(c, shard);
         let (handle, rx) = executor::spawn_shard(id, cpu, c.executor.io_memory_bytes, move || {
-            let (log, _recovery) = Log::open(&dir, log_cfg).map_err(|source| Error::Storage {
+            let (log, recovery) = Log::open(&dir, log_cfg).map_err(|source| Error::Storage {
                 shard: ShardId(id),
                 source,
             })?;
+            *shared.counters.recovery.lock().expect("recovery") = recovery;
             let last_ts_ns = log.last_ts_ns();
             let shard = Shard::new(settings, log, last_ts_ns, shared);
             Ok(move || shard.run())

@@ -34,6 +34,8 @@ pub(crate) struct ShardCounters {
     pub(crate) panicked: AtomicBool,
     /// The shard's thread has ended (cleanly, failed, or panicked).
     pub(crate) stopped: AtomicBool,
+    /// What opening the shard's log found and repaired.
+    pub(crate) recovery: std::sync::Mutex<net_storage::Recovery>,
     /// Why the shard failed or panicked (control plane only).
     pub(crate) error: std::sync::Mutex<Option<String>>,
 }
@@ -90,6 +92,8 @@ pub struct ShardStats {
     pub durable_end: u64,
     /// The first sequence number still stored (retention removes older segments).
     pub retained_first: u64,
+    /// What opening the shard's log found and repaired (torn tail cut, index rebuilt).
+    pub recovery: net_storage::Recovery,
     /// The log failed (poisoned); the reason is in [`Stats::errors`].
     pub failed: bool,
     /// The shard's thread panicked.
@@ -178,6 +182,7 @@ impl StatsHandle {
                     persisted_end: c.persisted_end.load(Ordering::Relaxed),
                     durable_end: c.durable_end.load(Ordering::Relaxed),
                     retained_first: c.retained_first.load(Ordering::Relaxed),
+                    recovery: c.recovery.lock().expect("recovery").clone(),
                     failed: c.failed.load(Ordering::Relaxed),
                     panicked: c.panicked.load(Ordering::Relaxed),
                 }

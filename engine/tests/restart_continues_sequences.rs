@@ -31,6 +31,16 @@ fn reopen_continues_sequences_and_serves_old_events() {
     assert!(!bus.shutdown(Duration::from_secs(5)).lossy);
 
     let bus = Bus::start(cfg).unwrap();
+    for (now, then) in bus.stats().shards.iter().zip(&before.shards) {
+        assert_eq!(
+            now.recovery.next_seq, then.persisted_end,
+            "stats report what recovery found"
+        );
+        assert!(
+            !now.recovery.repaired(),
+            "a clean shutdown leaves nothing to repair"
+        );
+    }
     send(&bus, 3000, 1500);
     let events = common::poll_all(&bus, 4500);
     assert_eq!(events.len(), 4500);
