@@ -62,15 +62,18 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     dir.with_file_name(name)
 }
 
-/// Removes what an interrupted compaction of `dir` left next to it.
-pub fn remove_leftovers(dir: &Path) -> Result<()> {
+/// Removes what an interrupted compaction of `dir` left next to it; returns how many
+/// directories.
+pub fn remove_leftovers(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
     for suffix in [TMP_SUFFIX, OLD_SUFFIX] {
         let path = sibling(dir, suffix);
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(io_err("remove compaction leftover", &path))?;
+            removed += 1;
         }
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Writes a compacted copy of the log in `src` (opened and recovered) to `dst`, which must

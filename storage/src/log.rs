@@ -147,6 +147,8 @@ struct Inflight {
     dat_len: usize,
     idx_len: usize,
     pending: u64,
+    /// Logical ends of `.dat` and `.idx` once this batch is written.
+    ends: (u64, u64),
 }
 
 #[derive(Debug)]
@@ -176,6 +178,8 @@ pub struct Log {
     pub(crate) next_seq: u64,
     pub(crate) persisted_end: u64,
     pub(crate) durable_end: u64,
+    /// Ends of `.dat` and `.idx` as far as completed writes reach.
+    pub(crate) written: (u64, u64),
     /// Timestamp of the newest record pushed.
     pub(crate) last_ts_ns: u64,
     poisoned: Option<String>,
@@ -212,6 +216,7 @@ impl Log {
             next_seq: 0,
             persisted_end: 0,
             durable_end: 0,
+            written: (0, 0),
             last_ts_ns: 0,
             poisoned: None,
             reader: None,
@@ -372,6 +377,7 @@ impl Log {
             dat_len,
             idx_len,
             pending,
+            ends: (self.dat[s].end(), self.idx[s].end()),
         })?;
         let (prev, next) = pair_mut(&mut self.dat, s);
         next.carry_from(prev);
@@ -401,6 +407,7 @@ impl Log {
             dat_len: 0,
             idx_len: 0,
             pending: TAG_SYNC,
+            ends: self.written,
         })?;
         Ok(true)
     }
@@ -445,6 +452,7 @@ impl Log {
                 let inf = self.inflight.take().expect("in flight");
                 let synced = inf.synced;
                 self.persisted_end = inf.end_seq;
+                self.written = inf.ends;
                 if synced {
                     self.durable_end = inf.end_seq;
                 }
@@ -516,12 +524,13 @@ impl Log {
         self.sealed.push(SealedSegment {
             base: self.active.base,
             end: self.next_seq,
-            dat_bytes: self.dat[self.open].end(),
+            dat_bytes: self.written.0,
             last_ts_ns: self.last_ts_ns,
         });
         let active =
             create_segment(&self.dir, &self.dir_fd, self.next_seq).map_err(|e| self.poison(e))?;
         self.active = active;
+        self.written = (0, 0);
         let header = SegmentHeader {
             shard: self.cfg.shard,
             base_seq: self.next_seq,
@@ -569,11 +578,14 @@ impl Log {
     fn truncate_active(&self) -> Result<()> {
         let s = self.open;
         let a = &self.active;
+        // Only what completed writes put there: a header staged but never written stays
+        // unwritten rather than becoming a block of zeros.
+        debug_assert!(self.written.0 <= self.dat[s].end() && self.written.1 <= self.idx[s].end());
         a.dat
-            .set_len(self.dat[s].end())
+            .set_len(self.written.0)
             .map_err(segment_err("truncate", &self.dir, a.base, "dat"))?;
         a.idx
-            .set_len(self.idx[s].end())
+            .set_len(self.written.1)
             .map_err(segment_err("truncate", &self.dir, a.base, "idx"))?;
         Ok(())
     }

@@ -32,14 +32,21 @@ pub struct Recovery {
     pub dat_bytes_cut: u64,
     /// Whether a damaged or partial record was found at the tail (not just zero padding).
     pub torn_tail: bool,
-    /// Whether the last `.idx` disagreed with `.dat` and was rewritten.
+    /// Whether an `.idx` disagreed with its `.dat` and was rewritten.
     pub index_rebuilt: bool,
+    /// `.idx` files without a `.dat` (an interrupted retention sweep) removed.
+    pub orphan_indexes_removed: usize,
+    /// Leftover directories of an interrupted compaction removed.
+    pub compaction_leftovers_removed: usize,
 }
 
 impl Recovery {
     /// Whether anything on disk was changed.
     pub fn repaired(&self) -> bool {
-        self.dat_bytes_cut > 0 || self.index_rebuilt
+        self.dat_bytes_cut > 0
+            || self.index_rebuilt
+            || self.orphan_indexes_removed > 0
+            || self.compaction_leftovers_removed > 0
     }
 }
 
@@ -78,16 +85,19 @@ impl Log {
     /// compaction next to `dir` are removed first (they are never the live set).
     pub fn open(dir: &Path, cfg: LogConfig) -> Result<(Log, Recovery)> {
         Log::validate_config(&cfg)?;
-        crate::compaction::remove_leftovers(dir)?;
+        let leftovers = crate::compaction::remove_leftovers(dir)?;
         std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         let ring = Ring::new().map_err(StorageError::Uring)?;
         let dir_fd = std::fs::File::open(dir).map_err(io_err("open directory", dir))?;
         let bases = segment::list_segments(dir)?;
-        if segment::remove_orphan_indexes(dir, &bases)? > 0 {
+        let orphans = segment::remove_orphan_indexes(dir, &bases)?;
+        if orphans > 0 {
             segment::sync_dir(dir)?;
         }
         let mut report = Recovery {
             segments: bases.len().max(1),
+            orphan_indexes_removed: orphans,
+            compaction_leftovers_removed: leftovers,
             ..Recovery::default()
         };
         let Some((&last, sealed_bases)) = bases.split_last() else {
@@ -99,7 +109,7 @@ impl Log {
         };
         let mut sealed = Vec::with_capacity(sealed_bases.len());
         for (i, &base) in sealed_bases.iter().enumerate() {
-            let meta = sealed_meta(dir, cfg.shard, base)?;
+            let meta = sealed_meta(dir, cfg.shard, base, &mut report)?;
             let (end, next) = (meta.end, bases[i + 1]);
             if end != next {
                 let what =
@@ -112,7 +122,13 @@ impl Log {
         repair_tail(dir, last, &mut scan, &mut report)?;
         let active = create_segment(dir, &dir_fd, last)?;
         let mut log = Log::assemble(dir.into(), dir_fd, cfg, ring, sealed, active);
-        let next_seq = last + scan.entries.len() as u64;
+        let next_seq = last.checked_add(scan.entries.len() as u64).ok_or_else(|| {
+            corrupt(
+                &segment::dat_path(dir, last),
+                0,
+                "sequence numbers overflow u64",
+            )
+        })?;
         log.next_seq = next_seq;
         log.persisted_end = next_seq;
         log.last_ts_ns = log
@@ -130,6 +146,7 @@ impl Log {
             let idx_end = idx_bytes.len() as u64;
             let from = usize::try_from(align_down_u64(idx_end)).expect("in memory");
             log.idx[log.open].reset_at(idx_end, |dst| copy_carry(dst, &idx_bytes[from..]));
+            log.written = (end, idx_end);
         } else {
             start_fresh_segment(&mut log);
         }
@@ -169,20 +186,54 @@ fn encode_entries(entries: &[IndexEntry]) -> Vec<u8> {
 /// A sealed segment's extent, from the last entry of its index and the record it points at
 /// (a few bytes read, not the whole files); falls back to scanning `.dat` when they do not
 /// check out.
-fn sealed_meta(dir: &Path, shard: u16, base: u64) -> Result<SealedSegment> {
+///
+/// A sealed segment's `.dat` is never cut: if it is damaged, opening fails with the file and
+/// offset and changes nothing (`net-admin verify` shows the damage). Only a disagreeing index
+/// of an intact `.dat` is rebuilt, and reported.
+fn sealed_meta(dir: &Path, shard: u16, base: u64, report: &mut Recovery) -> Result<SealedSegment> {
+    check_header(dir, shard, base)?;
     if let Some(meta) = sealed_meta_from_index(dir, base) {
         return Ok(meta);
     }
     let mut scan = scan_dat(dir, shard, base)?;
-    let mut report = Recovery::default();
-    repair_tail(dir, base, &mut scan, &mut report)?;
-    let last_ts_ns = scan.last_ts_ns();
+    if scan.torn || scan.end != scan.data.len() as u64 {
+        let what = "damaged record in a sealed segment (run `net-admin verify`)";
+        return Err(corrupt(&segment::dat_path(dir, base), scan.end, what));
+    }
+    repair_tail(dir, base, &mut scan, report)?;
+    let end = base.checked_add(scan.entries.len() as u64).ok_or_else(|| {
+        corrupt(
+            &segment::dat_path(dir, base),
+            0,
+            "sequence numbers overflow u64",
+        )
+    })?;
     Ok(SealedSegment {
         base,
-        end: base + scan.entries.len() as u64,
+        end,
         dat_bytes: scan.end,
-        last_ts_ns,
+        last_ts_ns: scan.last_ts_ns(),
     })
+}
+
+/// Checks that a segment's header block names this shard and base (a file moved from another
+/// shard's directory, or renamed, is refused).
+fn check_header(dir: &Path, shard: u16, base: u64) -> Result<()> {
+    use std::io::Read;
+    let path = segment::dat_path(dir, base);
+    let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
+    std::fs::File::open(&path)
+        .and_then(|mut f| f.read_exact(&mut block))
+        .map_err(io_err("read header of", &path))?;
+    let header = SegmentHeader::decode(&block).map_err(|what| corrupt(&path, 0, &what))?;
+    if header.base_seq != base || header.shard != shard {
+        let what = format!(
+            "header says shard {} base {}, expected shard {shard} base {base}",
+            header.shard, header.base_seq
+        );
+        return Err(corrupt(&path, 0, &what));
+    }
+    Ok(())
 }
 
 fn sealed_meta_from_index(dir: &Path, base: u64) -> Option<SealedSegment> {
@@ -207,7 +258,7 @@ fn sealed_meta_from_index(dir: &Path, base: u64) -> Option<SealedSegment> {
     let header = record::decode(&record).ok().filter(|h| h.seq == last.seq)?;
     Some(SealedSegment {
         base,
-        end: base + count,
+        end: base.checked_add(count)?,
         dat_bytes,
         last_ts_ns: header.ts_ns,
     })
@@ -251,8 +302,9 @@ fn scan_dat(dir: &Path, shard: u16, base: u64) -> Result<Scan> {
     let mut pos = SEGMENT_HEADER_BYTES;
     let mut torn = false;
     while pos < data.len() {
+        let expected_seq = base.checked_add(entries.len() as u64);
         match record::decode(&data[pos..]) {
-            Ok(h) if h.seq == base + entries.len() as u64 => {
+            Ok(h) if Some(h.seq) == expected_seq => {
                 let len =
                     u32::try_from(h.record_bytes()).expect("bounded by RECORD_PAYLOAD_BYTES_MAX");
                 entries.push(IndexEntry {
@@ -262,7 +314,13 @@ fn scan_dat(dir: &Path, shard: u16, base: u64) -> Result<Scan> {
                 });
                 pos += h.record_bytes();
             }
-            Err(DecodeError::End) => break,
+            // Zeros to the end are the padding of the last block: a clean end. Anything
+            // else from here on (garbage after a zero header, a partial record) is torn.
+            Err(DecodeError::End | DecodeError::Incomplete)
+                if data[pos..].iter().all(|&b| b == 0) =>
+            {
+                break;
+            }
             _ => {
                 torn = true;
                 break;
