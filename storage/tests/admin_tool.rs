@@ -531,3 +531,44 @@ fn the_binary_exits_0_clean_1_damaged_2_on_usage_errors() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nowhere"));
 }
+
+#[test]
+fn compact_merges_segments_and_keeps_every_record() {
+    let root = build();
+    let before = dump_records(root.path(), DumpOptions::default()).0;
+    let segments_before = segments(root.path(), 0).len();
+    let out = Command::new(env!("CARGO_BIN_EXE_net-admin"))
+        .args(["compact"])
+        .arg(root.path())
+        .args(["--segment-bytes", "1048576"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("1500 records, {segments_before} segments -> 1")),
+        "{text}"
+    );
+    assert_eq!(segments(root.path(), 0).len(), 1);
+    assert_eq!(
+        dump_records(root.path(), DumpOptions::default()).0,
+        before,
+        "every record kept"
+    );
+    assert_eq!(verify::verify(root.path()).unwrap().problems().count(), 0);
+    let bad = Command::new(env!("CARGO_BIN_EXE_net-admin"))
+        .args(["compact"])
+        .arg(root.path())
+        .args(["--segment-bytes", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a too-small segment size is a usage error"
+    );
+}

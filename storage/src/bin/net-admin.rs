@@ -2,7 +2,7 @@
 //!
 //! `verify` checks every segment of every shard and changes nothing; `dump` prints records as
 //! JSON lines; `repair` opens each shard's log so that recovery cuts a torn tail and rebuilds
-//! its index. The logic lives in `net_storage::verify`, so that tests call it directly; this
+//! its index; `compact` rewrites each shard's log into full-size segments, atomically. The logic lives in `net_storage::verify`, so that tests call it directly; this
 //! file only parses arguments, prints, and maps outcomes to exit codes: 0 clean, 1 damage
 //! found (or left unrepaired), 2 usage or I/O errors. Arguments are parsed by hand: three
 //! subcommands with three options do not need a parser crate.
@@ -19,15 +19,20 @@ const USAGE: &str = "\
 usage: net-admin verify <data-dir>
        net-admin dump <data-dir> [--shard S] [--from SEQ] [--limit N]
        net-admin repair <data-dir>
+       net-admin compact <data-dir> [--segment-bytes N]
 
 <data-dir> is a bus's data dir (holding shard-NNNN directories) or one shard directory.
 verify  checks every segment and changes nothing.
 dump    prints one JSON object per record, in (shard, seq) order; --from skips lower
         sequence numbers in every shard, --limit caps the records printed in all.
 repair  opens each shard's log (cutting a torn tail, rebuilding its index) and reports.
+compact rewrites each shard's log into segments of N bytes (default 128 MiB), keeping every
+        record; a crash leaves the old or the new set, never a mix. The bus must be stopped.
 Exit status: 0 clean, 1 damage found or left unrepaired, 2 usage or I/O error.";
 
 const EXIT_DAMAGE: u8 = 1;
+/// Segment size `compact` writes unless told otherwise (the bus's default).
+const DEFAULT_SEGMENT_BYTES: u64 = 128 << 20;
 const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug)]
@@ -35,6 +40,7 @@ enum Command {
     Verify(PathBuf),
     Dump(PathBuf, DumpOptions),
     Repair(PathBuf),
+    Compact(PathBuf, u64),
     Help,
 }
 
@@ -44,6 +50,7 @@ fn main() -> ExitCode {
         Ok(Command::Verify(dir)) => run_verify(&dir),
         Ok(Command::Dump(dir, opts)) => run_dump(&dir, &opts),
         Ok(Command::Repair(dir)) => run_repair(&dir),
+        Ok(Command::Compact(dir, segment_bytes)) => run_compact(&dir, segment_bytes),
         Ok(Command::Help) => {
             println!("{USAGE}");
             0
@@ -61,7 +68,7 @@ fn parse(args: &[OsString]) -> Result<Command, String> {
     let command = match args.next().map(|a| a.to_str()) {
         None => return Err("no command given".into()),
         Some(Some("-h" | "--help" | "help")) => return Ok(Command::Help),
-        Some(Some(c @ ("verify" | "dump" | "repair"))) => c,
+        Some(Some(c @ ("verify" | "dump" | "repair" | "compact"))) => c,
         Some(other) => {
             let other = other.map_or("(not UTF-8)".into(), |o| format!("'{o}'"));
             return Err(format!("unknown command {other}"));
@@ -74,6 +81,7 @@ fn parse(args: &[OsString]) -> Result<Command, String> {
     let rest: Vec<&OsString> = args.collect();
     match command {
         "dump" => Ok(Command::Dump(dir, parse_dump_options(&rest)?)),
+        "compact" => Ok(Command::Compact(dir, parse_segment_bytes(&rest)?)),
         _ if !rest.is_empty() => Err(format!("{command}: unexpected {:?}", rest[0])),
         "verify" => Ok(Command::Verify(dir)),
         _ => Ok(Command::Repair(dir)),
@@ -107,6 +115,53 @@ fn parse_dump_options(args: &[&OsString]) -> Result<DumpOptions, String> {
         }
     }
     Ok(opts)
+}
+
+fn parse_segment_bytes(args: &[&OsString]) -> Result<u64, String> {
+    match args {
+        [] => Ok(DEFAULT_SEGMENT_BYTES),
+        [flag, value] if flag.to_str() == Some("--segment-bytes") => value
+            .to_str()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n >= net_storage::SEGMENT_BYTES_MIN)
+            .ok_or(format!(
+                "compact: --segment-bytes needs a byte count of at least {}",
+                net_storage::SEGMENT_BYTES_MIN
+            )),
+        _ => Err(format!("compact: unexpected {:?}", args[0])),
+    }
+}
+
+fn run_compact(dir: &std::path::Path, segment_bytes: u64) -> u8 {
+    let shards = match verify::shard_dirs(dir) {
+        Ok(shards) => shards,
+        Err(e) => {
+            eprintln!("net-admin compact: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let mut code = 0;
+    for shard in shards {
+        let cfg = net_storage::LogConfig {
+            segment_bytes,
+            ..verify::repair_config(shard.shard)
+        };
+        match net_storage::compaction::compact_in_place(&shard.dir, cfg) {
+            Ok(done) => println!(
+                "shard {} ({}): {} records, {} segments -> {}",
+                shard.shard,
+                shard.dir.display(),
+                done.records,
+                done.segments_before,
+                done.segments_after
+            ),
+            Err(e) => {
+                eprintln!("net-admin compact: shard {}: {e}", shard.shard);
+                code = EXIT_DAMAGE;
+            }
+        }
+    }
+    code
 }
 
 fn run_verify(dir: &std::path::Path) -> u8 {
