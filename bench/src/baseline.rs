@@ -7,19 +7,25 @@
 //!
 //! This is how the previous, tokio-based generation of net was built, and how most event
 //! pipelines are: it is not a straw man. Consumers reuse one encode buffer, the BufWriter
-//! batches syscalls, and nothing is fsynced (net's comparison run does not ask for fsync
-//! either). An event counts as persisted once it is in the BufWriter; the final flush of every
+//! batches syscalls, and nothing is fsynced (`ingest` sets net's fsync policy to `never` to
+//! match). An event counts as persisted once it is in the BufWriter; the final flush of every
 //! file is inside the measured window.
+//!
+//! `run` is the closed loop; `run_paced` sends on a `pace` schedule and measures each event's
+//! latency from its intended send time, carried in the message. Every time is
+//! `net_engine::monotonic_ns`, the clock net's latency is measured on.
 
+use crate::pace::{self, Pace};
 use crate::payload;
 use crate::record;
-use crate::workload::{self, Measurement, Workload};
+use crate::workload::{self, Measurement, StartLine, Workload};
 use crate::{alloc, cpu};
 use hdrhistogram::Histogram;
+use net_engine::monotonic_ns;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
@@ -32,49 +38,72 @@ const FILE_BUFFER_BYTES: usize = 1 << 20;
 
 type ShardFile = Arc<Mutex<BufWriter<File>>>;
 
-/// One event in flight: its payload and when the producer handed it over.
+/// One event in flight: its payload and the time its latency is measured from (when the
+/// producer handed it over, or in a paced phase when it was due), `monotonic_ns`.
 #[derive(Debug)]
 struct Message {
-    sent_ns: u64,
+    origin_ns: u64,
     payload: Vec<u8>,
 }
 
 /// What a consumer task hands back: its latency samples and how many records it wrote.
 type ConsumerOutcome = io::Result<(Histogram<u64>, u64)>;
 
-/// Runs the workload through the baseline, writing `dir/shard-N.dat`.
+/// Runs the workload through the baseline in a closed loop, writing `dir/shard-N.dat`.
 pub fn run(work: &Workload, dir: &Path) -> io::Result<Measurement> {
+    run_phase(work, dir, None).map(|(measured, _)| measured)
+}
+
+/// Runs the workload through a fresh baseline on `pace`'s open-loop schedule, writing
+/// `dir/shard-N.dat` (replacing any earlier phase's files); latency runs from each event's
+/// intended time. Also returns how late the sends started (`pace::due`), ns.
+pub fn run_paced(
+    work: &Workload,
+    dir: &Path,
+    pace: &Pace,
+) -> io::Result<(Measurement, Histogram<u64>)> {
+    let (measured, lag) = run_phase(work, dir, Some(pace))?;
+    Ok((measured, lag.expect("paced producers record their lag")))
+}
+
+fn run_phase(
+    work: &Workload,
+    dir: &Path,
+    pace: Option<&Pace>,
+) -> io::Result<(Measurement, Option<Histogram<u64>>)> {
     let files = open_files(dir, work.shards)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(work.shards)
         .thread_name("baseline-worker")
         .build()?;
-    let epoch = Instant::now();
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..work.shards)
         .map(|_| mpsc::channel::<Message>(CHANNEL_CAPACITY))
         .unzip();
     let consumers: Vec<_> = receivers
         .into_iter()
         .zip(&files)
-        .map(|(rx, file)| runtime.spawn(consume(rx, Arc::clone(file), epoch)))
+        .map(|(rx, file)| runtime.spawn(consume(rx, Arc::clone(file))))
         .collect();
-    let barrier = Arc::new(Barrier::new(work.producers + 1));
+    let start_line = StartLine::new(work.producers);
     let producers = (0..work.producers)
-        .map(|p| spawn_producer(p, *work, senders.clone(), Arc::clone(&barrier), epoch))
+        .map(|p| {
+            let pace = pace.cloned();
+            spawn_producer(p, *work, senders.clone(), Arc::clone(&start_line), pace)
+        })
         .collect::<io::Result<Vec<_>>>()?;
     // Only the producers may keep the channels open, so consumers end when producers do.
     drop(senders);
 
     // Readings come before the release: after it, producers could get ahead of them.
+    start_line.wait_ready();
     let cpu_before = cpu::process_time();
     let allocations_before = alloc::snapshot();
     let start = Instant::now();
-    barrier.wait();
-    for producer in producers {
-        producer
-            .join()
-            .map_err(|_| io::Error::other("a baseline producer panicked"))?;
+    if let Some(pace) = pace {
+        pace.start(monotonic_ns());
     }
+    start_line.release();
+    let lag = join_producers(producers)?;
     let mut latency = workload::latency_histogram();
     let mut persisted = 0;
     for consumer in consumers {
@@ -97,14 +126,31 @@ pub fn run(work: &Workload, dir: &Path) -> io::Result<Measurement> {
         let msg = format!("baseline wrote {persisted} of {} events", work.events);
         return Err(io::Error::other(msg));
     }
-    Ok(Measurement {
+    let measured = Measurement {
         persisted,
         dropped: 0,
         elapsed,
         allocations,
         cpu,
         latency,
-    })
+    };
+    Ok((measured, lag))
+}
+
+/// Waits for every producer; returns their merged lag histograms when they were paced.
+fn join_producers(producers: Vec<ProducerThread>) -> io::Result<Option<Histogram<u64>>> {
+    let mut merged: Option<Histogram<u64>> = None;
+    for producer in producers {
+        let lag = producer
+            .join()
+            .map_err(|_| io::Error::other("a baseline producer panicked"))?;
+        match (&mut merged, lag) {
+            (Some(all), Some(lag)) => all.add(&lag).expect("histograms share bounds"),
+            (None, lag) => merged = lag,
+            (Some(_), None) => unreachable!("every producer of a phase is paced alike"),
+        }
+    }
+    Ok(merged)
 }
 
 fn open_files(dir: &Path, shards: usize) -> io::Result<Vec<ShardFile>> {
@@ -134,40 +180,46 @@ fn check_file_sizes(dir: &Path, work: &Workload) -> io::Result<()> {
     Ok(())
 }
 
+/// A producer thread; it returns its lag histogram when paced.
+type ProducerThread = thread::JoinHandle<Option<Histogram<u64>>>;
+
 fn spawn_producer(
     producer: usize,
     work: Workload,
     senders: Vec<mpsc::Sender<Message>>,
-    barrier: Arc<Barrier>,
-    epoch: Instant,
-) -> io::Result<thread::JoinHandle<()>> {
+    start_line: Arc<StartLine>,
+    pace: Option<Pace>,
+) -> io::Result<ProducerThread> {
     let id = u32::try_from(producer).expect("producer count fits in u32");
     thread::Builder::new()
         .name(format!("baseline-producer-{producer}"))
         .spawn(move || {
             let events = payload::share(work.events, work.producers, producer);
-            barrier.wait();
+            let mut lag = pace.as_ref().map(|_| workload::latency_histogram());
+            start_line.wait();
+            let schedule = pace.map(|pace| pace.schedule());
             for counter in 0..events {
                 // A conventional producer owns each event as a fresh buffer it can hand over.
                 let mut bytes = vec![0u8; work.payload_bytes];
                 payload::fill(&mut bytes, id, counter);
                 let shard = workload::shard_of(&payload::key(id, counter), work.shards);
+                let origin_ns = match (&schedule, &mut lag) {
+                    (Some(schedule), Some(lag)) => pace::due(schedule, counter, lag),
+                    _ => monotonic_ns(),
+                };
                 let message = Message {
-                    sent_ns: nanos_since(epoch),
+                    origin_ns,
                     payload: bytes,
                 };
                 if senders[shard].blocking_send(message).is_err() {
-                    return; // the consumer failed; `run` reports its error
+                    break; // the consumer failed; `run` reports its error
                 }
             }
+            lag
         })
 }
 
-async fn consume(
-    mut rx: mpsc::Receiver<Message>,
-    file: ShardFile,
-    epoch: Instant,
-) -> ConsumerOutcome {
+async fn consume(mut rx: mpsc::Receiver<Message>, file: ShardFile) -> ConsumerOutcome {
     let mut latency = workload::latency_histogram();
     let mut encoded = Vec::with_capacity(record::HEADER_BYTES + 4096);
     let mut seq = 0u64;
@@ -178,7 +230,7 @@ async fn consume(
             .expect("one writer per file")
             .write_all(&encoded)?;
         seq += 1;
-        latency.saturating_record(nanos_since(epoch).saturating_sub(message.sent_ns));
+        latency.saturating_record(monotonic_ns().saturating_sub(message.origin_ns));
     }
     Ok((latency, seq))
 }
@@ -189,11 +241,6 @@ fn unix_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Monotonic nanoseconds since `epoch`; u64 holds 584 years.
-fn nanos_since(epoch: Instant) -> u64 {
-    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -241,5 +288,20 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|s| *s), "every event written");
+    }
+
+    #[test]
+    fn paced_run_writes_every_event_and_measures_each_one_and_its_lag() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = Workload {
+            events: 2_000,
+            payload_bytes: 40,
+            shards: 2,
+            producers: 2,
+        };
+        let (measured, lag) = run_paced(&work, dir.path(), &Pace::new(200_000, 2)).unwrap();
+        assert_eq!(measured.persisted, work.events);
+        assert_eq!(measured.latency.len(), work.events);
+        assert_eq!(lag.len(), work.events);
     }
 }

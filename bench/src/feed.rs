@@ -1,18 +1,24 @@
 //! Feeding a net bus from producer threads and timing the window until every event is
 //! persisted: the measurement shared by `ingest` and `demo`.
 //!
-//! Producers are spawned, handed their `Producer` and parked on a barrier before the window
-//! opens, so thread creation and lane set-up are not counted. The window opens just before the
-//! barrier releases them and closes when the bus's own counters say
-//! `persisted + dropped == events`. The main thread watches those counters with short
-//! sleeps: `StatsHandle::totals` does not allocate, so the watcher adds nothing to the
+//! Producers are spawned, handed their `Producer` and parked on a `StartLine` before the
+//! window opens, so thread creation and lane set-up are not counted. The window opens just
+//! before they are released and closes when the bus's own counters say that this phase's
+//! events are all persisted or dropped (the counters run over the bus's life, so a phase
+//! counts from where the previous one left them). The main thread watches those counters with
+//! short sleeps: `StatsHandle::totals` does not allocate, so the watcher adds nothing to the
 //! allocation count it is measuring.
+//!
+//! `feed` is a closed loop; `feed_paced` sends on a `pace` schedule with `send_stamped`, so the
+//! shards measure latency from each event's intended send time.
 
-use crate::workload::Workload;
+use crate::pace::{self, Pace};
+use crate::workload::{self, StartLine, Workload};
 use crate::{Failure, alloc, cpu, payload};
-use net_engine::{Bus, Producer, Totals};
+use hdrhistogram::Histogram;
+use net_engine::{Bus, Producer, Totals, monotonic_ns};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -35,33 +41,85 @@ pub struct Window {
     pub totals: Totals,
 }
 
-/// Sends `work.events` events from `work.producers` threads and waits until the bus has
-/// persisted or dropped all of them.
+/// Sends `work.events` events from `work.producers` threads as fast as the bus takes them
+/// (closed loop) and waits until the bus has persisted or dropped all of them.
 pub fn feed(bus: &Bus, work: &Workload) -> Result<Window, Failure> {
+    let spawn = |index, producer, start_line, failed| {
+        spawn_producer(index, producer, *work, start_line, failed)
+    };
+    let (window, _) = drive(bus, work, spawn, || ())?;
+    Ok(window)
+}
+
+/// What a paced phase measured besides the bus's own latency histogram.
+#[derive(Debug)]
+pub struct Paced {
+    /// Events persisted and dropped in this phase alone.
+    pub persisted: u64,
+    pub dropped: u64,
+    /// How late each send started against its intended time, ns (`pace`).
+    pub lag: Histogram<u64>,
+}
+
+/// Sends `work.events` events from `work.producers` threads on `pace`'s open-loop schedule
+/// and waits until the bus has persisted or dropped all of them. The bus may have run
+/// earlier phases: only this phase's events are waited for and counted.
+pub fn feed_paced(bus: &Bus, work: &Workload, pace: &Pace) -> Result<Paced, Failure> {
+    let before = bus.stats_handle().totals();
+    let spawn = |index, producer, start_line, failed| {
+        spawn_paced_producer(index, producer, *work, pace.clone(), start_line, failed)
+    };
+    let (window, lags) = drive(bus, work, spawn, || pace.start(monotonic_ns()))?;
+    let mut lag = workload::latency_histogram();
+    for producer_lag in &lags {
+        lag.add(producer_lag).expect("histograms share bounds");
+    }
+    Ok(Paced {
+        persisted: window.totals.persisted - before.persisted,
+        dropped: window.totals.dropped - before.dropped,
+        lag,
+    })
+}
+
+/// Spawns the producers (`spawn` gets each one's index, `Producer`, start line and failure
+/// flag), releases them (after `at_release`) and times the window until this phase's events
+/// are all settled; returns what each producer thread returned.
+fn drive<T, F>(
+    bus: &Bus,
+    work: &Workload,
+    spawn: F,
+    at_release: impl FnOnce(),
+) -> Result<(Window, Vec<T>), Failure>
+where
+    F: Fn(usize, Producer, Arc<StartLine>, Arc<AtomicBool>) -> std::io::Result<ProducerThread<T>>,
+{
     let stats = bus.stats_handle();
+    let before = stats.totals();
     let failed = Arc::new(AtomicBool::new(false));
-    let barrier = Arc::new(Barrier::new(work.producers + 1));
+    let start_line = StartLine::new(work.producers);
     let mut threads = Vec::with_capacity(work.producers);
     for index in 0..work.producers {
         let producer = bus
             .producer()
             .map_err(|e| Failure::engine("creating a producer", e))?;
-        let spawned = spawn_producer(
+        let spawned = spawn(
             index,
             producer,
-            *work,
-            Arc::clone(&barrier),
+            Arc::clone(&start_line),
             Arc::clone(&failed),
         );
         threads.push(spawned.map_err(Failure::io("spawning a producer thread"))?);
     }
 
     // Readings come before the release: after it, producers could get ahead of them.
+    start_line.wait_ready();
     let cpu_before = cpu::process_time();
     let allocations_before = alloc::snapshot();
     let start = Instant::now();
-    barrier.wait();
-    let watched = watch(&|| stats.totals(), work.events, &failed);
+    at_release();
+    start_line.release();
+    let target = before.persisted + before.dropped + work.events;
+    let watched = watch(&|| stats.totals(), target, &failed);
     let elapsed = start.elapsed();
     let allocations = alloc::snapshot().since(allocations_before);
     let cpu = cpu::process_time()
@@ -73,29 +131,28 @@ pub fn feed(bus: &Bus, work: &Workload) -> Result<Window, Failure> {
         // Blocked producers may never return, so only the finished ones are joined.
         Err(failure) => return Err(finished_error(threads).unwrap_or(failure)),
     };
-    for thread in threads {
-        join(thread)?;
-    }
-    Ok(Window {
+    let returned = threads.into_iter().map(join).collect::<Result<_, _>>()?;
+    let window = Window {
         elapsed,
         allocations,
         cpu,
         totals,
-    })
+    };
+    Ok((window, returned))
 }
 
-type ProducerThread = thread::JoinHandle<Result<(), String>>;
+type ProducerThread<T> = thread::JoinHandle<Result<T, String>>;
 
-fn join(thread: ProducerThread) -> Result<(), Failure> {
+fn join<T>(thread: ProducerThread<T>) -> Result<T, Failure> {
     match thread.join() {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(returned)) => Ok(returned),
         Ok(Err(send_failure)) => Err(Failure::Engine(send_failure)),
         Err(_) => Err(Failure::Engine("a producer thread panicked".to_owned())),
     }
 }
 
 /// The first failure among the producer threads that have already ended.
-fn finished_error(threads: Vec<ProducerThread>) -> Option<Failure> {
+fn finished_error<T>(threads: Vec<ProducerThread<T>>) -> Option<Failure> {
     threads
         .into_iter()
         .filter(|t| t.is_finished())
@@ -106,16 +163,16 @@ fn spawn_producer(
     index: usize,
     mut producer: Producer,
     work: Workload,
-    barrier: Arc<Barrier>,
+    start_line: Arc<StartLine>,
     failed: Arc<AtomicBool>,
-) -> std::io::Result<ProducerThread> {
+) -> std::io::Result<ProducerThread<()>> {
     let id = u32::try_from(index).expect("producer count fits in u32");
     thread::Builder::new()
         .name(format!("net-producer-{index}"))
         .spawn(move || {
             let events = payload::share(work.events, work.producers, index);
             let mut buf = vec![0u8; work.payload_bytes];
-            barrier.wait();
+            start_line.wait();
             for counter in 0..events {
                 payload::fill(&mut buf, id, counter);
                 if let Err(e) = producer.send(&payload::key(id, counter), &buf) {
@@ -129,8 +186,42 @@ fn spawn_producer(
         })
 }
 
-/// Waits until `persisted + dropped` reaches `events`; fails if a producer gave up or if
-/// nothing moved for `STALL_TIMEOUT`.
+fn spawn_paced_producer(
+    index: usize,
+    mut producer: Producer,
+    work: Workload,
+    pace: Pace,
+    start_line: Arc<StartLine>,
+    failed: Arc<AtomicBool>,
+) -> std::io::Result<ProducerThread<Histogram<u64>>> {
+    let id = u32::try_from(index).expect("producer count fits in u32");
+    thread::Builder::new()
+        .name(format!("net-paced-{index}"))
+        .spawn(move || {
+            let events = payload::share(work.events, work.producers, index);
+            let mut buf = vec![0u8; work.payload_bytes];
+            let mut lag = workload::latency_histogram();
+            start_line.wait();
+            let schedule = pace.schedule();
+            for counter in 0..events {
+                payload::fill(&mut buf, id, counter);
+                let intended_ns = pace::due(&schedule, counter, &mut lag);
+                let key = payload::key(id, counter);
+                // The shard measures from `intended_ns`, not from the call: the time an event
+                // waited behind a slow predecessor counts (coordinated omission).
+                if let Err(e) = producer.send_stamped(&key, &buf, intended_ns) {
+                    failed.store(true, Ordering::Release);
+                    return Err(format!(
+                        "producer {index} failed to send paced event {counter}: {e}"
+                    ));
+                }
+            }
+            Ok(lag)
+        })
+}
+
+/// Waits until the bus's `persisted + dropped` reaches `events` (counted over the bus's life);
+/// fails if a producer gave up or if nothing moved for `STALL_TIMEOUT`.
 fn watch(totals: &dyn Fn() -> Totals, events: u64, failed: &AtomicBool) -> Result<Totals, Failure> {
     let mut last_settled = 0;
     let mut last_progress = Instant::now();

@@ -11,6 +11,7 @@ mod demo;
 mod feed;
 mod ingest;
 mod ledger;
+mod pace;
 mod payload;
 mod plot;
 mod record;

@@ -97,7 +97,8 @@ pub fn round_to(x: f64, decimals: i32) -> f64 {
     (x * scale).round() / scale
 }
 
-/// A left-labelled table with one column per design (or one column of values).
+/// A left-labelled table with one column per design (or one column of values); a row without
+/// cells is a section heading.
 #[derive(Debug, Default)]
 pub struct Table {
     title: String,
@@ -124,6 +125,12 @@ impl Table {
         self
     }
 
+    /// A heading line for the rows that follow; it does not widen the label column.
+    pub fn heading(&mut self, text: &str) -> &mut Table {
+        self.rows.push((text.to_owned(), Vec::new()));
+        self
+    }
+
     /// Adds one row per quantile, one cell per histogram summary.
     pub fn latency_rows(&mut self, what: &str, columns: &[Percentiles]) -> &mut Table {
         for (i, (_, label)) in QUANTILES.iter().enumerate() {
@@ -137,15 +144,14 @@ impl Table {
     }
 
     pub fn render(&self) -> String {
-        let label_width = self
-            .rows
-            .iter()
+        let cell_rows = || self.rows.iter().filter(|(_, cells)| !cells.is_empty());
+        let label_width = cell_rows()
             .map(|(l, _)| l.chars().count())
             .max()
             .unwrap_or(0);
         let widths: Vec<usize> = (0..self.header.len())
             .map(|c| {
-                let cells = self.rows.iter().map(|(_, cells)| cells[c].chars().count());
+                let cells = cell_rows().map(|(_, cells)| cells[c].chars().count());
                 cells
                     .chain([self.header[c].chars().count()])
                     .max()
@@ -153,7 +159,12 @@ impl Table {
             })
             .collect();
         let mut out = format!("{}\n", self.title);
+        // A heading has no cells and prints as it is.
         let mut line = |label: &str, cells: &[String]| {
+            if cells.is_empty() {
+                let _ = writeln!(out, "  {label}");
+                return;
+            }
             let _ = write!(out, "  {label:<label_width$}");
             for (cell, width) in cells.iter().zip(&widths) {
                 let _ = write!(out, "  {cell:>width$}");
@@ -185,14 +196,20 @@ impl JsonLine {
         self
     }
 
-    /// The four latency fields under `prefix` (`p50_us`, `p99_us`, `p999_us`, `p9999_us`).
+    /// The latency fields under `prefix` (`p50_us`, `p90_us`, `p99_us`, `p999_us`,
+    /// `p9999_us`, `max_us`).
     pub fn latency(&mut self, prefix: &str, p: &Percentiles) -> &mut JsonLine {
-        self.field(&format!("{prefix}p50_us"), p.p50_us)
-            .field(&format!("{prefix}p90_us"), p.p90_us)
-            .field(&format!("{prefix}p99_us"), p.p99_us)
-            .field(&format!("{prefix}p999_us"), p.p999_us)
-            .field(&format!("{prefix}p9999_us"), p.p9999_us)
-            .field(&format!("{prefix}max_us"), p.max_us)
+        self.latency_or_null(prefix, Some(p))
+    }
+
+    /// The fields of `latency`, null when nothing was measured.
+    pub fn latency_or_null(&mut self, prefix: &str, p: Option<&Percentiles>) -> &mut JsonLine {
+        let values = p.map(Percentiles::values_us);
+        for (i, (_, label)) in QUANTILES.iter().enumerate() {
+            let name = format!("{prefix}{}_us", label.replace('.', ""));
+            self.field(&name, values.map(|v| v[i]));
+        }
+        self
     }
 
     pub fn render(&self) -> String {
@@ -269,8 +286,24 @@ mod tests {
                 ..Percentiles::default()
             },
         );
+        j.latency_or_null("paced_", None);
         let line = j.render();
         assert!(!line.contains('\n'));
         assert!(line.starts_with(r#"{"scenario":"ingest","events":5,"baseline_p50_us":1.5"#));
+        assert!(line.contains(r#""baseline_p9999_us":0.0,"baseline_max_us":0.0,"#));
+        assert!(
+            line.ends_with(r#""paced_p999_us":null,"paced_p9999_us":null,"paced_max_us":null}"#)
+        );
+    }
+
+    #[test]
+    fn headings_stand_alone_and_do_not_widen_labels() {
+        let mut t = Table::new("title", &["net"]);
+        t.heading("a long section heading:")
+            .row("p50", vec!["1.00".into()]);
+        let text = t.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[2], "  a long section heading:");
+        assert_eq!(lines[3], "  p50  1.00");
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::{alloc, report};
 use hdrhistogram::Histogram;
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 /// Highest latency a histogram records exactly; longer samples saturate to it. A minute is
@@ -64,6 +65,41 @@ impl Measurement {
 
     pub fn percentiles(&self) -> report::Percentiles {
         report::Percentiles::from_ns(&self.latency)
+    }
+}
+
+/// Where producer threads wait before a measured window: they finish their set-up (and its
+/// allocations) at `ready`, the releasing thread takes the readings that open the window, and
+/// only then are they let `go`. One barrier would let a late-starting producer allocate its
+/// buffers after the readings, inside the window.
+#[derive(Debug)]
+pub struct StartLine {
+    ready: Barrier,
+    go: Barrier,
+}
+
+impl StartLine {
+    pub fn new(producers: usize) -> Arc<StartLine> {
+        Arc::new(StartLine {
+            ready: Barrier::new(producers + 1),
+            go: Barrier::new(producers + 1),
+        })
+    }
+
+    /// A producer: set up, now wait for the release.
+    pub fn wait(&self) {
+        self.ready.wait();
+        self.go.wait();
+    }
+
+    /// The releasing thread: returns once every producer is set up; take readings, then
+    /// call `release`.
+    pub fn wait_ready(&self) {
+        self.ready.wait();
+    }
+
+    pub fn release(&self) {
+        self.go.wait();
     }
 }
 
