@@ -45,24 +45,30 @@ pub(crate) fn merge(
 ) -> Vec<Event> {
     let total: usize = per_shard.iter().map(|(_, v)| v.len()).sum();
     let mut out = Vec::with_capacity(total.min(limit));
-    let mut iters: Vec<(ShardId, std::vec::IntoIter<Event>)> = per_shard
+    // (shard, events, next event to take, next seq after the last taken)
+    let mut lists: Vec<(ShardId, std::vec::IntoIter<Event>, Option<u64>)> = per_shard
         .into_iter()
-        .map(|(s, v)| (s, v.into_iter()))
+        .map(|(s, v)| (s, v.into_iter(), None))
         .collect();
     while out.len() < limit {
         let mut progressed = false;
-        for (shard, it) in &mut iters {
+        for (_, it, next) in &mut lists {
             if out.len() == limit {
                 break;
             }
             if let Some(e) = it.next() {
-                cursor.set(*shard, Seq(e.id.seq.0 + 1));
+                *next = Some(e.id.seq.0 + 1);
                 out.push(e);
                 progressed = true;
             }
         }
         if !progressed {
             break;
+        }
+    }
+    for (shard, _, next) in lists {
+        if let Some(next) = next {
+            cursor.set(shard, Seq(next));
         }
     }
     out

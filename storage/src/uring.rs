@@ -23,11 +23,26 @@ impl std::fmt::Debug for Ring {
     }
 }
 
+/// Lets the kernel's io-wq workers of this ring (which run the writes ext4 cannot issue
+/// without blocking, such as O_DIRECT writes that extend a file) run on any CPU the process
+/// may use. By default they inherit the shard thread's pinning and compete with it for its one
+/// core. Best effort: kernels without `IORING_REGISTER_IOWQ_AFF` keep the default.
+fn spread_workers(ring: &IoUring) {
+    // SAFETY: an all-zero cpu_set_t is the empty set; sched_getaffinity fills it for the
+    // process's main thread (whose mask is the process's, not a pinned shard's).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: writes at most `size` bytes into `set`.
+    if unsafe { libc::sched_getaffinity(libc::getpid(), size, &mut set) } == 0 {
+        let _ = ring.submitter().register_iowq_aff(&set);
+    }
+}
+
 impl Ring {
     pub(crate) fn new() -> io::Result<Ring> {
-        Ok(Ring {
-            ring: IoUring::new(RING_ENTRIES)?,
-        })
+        let ring = IoUring::new(RING_ENTRIES)?;
+        spread_workers(&ring);
+        Ok(Ring { ring })
     }
 
     /// Queues a write of `len` bytes from `buf` at `offset` of `fd`. With `link`, the next
