@@ -251,9 +251,7 @@ impl Bus {
         let replies: Vec<_> = (0..n)
             .map(|s| {
                 let (tx, rx) = mpsc::sync_channel(1);
-                let from = cursor
-                    .next_seq(ShardId(u16::try_from(s).expect("u16 shard")))
-                    .0;
+                let from = cursor.next_seq(ShardId::from_index(s)).0;
                 let bytes_max = self.config.poll.shard_bytes_max;
                 self.shards[s].send(Control::Poll {
                     from,
@@ -274,7 +272,7 @@ impl Bus {
         };
         let mut per = Vec::with_capacity(n);
         for (s, (from, rx)) in replies.into_iter().enumerate() {
-            let shard = ShardId(u16::try_from(s).expect("u16 shard"));
+            let shard = ShardId::from_index(s);
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(reply) => {
                     if let Some(e) = reply.error {
@@ -302,7 +300,7 @@ impl Bus {
             }
         }
         for (s, c) in self.stats.shared.shards.iter().enumerate() {
-            let shard = ShardId(u16::try_from(s).expect("u16 shard"));
+            let shard = ShardId::from_index(s);
             if c.failed.load(Ordering::Acquire)
                 && !resp.failed_shards.iter().any(|(f, _)| *f == shard)
             {
@@ -330,13 +328,7 @@ impl Bus {
         if self.shut_down {
             return Err(Error::Closed);
         }
-        let lanes = self
-            .stats
-            .shared
-            .lanes
-            .lock()
-            .expect("lane registry")
-            .clone();
+        let lanes = self.stats.shared.lanes_snapshot();
         let mut waits = Vec::with_capacity(self.shards.len());
         for (s, shard) in self.shards.iter().enumerate() {
             let heads = lanes
@@ -350,7 +342,7 @@ impl Bus {
         }
         let deadline = Instant::now() + timeout;
         for (s, rx) in waits.into_iter().enumerate() {
-            let shard = ShardId(u16::try_from(s).expect("u16 shard"));
+            let shard = ShardId::from_index(s);
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(Ok(())) => {}
                 Ok(Err(what)) => {
@@ -399,7 +391,7 @@ impl Bus {
         let never = self.config.storage.fsync == crate::config::FsyncPolicy::Never;
         for (s, &end) in want.iter().enumerate() {
             let c = &self.stats.shared.shards[s];
-            let shard = ShardId(u16::try_from(s).expect("u16 shard"));
+            let shard = ShardId::from_index(s);
             loop {
                 let reached = if never {
                     &c.persisted_end
@@ -478,13 +470,7 @@ impl Bus {
     }
 
     fn stop_and_account(&mut self, deadline: Duration) -> ShutdownReport {
-        let lanes = self
-            .stats
-            .shared
-            .lanes
-            .lock()
-            .expect("lane registry")
-            .clone();
+        let lanes = self.stats.shared.lanes_snapshot();
         for lane in &lanes {
             lane.closed.store(true, Ordering::SeqCst);
         }
@@ -501,7 +487,7 @@ impl Bus {
         let mut panicked = Vec::new();
         let mut failed = Vec::new();
         for (s, t) in self.threads.iter_mut().enumerate() {
-            let shard = ShardId(u16::try_from(s).expect("u16 shard"));
+            let shard = ShardId::from_index(s);
             let Some(handle) = t.take() else { continue };
             let counters = &self.stats.shared.shards[s];
             let joined = handle.join();

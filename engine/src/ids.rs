@@ -19,6 +19,16 @@ pub struct EventId {
     pub seq: Seq,
 }
 
+impl ShardId {
+    /// The id of the shard at `index` (`0..shards`, at most `SHARDS_MAX`).
+    ///
+    /// # Panics
+    /// If `index` does not fit a u16 (the config bounds the shard count far below).
+    pub fn from_index(index: usize) -> ShardId {
+        ShardId(u16::try_from(index).expect("shard index fits u16"))
+    }
+}
+
 impl fmt::Display for ShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

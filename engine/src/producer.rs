@@ -68,7 +68,7 @@ impl Producer {
 
     /// The shard `send_home` uses.
     pub fn home(&self) -> ShardId {
-        ShardId(u16::try_from(self.home).expect("shard ids fit u16"))
+        ShardId::from_index(self.home)
     }
 
     /// The largest payload this bus accepts.
@@ -172,9 +172,7 @@ fn send_in_window(
         match mode {
             Backpressure::Fail => {
                 w.count_rejected();
-                return Err(SendError::Full(ShardId(
-                    u16::try_from(w.lane.shard).expect("u16 shard"),
-                )));
+                return Err(SendError::Full(ShardId::from_index(w.lane.shard)));
             }
             Backpressure::DropNewest | Backpressure::Sample { .. } => {
                 w.count_dropped_newest();
@@ -191,7 +189,7 @@ fn send_in_window(
 /// Waits until the shard publishes the lane durable up to `pos`. The producer does not send
 /// meanwhile, so its own `drop_oldest` cannot drop the record being waited for.
 fn wait_lane_durable(lane: &Lane, pos: u64) -> Result<Sent, SendError> {
-    let shard = ShardId(u16::try_from(lane.shard).expect("u16 shard"));
+    let shard = ShardId::from_index(lane.shard);
     let backoff = Backoff::new();
     loop {
         if lane.durable_pos.load(Ordering::Acquire) >= pos {

@@ -122,6 +122,13 @@ pub(crate) struct StatsShared {
     pub(crate) lossy: AtomicBool,
 }
 
+impl StatsShared {
+    /// A copy of the lane registry (control plane: flush, shutdown).
+    pub(crate) fn lanes_snapshot(&self) -> Vec<Arc<Lane>> {
+        self.lanes.lock().expect("lane registry").clone()
+    }
+}
+
 /// A cheap, clonable reader of the bus's counters that stays valid after the bus is gone, so
 /// that the final figures of a bus dropped without `shutdown` can still be read.
 #[derive(Debug, Clone)]
@@ -176,7 +183,7 @@ impl StatsHandle {
                 total.add(&totals);
                 let c = &self.shared.shards[s];
                 ShardStats {
-                    shard: ShardId(u16::try_from(s).expect("u16 shard")),
+                    shard: ShardId::from_index(s),
                     totals,
                     batches: c.batches.load(Ordering::Relaxed),
                     persisted_end: c.persisted_end.load(Ordering::Relaxed),
@@ -192,7 +199,7 @@ impl StatsHandle {
         let errors = (self.shared.shards.iter().enumerate())
             .filter_map(|(s, c)| {
                 let e = c.error.lock().expect("shard error").clone()?;
-                Some((ShardId(u16::try_from(s).expect("u16 shard")), e))
+                Some((ShardId::from_index(s), e))
             })
             .collect();
         Stats {

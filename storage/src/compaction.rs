@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, StorageError, io_err};
-use crate::log::{Log, LogConfig, Push};
+use crate::log::{Log, LogConfig};
 use crate::segment;
 
 /// What a compaction did.
@@ -167,10 +167,8 @@ fn write_copy(src: &Path, tmp: &Path, cfg: LogConfig, fault: Option<Fault>) -> R
             break;
         }
         for r in batch {
-            assert_eq!(r.seq, to.next_seq(), "compaction keeps sequence numbers");
-            while to.push(r.ts_ns, &r.payload)? == Push::Full {
-                flush_batch(&mut to)?;
-            }
+            let seq = to.append(r.ts_ns, &r.payload)?;
+            assert_eq!(seq, r.seq, "compaction keeps sequence numbers");
             next = r.seq + 1;
             records += 1;
         }
@@ -183,7 +181,7 @@ fn write_copy(src: &Path, tmp: &Path, cfg: LogConfig, fault: Option<Fault>) -> R
             inject(fault, Step::Copy)?;
         }
     }
-    flush_batch(&mut to)?;
+    to.flush(false)?;
     let segments_after = to.segments();
     to.close()?;
     Ok(Compacted {
@@ -191,15 +189,6 @@ fn write_copy(src: &Path, tmp: &Path, cfg: LogConfig, fault: Option<Fault>) -> R
         segments_after,
         records,
     })
-}
-
-fn flush_batch(log: &mut Log) -> Result<()> {
-    if log.in_flight() {
-        log.complete(true)?;
-    }
-    log.submit(false)?;
-    log.complete(true)?;
-    Ok(())
 }
 
 /// Atomically swaps two directories (`renameat2` with `RENAME_EXCHANGE`).

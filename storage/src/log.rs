@@ -389,6 +389,37 @@ impl Log {
         Ok(true)
     }
 
+    /// Appends one record, writing full batches as needed, and returns its sequence number.
+    /// A blocking convenience for tools, tests and compaction; a shard drives `push`,
+    /// `submit` and `complete` itself so that encoding overlaps writing.
+    pub fn append(&mut self, ts_ns: u64, payload: &[u8]) -> Result<u64> {
+        loop {
+            match self.push(ts_ns, payload)? {
+                Push::Staged(seq) => return Ok(seq),
+                Push::Full => {
+                    if self.in_flight() {
+                        self.complete(true)?;
+                    }
+                    self.submit(false)?;
+                }
+            }
+        }
+    }
+
+    /// Writes everything staged and waits for it; with `sync`, also makes it durable.
+    pub fn flush(&mut self, sync: bool) -> Result<()> {
+        if self.in_flight() {
+            self.complete(true)?;
+        }
+        if self.submit(sync)? {
+            self.complete(true)?;
+        }
+        if sync && self.sync()? {
+            self.complete(true)?;
+        }
+        Ok(())
+    }
+
     /// Makes everything written so far durable with one `fdatasync` of `.dat`, when nothing
     /// is in flight. Returns false if there was nothing to make durable.
     pub fn sync(&mut self) -> Result<bool> {

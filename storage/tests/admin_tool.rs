@@ -11,7 +11,7 @@ use base64::Engine as _;
 use net_storage::index::{INDEX_ENTRY_BYTES, IndexEntry};
 use net_storage::segment::{self, SEGMENT_HEADER_BYTES, SegmentHeader};
 use net_storage::verify::{self, DumpOptions, RepairOutcome};
-use net_storage::{Log, LogConfig, Push, StorageError, record};
+use net_storage::{Log, LogConfig, StorageError, record};
 use proptest::prelude::*;
 
 const SEGMENT_BYTES: u64 = 64 << 10;
@@ -47,26 +47,13 @@ fn shard_dir(root: &Path, shard: u16) -> PathBuf {
     root.join(format!("shard-{shard:04}"))
 }
 
-/// Appends `n` records through the engine's push / submit / complete cycle.
+/// Appends `n` records and writes them.
 fn append(log: &mut Log, shard: u16, n: u64) {
-    let mut i = 0;
-    while i < n {
+    for _ in 0..n {
         let seq = log.next_seq();
-        match log.push(ts(shard, seq), &payload(shard, seq)).unwrap() {
-            Push::Staged(_) => i += 1,
-            Push::Full => {
-                if log.in_flight() {
-                    log.complete(true).unwrap();
-                }
-                log.submit(false).unwrap();
-            }
-        }
+        log.append(ts(shard, seq), &payload(shard, seq)).unwrap();
     }
-    if log.in_flight() {
-        log.complete(true).unwrap();
-    }
-    log.submit(false).unwrap();
-    log.complete(true).unwrap();
+    log.flush(false).unwrap();
 }
 
 /// A data dir with [`SHARD_RECORDS`], every log closed cleanly.

@@ -29,26 +29,11 @@ type Records = Vec<(u64, u64, Vec<u8>)>;
 /// A log of 800 records with the oldest segments removed by retention (so it starts above 0).
 fn build(dir: &Path) -> Records {
     let (mut log, _) = Log::open(dir, small()).unwrap();
-    let mut seq = 0u64;
-    while seq < 800 {
-        match log
-            .push(seq * 10 + 7, &vec![seq as u8; (seq % 90) as usize + 1])
-            .unwrap()
-        {
-            Push::Staged(_) => seq += 1,
-            Push::Full => {
-                if log.in_flight() {
-                    log.complete(true).unwrap();
-                }
-                log.submit(false).unwrap();
-            }
-        }
+    for seq in 0..800u64 {
+        log.append(seq * 10 + 7, &vec![seq as u8; (seq % 90) as usize + 1])
+            .unwrap();
     }
-    if log.in_flight() {
-        log.complete(true).unwrap();
-    }
-    log.submit(false).unwrap();
-    log.complete(true).unwrap();
+    log.flush(false).unwrap();
     log.enforce_retention(
         &Retention {
             max_events: Some(600),

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use net_storage::segment::{SEGMENT_HEADER_BYTES, SegmentHeader, dat_path, list_segments};
-use net_storage::{Log, LogConfig, Push, StorageError};
+use net_storage::{Log, LogConfig, StorageError};
 
 fn cfg(shard: u16) -> LogConfig {
     LogConfig {
@@ -20,18 +20,9 @@ fn cfg(shard: u16) -> LogConfig {
 
 fn append(log: &mut Log, payloads: &[Vec<u8>]) {
     for p in payloads {
-        while log.push(1, p).unwrap() == Push::Full {
-            if log.in_flight() {
-                log.complete(true).unwrap();
-            }
-            log.submit(false).unwrap();
-        }
+        log.append(1, p).unwrap();
     }
-    if log.in_flight() {
-        log.complete(true).unwrap();
-    }
-    log.submit(false).unwrap();
-    log.complete(true).unwrap();
+    log.flush(false).unwrap();
 }
 
 #[test]

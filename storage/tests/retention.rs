@@ -4,7 +4,7 @@
 #![allow(clippy::cast_possible_truncation)]
 
 use net_storage::segment::{idx_path, list_segments};
-use net_storage::{Log, LogConfig, Push, Retention};
+use net_storage::{Log, LogConfig, Retention};
 
 fn cfg() -> LogConfig {
     LogConfig {
@@ -17,24 +17,11 @@ fn cfg() -> LogConfig {
 
 /// Appends `n` 100-byte records stamped `ts = seq * 1000` (ns).
 fn append(log: &mut Log, n: u64) {
-    let mut i = 0;
-    while i < n {
+    for _ in 0..n {
         let seq = log.next_seq();
-        match log.push(seq * 1000, &[seq as u8; 100]).unwrap() {
-            Push::Staged(_) => i += 1,
-            Push::Full => {
-                if log.in_flight() {
-                    log.complete(true).unwrap();
-                }
-                log.submit(false).unwrap();
-            }
-        }
+        log.append(seq * 1000, &[seq as u8; 100]).unwrap();
     }
-    if log.in_flight() {
-        log.complete(true).unwrap();
-    }
-    log.submit(false).unwrap();
-    log.complete(true).unwrap();
+    log.flush(false).unwrap();
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use net_storage::segment::{dat_path, idx_path, list_segments};
-use net_storage::{Log, LogConfig, Push};
+use net_storage::{Log, LogConfig};
 
 const RECORDS: u64 = 300;
 
@@ -27,23 +27,10 @@ fn payload(seq: u64) -> Vec<u8> {
 
 fn build(dir: &Path) {
     let (mut log, _) = Log::open(dir, cfg()).unwrap();
-    let mut seq = 0;
-    while seq < RECORDS {
-        match log.push(seq, &payload(seq)).unwrap() {
-            Push::Staged(_) => seq += 1,
-            Push::Full => {
-                if log.in_flight() {
-                    log.complete(true).unwrap();
-                }
-                log.submit(false).unwrap();
-            }
-        }
+    for seq in 0..RECORDS {
+        log.append(seq, &payload(seq)).unwrap();
     }
-    if log.in_flight() {
-        log.complete(true).unwrap();
-    }
-    log.submit(false).unwrap();
-    log.complete(true).unwrap();
+    log.flush(false).unwrap();
     log.close().unwrap();
 }
 
