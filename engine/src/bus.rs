@@ -31,7 +31,7 @@ use crate::lane::{Lane, LaneWriter};
 use crate::poll::{Event, PollResponse, merge};
 use crate::producer::Producer;
 use crate::shard::{Shard, ShardSettings};
-use crate::stats::{ShardCounters, Stats, StatsHandle, StatsShared};
+use crate::stats::{LaneEntry, ShardCounters, Stats, StatsHandle, StatsShared};
 use crate::wake::ShardSignal;
 
 /// What `shutdown` did.
@@ -207,7 +207,11 @@ impl Bus {
                 shard.signal.clone(),
                 shard.counters.clone(),
             ));
-            lanes.push(lane.clone());
+            lanes.push(LaneEntry {
+                shard: i,
+                counters: lane.counters.clone(),
+                lane: Arc::downgrade(&lane),
+            });
             shard.send(Control::AddLane(lane.clone()));
             writers.push(LaneWriter::new(lane));
         }

@@ -58,7 +58,11 @@ pub(crate) struct Lane {
     pub(crate) signal: Arc<ShardSignal>,
     head: CachePadded<AtomicU64>,
     pub(crate) busy: CachePadded<AtomicBool>,
-    pub(crate) counters: CachePadded<LaneCounters>,
+    /// Shared with the bus's registry, which keeps them after the lane is freed.
+    pub(crate) counters: Arc<CachePadded<LaneCounters>>,
+    /// The producer was dropped: once empty and durable, the shard retires the lane and its
+    /// ring is freed.
+    pub(crate) producer_gone: AtomicBool,
     claim: CachePadded<AtomicU64>,
     tail: CachePadded<AtomicU64>,
     /// Set by the bus at shutdown; producers check it inside their `busy` window.
@@ -91,7 +95,8 @@ impl Lane {
             signal,
             head: CachePadded::new(AtomicU64::new(0)),
             busy: CachePadded::new(AtomicBool::new(false)),
-            counters: CachePadded::new(LaneCounters::default()),
+            counters: Arc::new(CachePadded::new(LaneCounters::default())),
+            producer_gone: AtomicBool::new(false),
             claim: CachePadded::new(AtomicU64::new(0)),
             tail: CachePadded::new(AtomicU64::new(0)),
             closed: AtomicBool::new(false),
@@ -335,6 +340,14 @@ impl LaneReader {
     /// Whether records are claimed but not yet handed over, or published but not claimed.
     pub(crate) fn is_empty(&self) -> bool {
         self.pos == self.claimed_end && !self.lane.has_unclaimed()
+    }
+
+    /// Whether the shard may drop this lane: its producer is gone and every record it sent is
+    /// durable (so no flush can still be waiting on it).
+    pub(crate) fn retirable(&self) -> bool {
+        self.lane.producer_gone.load(Ordering::Acquire)
+            && self.is_empty()
+            && self.durable_pos >= self.pos
     }
 
     /// Claims up to `events_max` records (about `bytes_max` lane bytes) past `pos`.

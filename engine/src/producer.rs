@@ -39,6 +39,14 @@ pub struct Producer {
     _not_sync: PhantomData<Cell<()>>,
 }
 
+impl Drop for Producer {
+    fn drop(&mut self) {
+        for w in &self.writers {
+            w.lane.producer_gone.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// The unbiased map of a 64-bit hash onto `n` shards (Lemire's multiply-shift).
 pub fn shard_for_hash(hash: u64, n: usize) -> usize {
     let n64 = u64::try_from(n).expect("shard count fits u64");

@@ -469,6 +469,8 @@ impl Shard {
     }
 
     fn idle(&mut self) {
+        // Lanes of dropped producers go once drained and durable; their rings are freed.
+        self.lanes.retain(|l| !l.retirable());
         let now = monotonic_ns();
         let since = *self.idle_since_ns.get_or_insert(now);
         match self.s.idle.strategy {

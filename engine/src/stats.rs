@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
 use crate::ids::ShardId;
-use crate::lane::Lane;
+use crate::lane::{Lane, LaneCounters};
 
 /// Counters a shard writes.
 #[derive(Debug, Default)]
@@ -94,6 +94,8 @@ pub struct ShardStats {
     pub retained_first: u64,
     /// What opening the shard's log found and repaired (torn tail cut, index rebuilt).
     pub recovery: net_storage::Recovery,
+    /// Lanes alive (one per producer; a dropped producer's lane is retired once drained).
+    pub lanes: usize,
     /// The log failed (poisoned); the reason is in [`Stats::errors`].
     pub failed: bool,
     /// The shard's thread panicked.
@@ -118,15 +120,25 @@ pub struct Stats {
 #[derive(Debug)]
 pub(crate) struct StatsShared {
     pub(crate) shards: Vec<Arc<CachePadded<ShardCounters>>>,
-    pub(crate) lanes: std::sync::Mutex<Vec<Arc<Lane>>>,
+    pub(crate) lanes: std::sync::Mutex<Vec<LaneEntry>>,
     pub(crate) lossy: AtomicBool,
 }
 
 impl StatsShared {
     /// A copy of the lane registry (control plane: flush, shutdown).
     pub(crate) fn lanes_snapshot(&self) -> Vec<Arc<Lane>> {
-        self.lanes.lock().expect("lane registry").clone()
+        let entries = self.lanes.lock().expect("lane registry");
+        entries.iter().filter_map(|e| e.lane.upgrade()).collect()
     }
+}
+
+/// The registry's record of one lane: its counters outlive the lane (a dropped producer's
+/// lane is freed once the shard retires it; what it counted stays in the totals).
+#[derive(Debug)]
+pub(crate) struct LaneEntry {
+    pub(crate) shard: usize,
+    pub(crate) counters: Arc<CachePadded<LaneCounters>>,
+    pub(crate) lane: std::sync::Weak<Lane>,
 }
 
 /// A cheap, clonable reader of the bus's counters that stays valid after the bus is gone, so
@@ -138,7 +150,7 @@ pub struct StatsHandle {
 
 impl StatsHandle {
     /// One shard's counts, reading shard counters before lane counters (see module docs).
-    fn shard_totals(&self, shard: usize, lanes: &[Arc<Lane>]) -> Totals {
+    fn shard_totals(&self, shard: usize, lanes: &[LaneEntry]) -> Totals {
         let c = &self.shared.shards[shard];
         let persisted = c.persisted.load(Ordering::Acquire);
         let shard_dropped = c.dropped.load(Ordering::Acquire);
@@ -186,6 +198,10 @@ impl StatsHandle {
                     shard: ShardId::from_index(s),
                     totals,
                     batches: c.batches.load(Ordering::Relaxed),
+                    lanes: lanes
+                        .iter()
+                        .filter(|e| e.shard == s && e.lane.strong_count() > 0)
+                        .count(),
                     persisted_end: c.persisted_end.load(Ordering::Relaxed),
                     durable_end: c.durable_end.load(Ordering::Relaxed),
                     retained_first: c.retained_first.load(Ordering::Relaxed),
