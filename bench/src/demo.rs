@@ -5,18 +5,13 @@
 
 use crate::feed::{self, Window};
 use crate::ledger::Ledger;
+use crate::readback::{self, ReadBack};
 use crate::report::{self, JsonLine, Percentiles, Table};
 use crate::workload::Workload;
 use crate::{Failure, parse_payload_bytes, parse_positive};
-use net_engine::{Bus, Config, Cursor, PollResponse};
+use net_engine::{Bus, Config};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-/// Events asked for per poll: large enough that the per-call cost is amortised.
-const POLL_LIMIT: usize = 65_536;
-
-/// How long polls may return nothing, after a flush, before the read-back is declared stuck.
-const POLL_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+use std::time::Duration;
 
 /// Time the bus gets to drain at shutdown; everything is persisted by then, so it is a bound.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -43,15 +38,6 @@ pub struct Args {
     json: bool,
 }
 
-/// What reading everything back measured.
-#[derive(Debug)]
-struct ReadBack {
-    events: u64,
-    payload_bytes: u64,
-    /// Time spent inside `Bus::poll` only; verification is not charged to net.
-    polling: Duration,
-}
-
 pub fn run(args: &Args) -> Result<(), Failure> {
     let dir = crate::scratch_dir(args.dir.as_deref(), "demo")?;
     let bus = start(args, dir.path())?;
@@ -71,15 +57,9 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     }
     bus.flush().map_err(|e| Failure::engine("flush", e))?;
     let mut ledger = Ledger::new(&work);
-    let read = read_back(&bus, &mut ledger)?;
+    let read = readback::read_back(&bus, ledger.expected_events(), |e| ledger.check(e))?;
     let verified = ledger.finish().map_err(Failure::Verification)?;
-    let shutdown = bus.shutdown(SHUTDOWN_DEADLINE);
-    if shutdown.lossy || !shutdown.panicked_shards.is_empty() || !shutdown.failed_shards.is_empty()
-    {
-        return Err(Failure::Verification(format!(
-            "shutdown was not clean: {shutdown:?}"
-        )));
-    }
+    crate::shut_down_cleanly(bus, SHUTDOWN_DEADLINE)?;
     print_report(args, &work, &window, &latency, &read, verified);
     Ok(())
 }
@@ -95,73 +75,6 @@ fn start(args: &Args, dir: &Path) -> Result<Bus, Failure> {
         ..defaults
     };
     Bus::start(config).map_err(|e| Failure::engine("starting the bus", e))
-}
-
-/// Polls from the start of every shard until the ledger has seen every event, then once more
-/// to make sure the bus holds nothing beyond them.
-fn read_back(bus: &Bus, ledger: &mut Ledger) -> Result<ReadBack, Failure> {
-    let expected = ledger.expected_events();
-    let mut cursor = Cursor::start();
-    let mut read = ReadBack {
-        events: 0,
-        payload_bytes: 0,
-        polling: Duration::ZERO,
-    };
-    let mut last_progress = Instant::now();
-    loop {
-        let started = Instant::now();
-        let response = bus
-            .poll(&cursor, POLL_LIMIT)
-            .map_err(|e| Failure::engine("poll", e))?;
-        let took = started.elapsed();
-        check_response(&response)?;
-        if response.events.is_empty() {
-            // Empty polls are not charged to net: the last one only confirms the end.
-            if response.next != cursor {
-                return Err(Failure::Engine("an empty poll moved the cursor".to_owned()));
-            }
-            if read.events == expected {
-                return Ok(read);
-            }
-            if last_progress.elapsed() > POLL_STALL_TIMEOUT {
-                return Err(stalled(&read, expected, &response));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-            continue;
-        }
-        read.polling += took;
-        for event in &response.events {
-            ledger.check(event).map_err(Failure::Verification)?;
-            read.payload_bytes += event.payload.len() as u64;
-        }
-        read.events += response.events.len() as u64;
-        if read.events > expected {
-            let msg = format!("read {} events, {expected} were sent", read.events);
-            return Err(Failure::Verification(msg));
-        }
-        last_progress = Instant::now();
-        cursor = response.next;
-    }
-}
-
-fn check_response(response: &PollResponse) -> Result<(), Failure> {
-    if !response.failed_shards.is_empty() {
-        let failed = &response.failed_shards;
-        return Err(Failure::Engine(format!("poll: shards failed: {failed:?}")));
-    }
-    if response.skipped {
-        return Err(Failure::Verification("poll skipped events".to_owned()));
-    }
-    Ok(())
-}
-
-fn stalled(read: &ReadBack, expected: u64, response: &PollResponse) -> Failure {
-    let stalled = &response.stalled_shards;
-    Failure::Verification(format!(
-        "read {} of {expected} events, then nothing for {POLL_STALL_TIMEOUT:?} \
-         (stalled shards {stalled:?})",
-        read.events
-    ))
 }
 
 fn print_report(

@@ -59,6 +59,8 @@ pub struct Paced {
     pub dropped: u64,
     /// How late each send started against its intended time, ns (`pace`).
     pub lag: Histogram<u64>,
+    /// From the producers' release until this phase's events were all settled.
+    pub elapsed: Duration,
 }
 
 /// Sends `work.events` events from `work.producers` threads on `pace`'s open-loop schedule
@@ -78,6 +80,7 @@ pub fn feed_paced(bus: &Bus, work: &Workload, pace: &Pace) -> Result<Paced, Fail
         persisted: window.totals.persisted - before.persisted,
         dropped: window.totals.dropped - before.dropped,
         lag,
+        elapsed: window.elapsed,
     })
 }
 
@@ -95,21 +98,11 @@ where
 {
     let stats = bus.stats_handle();
     let before = stats.totals();
-    let failed = Arc::new(AtomicBool::new(false));
-    let start_line = StartLine::new(work.producers);
-    let mut threads = Vec::with_capacity(work.producers);
-    for index in 0..work.producers {
-        let producer = bus
-            .producer()
-            .map_err(|e| Failure::engine("creating a producer", e))?;
-        let spawned = spawn(
-            index,
-            producer,
-            Arc::clone(&start_line),
-            Arc::clone(&failed),
-        );
-        threads.push(spawned.map_err(Failure::io("spawning a producer thread"))?);
-    }
+    let Producers {
+        threads,
+        start_line,
+        failed,
+    } = spawn_all(bus, work, spawn)?;
 
     // Readings come before the release: after it, producers could get ahead of them.
     start_line.wait_ready();
@@ -141,9 +134,46 @@ where
     Ok((window, returned))
 }
 
-type ProducerThread<T> = thread::JoinHandle<Result<T, String>>;
+/// Producer threads spawned and parked on their start line, and the flag any of them raises
+/// when a send fails.
+#[derive(Debug)]
+pub struct Producers<T> {
+    pub threads: Vec<ProducerThread<T>>,
+    pub start_line: Arc<StartLine>,
+    pub failed: Arc<AtomicBool>,
+}
 
-fn join<T>(thread: ProducerThread<T>) -> Result<T, Failure> {
+/// Creates `work.producers` producers of `bus` and spawns a thread for each with `spawn`; the
+/// threads wait on the start line until released.
+pub fn spawn_all<T, F>(bus: &Bus, work: &Workload, spawn: F) -> Result<Producers<T>, Failure>
+where
+    F: Fn(usize, Producer, Arc<StartLine>, Arc<AtomicBool>) -> std::io::Result<ProducerThread<T>>,
+{
+    let failed = Arc::new(AtomicBool::new(false));
+    let start_line = StartLine::new(work.producers);
+    let mut threads = Vec::with_capacity(work.producers);
+    for index in 0..work.producers {
+        let producer = bus
+            .producer()
+            .map_err(|e| Failure::engine("creating a producer", e))?;
+        let spawned = spawn(
+            index,
+            producer,
+            Arc::clone(&start_line),
+            Arc::clone(&failed),
+        );
+        threads.push(spawned.map_err(Failure::io("spawning a producer thread"))?);
+    }
+    Ok(Producers {
+        threads,
+        start_line,
+        failed,
+    })
+}
+
+pub type ProducerThread<T> = thread::JoinHandle<Result<T, String>>;
+
+pub fn join<T>(thread: ProducerThread<T>) -> Result<T, Failure> {
     match thread.join() {
         Ok(Ok(returned)) => Ok(returned),
         Ok(Err(send_failure)) => Err(Failure::Engine(send_failure)),
@@ -152,14 +182,16 @@ fn join<T>(thread: ProducerThread<T>) -> Result<T, Failure> {
 }
 
 /// The first failure among the producer threads that have already ended.
-fn finished_error<T>(threads: Vec<ProducerThread<T>>) -> Option<Failure> {
+pub fn finished_error<T>(threads: Vec<ProducerThread<T>>) -> Option<Failure> {
     threads
         .into_iter()
         .filter(|t| t.is_finished())
         .find_map(|t| join(t).err())
 }
 
-fn spawn_producer(
+/// A closed-loop producer thread: sends its share of `work.events`, each event keyed by its
+/// identity (`payload`), as fast as the bus takes them.
+pub fn spawn_producer(
     index: usize,
     mut producer: Producer,
     work: Workload,
@@ -186,7 +218,9 @@ fn spawn_producer(
         })
 }
 
-fn spawn_paced_producer(
+/// A paced producer thread: sends its share of `work.events` on `pace`'s schedule, stamping
+/// each event with its intended time, and returns how late its sends started (ns).
+pub fn spawn_paced_producer(
     index: usize,
     mut producer: Producer,
     work: Workload,

@@ -517,18 +517,9 @@ fn command(args: &Args, work: &Workload) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
 
     fn args(line: &[&str]) -> Args {
-        Cli::try_parse_from([&["ingest"], line].concat())
-            .unwrap()
-            .args
+        crate::parse_args("ingest", line)
     }
 
     fn work() -> Workload {

@@ -8,19 +8,26 @@ mod alloc;
 mod baseline;
 mod cpu;
 mod demo;
+mod disk;
+mod durable;
 mod feed;
 mod ingest;
 mod ledger;
 mod pace;
 mod payload;
 mod plot;
+mod readback;
 mod record;
+mod redex;
 mod report;
+mod storage;
 mod workload;
+mod writer;
 
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +46,10 @@ enum Scenario {
     Demo(demo::Args),
     /// Ingest-to-persisted throughput and latency of net against a tokio + mutex baseline.
     Ingest(ingest::Args),
+    /// RedEX append and read throughput and net's durable ingest against the raw disk.
+    Storage(storage::Args),
+    /// Write events to a data dir and print each one acknowledged durable (for crash tests).
+    Write(writer::Args),
 }
 
 /// Why a scenario failed; each variant says which side of the bench went wrong.
@@ -51,6 +62,8 @@ pub enum Failure {
     },
     #[error("net engine: {0}")]
     Engine(String),
+    #[error("net storage: {0}")]
+    Storage(String),
     #[error("verification failed: {0}")]
     Verification(String),
 }
@@ -64,6 +77,10 @@ impl Failure {
     pub fn engine(context: &str, error: impl std::fmt::Display) -> Failure {
         Failure::Engine(format!("{context}: {error}"))
     }
+
+    pub fn storage(context: &str) -> impl FnOnce(net_storage::StorageError) -> Failure {
+        move |error| Failure::Storage(format!("{context}: {error}"))
+    }
 }
 
 fn main() -> ExitCode {
@@ -71,6 +88,8 @@ fn main() -> ExitCode {
     let outcome = match &cli.scenario {
         Scenario::Demo(args) => demo::run(args),
         Scenario::Ingest(args) => ingest::run(args),
+        Scenario::Storage(args) => storage::run(args),
+        Scenario::Write(args) => writer::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -79,6 +98,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Shuts `bus` down, giving it `deadline` to drain, and fails unless nothing was lost and no
+/// shard panicked or failed.
+pub fn shut_down_cleanly(bus: net_engine::Bus, deadline: Duration) -> Result<(), Failure> {
+    let shutdown = bus.shutdown(deadline);
+    if shutdown.lossy || !shutdown.panicked_shards.is_empty() || !shutdown.failed_shards.is_empty()
+    {
+        return Err(Failure::Verification(format!(
+            "shutdown was not clean: {shutdown:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// Clap parser for `--payload-bytes`: a payload must hold the 12-byte identity that the
@@ -136,4 +168,17 @@ pub fn reproduce_command(
         command.push_str(&format!(" --dir {}", dir.display()));
     }
     command
+}
+
+/// Parses a scenario's arguments from `line` (without the binary's name), as its tests do.
+#[cfg(test)]
+pub fn parse_args<A: clap::Args>(scenario: &str, line: &[&str]) -> A {
+    #[derive(Debug, Parser)]
+    struct Cli<A: clap::Args> {
+        #[command(flatten)]
+        args: A,
+    }
+    Cli::<A>::try_parse_from([&[scenario], line].concat())
+        .expect("valid arguments")
+        .args
 }

@@ -6,7 +6,8 @@
 //! the events that were never sent during a stall (Gil Tene, "How NOT to measure latency";
 //! wrk2). Here producer k of n sends its i-th event at the intended time
 //! `start + i * n / rate` seconds, computed from `start` rather than from the previous send so
-//! the schedule never drifts; it spins until then, and when it is already late it sends at
+//! the schedule never drifts; it waits until then (spinning close to the due time, yielding
+//! its core before), and when it is already late it sends at
 //! once and skips nothing. Latency is measured from the intended time, so the time an event
 //! spent waiting behind a slow predecessor is counted, as it would be for a real client.
 //!
@@ -123,15 +124,24 @@ impl Schedule {
     }
 }
 
-/// Spins until `clock()` reaches `intended_ns` and returns the reading that did; a late
-/// caller gets its first reading back at once.
+/// Below this much time to wait a producer spins; above it, it yields its core.
+pub const YIELD_ABOVE_NS: u64 = 1_000;
+
+/// Waits until `clock()` reaches `intended_ns` and returns the reading that did; a late
+/// caller gets its first reading back at once. Far from the due time it yields the core
+/// instead of spinning: on a machine with as many busy threads as cores (2 producers and 2
+/// shards here), spinning producers would starve the very shards being measured.
 pub fn wait_until(intended_ns: u64, clock: impl Fn() -> u64) -> u64 {
     loop {
         let now_ns = clock();
         if now_ns >= intended_ns {
             return now_ns;
         }
-        std::hint::spin_loop();
+        if intended_ns - now_ns > YIELD_ABOVE_NS {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
     }
 }
 
