@@ -23,19 +23,42 @@ impl std::fmt::Debug for Ring {
     }
 }
 
-/// Lets the kernel's io-wq workers of this ring (which run the writes ext4 cannot issue
-/// without blocking, such as O_DIRECT writes that extend a file) run on any CPU the process
-/// may use. By default they inherit the shard thread's pinning and compete with it for its one
-/// core. Best effort: kernels without `IORING_REGISTER_IOWQ_AFF` keep the default.
+/// Keeps the kernel's io-wq workers of this ring (they run what ext4 cannot issue without
+/// blocking: O_DIRECT writes that extend a file, and fdatasync) off the calling shard's own
+/// core when the process may use others. By default they inherit the shard thread's pinning,
+/// so a busy shard and its own writes take turns on one core instead of overlapping (measured
+/// here: 4 MiB writes at ~1.3 GB/s instead of ~2.2 GB/s, a commit period of 860 µs instead of
+/// 500 µs). Best effort: kernels without `IORING_REGISTER_IOWQ_AFF` keep the default.
 fn spread_workers(ring: &IoUring) {
-    // SAFETY: an all-zero cpu_set_t is the empty set; sched_getaffinity fills it for the
-    // process's main thread (whose mask is the process's, not a pinned shard's).
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: writes at most `size` bytes into `set`.
-    if unsafe { libc::sched_getaffinity(libc::getpid(), size, &mut set) } == 0 {
-        let _ = ring.submitter().register_iowq_aff(&set);
+    // SAFETY: all-zero cpu_set_t values are empty sets; sched_getaffinity fills at most
+    // `size` bytes: for pid 0 the calling thread's mask, for getpid() the main thread's
+    // (the process's, not a pinned shard's).
+    let (mut process, mut mine): (libc::cpu_set_t, libc::cpu_set_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: as above.
+    let ok = unsafe {
+        libc::sched_getaffinity(libc::getpid(), size, &mut process) == 0
+            && libc::sched_getaffinity(0, size, &mut mine) == 0
+    };
+    if !ok {
+        return;
     }
+    let mut others = process;
+    // SAFETY: the CPU_* helpers index within the fixed-size set (cpu < CPU_SETSIZE).
+    let workers = unsafe {
+        for cpu in 0..usize::try_from(libc::CPU_SETSIZE).unwrap_or(0) {
+            if libc::CPU_ISSET(cpu, &mine) {
+                libc::CPU_CLR(cpu, &mut others);
+            }
+        }
+        if libc::CPU_COUNT(&others) > 0 {
+            others
+        } else {
+            process
+        }
+    };
+    let _ = ring.submitter().register_iowq_aff(&workers);
 }
 
 impl Ring {
