@@ -159,12 +159,15 @@ impl Bus {
             },
         };
         let dir = shard_dir(c, shard);
+        let fsync = c.storage.fsync;
         let (handle, rx) = executor::spawn_shard(id, cpu, c.executor.io_memory_bytes, move || {
             let (log, recovery) = Log::open(&dir, log_cfg).map_err(|source| Error::Storage {
                 shard: ShardId(id),
                 source,
             })?;
             *shared.counters.recovery.lock().expect("recovery") = recovery;
+            let mut log = log;
+            log.set_sync_on_roll(fsync != crate::config::FsyncPolicy::Never);
             let last_ts_ns = log.last_ts_ns();
             let shard = Shard::new(settings, log, last_ts_ns, shared);
             Ok(move || shard.run())

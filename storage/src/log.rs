@@ -182,6 +182,8 @@ pub struct Log {
     pub(crate) written: (u64, u64),
     /// Timestamp of the newest record pushed.
     pub(crate) last_ts_ns: u64,
+    /// Whether sealing a segment fdatasyncs it (see [`Log::set_sync_on_roll`]).
+    sync_on_roll: bool,
     poisoned: Option<String>,
     reader: Option<Reader>,
 }
@@ -218,6 +220,7 @@ impl Log {
             durable_end: 0,
             written: (0, 0),
             last_ts_ns: 0,
+            sync_on_roll: true,
             poisoned: None,
             reader: None,
         }
@@ -245,6 +248,13 @@ impl Log {
     /// One past the last sequence number whose write completed.
     pub fn persisted_end(&self) -> u64 {
         self.persisted_end
+    }
+
+    /// Whether sealing a segment fdatasyncs it first (default true). An owner that never
+    /// syncs (fsync policy `never`) turns it off so that a roll does not stall on flushing the
+    /// device cache; a sealed segment's index is rebuilt from `.dat` on open if it was lost.
+    pub fn set_sync_on_roll(&mut self, sync: bool) {
+        self.sync_on_roll = sync;
     }
 
     /// One past the last sequence number known durable.
@@ -548,10 +558,14 @@ impl Log {
             "roll with pending writes"
         );
         self.truncate_active().map_err(|e| self.poison(e))?;
-        // A sealed segment is complete and durable, whatever the fsync policy: its index is
-        // trusted on open, and its truncation must not come undone.
-        self.sync_active().map_err(|e| self.poison(e))?;
-        self.durable_end = self.persisted_end;
+        // A sealed segment is made durable unless the owner syncs nothing (fsync `never`):
+        // there that sync is a device cache flush of the whole segment, which stalls the shard
+        // for hundreds of milliseconds, and `never` promises nothing about power loss. An index
+        // that did not reach the disk is rebuilt from `.dat` on open.
+        if self.sync_on_roll {
+            self.sync_active().map_err(|e| self.poison(e))?;
+            self.durable_end = self.persisted_end;
+        }
         self.sealed.push(SealedSegment {
             base: self.active.base,
             end: self.next_seq,
