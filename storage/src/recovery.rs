@@ -187,16 +187,18 @@ fn encode_entries(entries: &[IndexEntry]) -> Vec<u8> {
 /// (a few bytes read, not the whole files); falls back to scanning `.dat` when they do not
 /// check out.
 ///
-/// A sealed segment's `.dat` is never cut: if it is damaged, opening fails with the file and
-/// offset and changes nothing (`net-admin verify` shows the damage). Only a disagreeing index
-/// of an intact `.dat` is rebuilt, and reported.
+/// A sealed segment's records are never cut: if it is damaged, opening fails with the file
+/// and offset and changes nothing (`net-admin verify` shows the damage). Only zero padding is
+/// cut and a disagreeing index of an intact `.dat` rebuilt, and both are reported.
 fn sealed_meta(dir: &Path, shard: u16, base: u64, report: &mut Recovery) -> Result<SealedSegment> {
     check_header(dir, shard, base)?;
     if let Some(meta) = sealed_meta_from_index(dir, base) {
         return Ok(meta);
     }
     let mut scan = scan_dat(dir, shard, base)?;
-    if scan.torn || scan.end != scan.data.len() as u64 {
+    // Zero padding after the last record is a clean end (a roll whose truncation did not
+    // reach the disk); anything else is damage.
+    if scan.torn {
         let what = "damaged record in a sealed segment (run `net-admin verify`)";
         return Err(corrupt(&segment::dat_path(dir, base), scan.end, what));
     }

@@ -140,3 +140,30 @@ fn removed_orphans_and_compaction_leftovers_are_reported() {
     );
     assert!(rec.repaired());
 }
+
+#[test]
+fn a_sealed_segment_with_zero_padding_and_a_lost_index_is_repaired() {
+    // What a crash leaves under fsync `never`: a rolled segment whose truncation and index
+    // never reached the disk.
+    let dir = tempfile::tempdir().unwrap();
+    sealed_log(dir.path(), 0);
+    let path = dat_path(dir.path(), 0);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = bytes.len();
+    bytes.resize(len.div_ceil(4096) * 4096 + 4096, 0);
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(net_storage::segment::idx_path(dir.path(), 0), b"").unwrap();
+    let (mut log, rec) = Log::open(dir.path(), cfg(0)).unwrap();
+    assert!(
+        rec.index_rebuilt && rec.dat_bytes_cut > 0 && !rec.torn_tail,
+        "{rec:?}"
+    );
+    assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, len);
+    let second_base = list_segments(dir.path()).unwrap()[1];
+    let first_segment = log.read(0, 1000, 1 << 20).unwrap();
+    assert_eq!(
+        first_segment.len() as u64,
+        second_base,
+        "every record of the sealed segment kept"
+    );
+}
