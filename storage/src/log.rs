@@ -23,7 +23,7 @@ use crate::buffer::BLOCK_BYTES;
 use crate::error::{Result, StorageError, io_err};
 use crate::index::{INDEX_ENTRY_BYTES, IndexEntry};
 use crate::record::{self, RECORD_PAYLOAD_BYTES_MAX, record_bytes};
-use crate::segment::{self, SEGMENT_HEADER_BYTES, SegmentHeader};
+use crate::segment::{self, OpenMode, SEGMENT_HEADER_BYTES, SegmentHeader};
 use crate::stage::Stage;
 use crate::uring::Ring;
 
@@ -695,12 +695,12 @@ impl Log {
             last = e;
             count += 1;
         }
-        let span = usize::try_from(last.offset + u64::from(last.len) - first.offset)
-            .expect("bounded read");
-        let mut data = vec![0u8; span];
-        dat.read_exact_at(&mut data, first.offset)
-            .map_err(io_err("read", &dat_path))?;
-        let data = Bytes::from(data);
+        let data = read_span(
+            dat,
+            first.offset,
+            last.offset + u64::from(last.len),
+            &dat_path,
+        )?;
         let mut out = Vec::with_capacity(count);
         let mut pos = 0usize;
         for i in 0..count {
@@ -757,13 +757,38 @@ impl Log {
             ));
         }
         if self.reader.as_ref().is_none_or(|r| r.base != base) {
-            let dat = segment::open_read(&dat_path)?;
+            let dat = segment::open_direct_read(&dat_path)?;
             let idx = segment::open_read(&idx_path)?;
             self.reader = Some(Reader { base, dat, idx });
         }
         let r = self.reader.as_ref().expect("just opened");
         Ok((&r.dat, &r.idx, dat_path, idx_path))
     }
+}
+
+/// Reads `.dat` bytes `from..to` in whole aligned blocks (the file may be open `O_DIRECT`)
+/// into one buffer, and returns exactly those bytes, shared by the records sliced from them.
+fn read_span(dat: &File, from: u64, to: u64, path: &Path) -> Result<Bytes> {
+    let start = crate::buffer::align_down_u64(from);
+    let want = usize::try_from(to - start).expect("bounded read");
+    let mut buf = crate::buffer::AlignedBuf::new(want);
+    let mut got = 0;
+    // A sealed segment ends mid-block: the last aligned read comes back short at end of file.
+    while got < want {
+        let n = dat
+            .read_at(&mut buf.as_mut_slice()[got..], start + got as u64)
+            .map_err(io_err("read", path))?;
+        if n == 0 {
+            return Err(corrupt(
+                path,
+                start + got as u64,
+                "file ends before its indexed records",
+            ));
+        }
+        got += n;
+    }
+    let skip = usize::try_from(from - start).expect("below one block");
+    Ok(Bytes::from_owner(buf).slice(skip..want))
 }
 
 /// Why a write may have come up short: `": No space left on device (N bytes free)"` when the
@@ -828,14 +853,14 @@ fn segment_err<'a>(
 pub(crate) fn create_segment(dir: &Path, dir_fd: &File, base: u64) -> Result<ActiveSegment> {
     let dat_name = segment::c_name(base, b"dat");
     let idx_name = segment::c_name(base, b"idx");
-    let dat =
-        segment::open_at(dir_fd, &dat_name, true).map_err(segment_err("open", dir, base, "dat"))?;
-    let idx =
-        segment::open_at(dir_fd, &idx_name, true).map_err(segment_err("open", dir, base, "idx"))?;
-    dir_fd.sync_all().map_err(io_err("fsync directory", dir))?;
-    let dat_read = segment::open_at(dir_fd, &dat_name, false)
+    let dat = segment::open_at(dir_fd, &dat_name, OpenMode::Append)
         .map_err(segment_err("open", dir, base, "dat"))?;
-    let idx_read = segment::open_at(dir_fd, &idx_name, false)
+    let idx = segment::open_at(dir_fd, &idx_name, OpenMode::Append)
+        .map_err(segment_err("open", dir, base, "idx"))?;
+    dir_fd.sync_all().map_err(io_err("fsync directory", dir))?;
+    let dat_read = segment::open_at(dir_fd, &dat_name, OpenMode::DirectRead)
+        .map_err(segment_err("open", dir, base, "dat"))?;
+    let idx_read = segment::open_at(dir_fd, &idx_name, OpenMode::Read)
         .map_err(segment_err("open", dir, base, "idx"))?;
     Ok(ActiveSegment {
         base,
