@@ -63,6 +63,39 @@ pub struct Bus {
     shut_down: bool,
 }
 
+/// Refuses to start with fewer shards than the data dir holds logs for: their events would
+/// silently become unreadable (keys would also map to other shards).
+fn check_no_orphan_shards(data_dir: &std::path::Path, shards: usize) -> Result<(), Error> {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return Ok(());
+    };
+    let mut beyond: Vec<usize> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let digits = name.strip_prefix("shard-")?;
+            let index: usize = (digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| digits.parse().ok())??;
+            let has_segments =
+                net_storage::segment::list_segments(&e.path()).is_ok_and(|s| !s.is_empty());
+            (index >= shards && has_segments).then_some(index)
+        })
+        .collect();
+    beyond.sort_unstable();
+    match beyond.last() {
+        None => Ok(()),
+        Some(&last) => Err(Error::Config {
+            field: "shards".into(),
+            what: format!(
+                "{} holds logs of shards up to {last} but the bus would start {shards}; start it \
+                 with at least {} shards (shard count changes need a migration)",
+                data_dir.display(),
+                last + 1
+            ),
+        }),
+    }
+}
+
 fn shard_dir(config: &Config, shard: usize) -> std::path::PathBuf {
     config.data_dir.join(format!("shard-{shard:04}"))
 }
@@ -83,6 +116,7 @@ impl Bus {
             field: "data_dir".into(),
             what: format!("cannot create {}: {e}", config.data_dir.display()),
         })?;
+        check_no_orphan_shards(&config.data_dir, n)?;
         let mut bus = Bus {
             config: config.clone(),
             shards: Vec::with_capacity(n),

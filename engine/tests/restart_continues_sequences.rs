@@ -74,3 +74,27 @@ fn reopen_continues_sequences_and_serves_old_events() {
         );
     }
 }
+
+#[test]
+fn restarting_with_fewer_shards_than_the_data_dir_holds_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start(common::config(dir.path(), 3)).unwrap();
+    send(&bus, 0, 300);
+    assert!(!bus.shutdown(Duration::from_secs(5)).lossy);
+    match Bus::start(common::config(dir.path(), 2)) {
+        Err(net_engine::Error::Config { field, what }) => {
+            assert_eq!(field, "shards");
+            assert!(
+                what.contains("up to 2") && what.contains("at least 3"),
+                "{what}"
+            );
+        }
+        other => panic!("expected a shards error, got {other:?}"),
+    }
+    let bus = Bus::start(common::config(dir.path(), 3)).unwrap();
+    assert_eq!(
+        common::poll_all(&bus, 300).len(),
+        300,
+        "the same shard count still serves everything"
+    );
+}
