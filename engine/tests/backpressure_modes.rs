@@ -170,7 +170,15 @@ fn a_blocked_sender_is_released_by_shutdown_with_closed() {
         let after = p.send_home(b"late");
         (out, after)
     });
-    std::thread::sleep(Duration::from_millis(50));
+    // Wait until the sender has filled the lane and is blocked on the 65th event.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while bus.stats().total.ingested < 64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sender never filled the lane"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let report = bus.shutdown(Duration::from_millis(100));
     let (out, after) = sender.join().unwrap();
     assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 64);

@@ -36,7 +36,15 @@ fn invariant_holds_at_every_observation_and_a_deadline_shutdown_counts_once() {
         }
         let observer = s.spawn(|| {
             let mut last = net_engine::Totals::default();
-            for _ in 0..2000 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let mut observations = 0;
+            // At least 2000 observations, and until the producers' traffic is under way.
+            while observations < 2000 || last.persisted == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "producers never got going"
+                );
+                observations += 1;
                 // totals() panics if in_flight would be negative (persisted + dropped > ingested).
                 let t = handle.totals();
                 assert_eq!(t.ingested, t.persisted + t.dropped + t.in_flight);
@@ -144,11 +152,13 @@ fn a_panicked_shard_is_surfaced_and_its_events_counted() {
         p.send_to(0, &common::payload(0, i, 32)).unwrap();
     }
     bus.flush().unwrap();
-    bus.inject_shard_panic(ShardId(1));
-    std::thread::sleep(Duration::from_millis(50));
+    // Shard 1 is paused, so its 50 events are still in its lane when the panic (handled
+    // after the pause, in order) ends its thread.
+    bus.pause_shard(ShardId(1), true);
     for i in 0..50 {
         p.send_to(1, &common::payload(1, i, 32)).unwrap();
     }
+    bus.inject_shard_panic(ShardId(1));
     let report = bus.shutdown(Duration::from_secs(2));
     assert_eq!(report.panicked_shards.len(), 1);
     assert_eq!(report.panicked_shards[0].0, ShardId(1));

@@ -22,7 +22,7 @@ fn dropped_producers_lanes_are_retired_and_their_events_kept() {
         }
     }
     bus.flush().unwrap();
-    let live = (0..500)
+    let live = (0..2500)
         .map(|_| {
             std::thread::sleep(Duration::from_millis(2));
             bus.stats().shards.iter().map(|s| s.lanes).sum::<usize>()
