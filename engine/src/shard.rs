@@ -348,8 +348,12 @@ impl Shard {
         };
         self.failure.is_none()
             && self.log.durable_end() < self.log.persisted_end()
-            && (self.sync_requested
-                || monotonic_ns().saturating_sub(self.last_sync_ns) >= ms * 1_000_000)
+            && self.interval_sync_due(ms)
+    }
+
+    /// A flush asked for a sync, or `ms` passed since the last one.
+    fn interval_sync_due(&self, ms: u64) -> bool {
+        self.sync_requested || monotonic_ns().saturating_sub(self.last_sync_ns) >= ms * 1_000_000
     }
 
     /// Whether the next batch carries an fdatasync.
@@ -357,10 +361,7 @@ impl Shard {
         match self.s.fsync {
             FsyncPolicy::Never => false,
             FsyncPolicy::EveryBatch => true,
-            FsyncPolicy::IntervalMs(ms) => {
-                self.sync_requested
-                    || monotonic_ns().saturating_sub(self.last_sync_ns) >= ms * 1_000_000
-            }
+            FsyncPolicy::IntervalMs(ms) => self.interval_sync_due(ms),
         }
     }
 

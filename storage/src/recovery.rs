@@ -227,13 +227,18 @@ fn check_header(dir: &Path, shard: u16, base: u64) -> Result<()> {
     std::fs::File::open(&path)
         .and_then(|mut f| f.read_exact(&mut block))
         .map_err(io_err("read header of", &path))?;
-    let header = SegmentHeader::decode(&block).map_err(|what| corrupt(&path, 0, &what))?;
+    verify_header(&path, &block, shard, base)
+}
+
+/// Decodes the header block at the start of `data` and checks its shard and base.
+fn verify_header(path: &Path, data: &[u8], shard: u16, base: u64) -> Result<()> {
+    let header = SegmentHeader::decode(data).map_err(|what| corrupt(path, 0, &what))?;
     if header.base_seq != base || header.shard != shard {
         let what = format!(
             "header says shard {} base {}, expected shard {shard} base {base}",
             header.shard, header.base_seq
         );
-        return Err(corrupt(&path, 0, &what));
+        return Err(corrupt(path, 0, &what));
     }
     Ok(())
 }
@@ -292,14 +297,7 @@ fn scan_dat(dir: &Path, shard: u16, base: u64) -> Result<Scan> {
             has_header: false,
         });
     }
-    let header = SegmentHeader::decode(&data).map_err(|what| corrupt(&path, 0, &what))?;
-    if header.base_seq != base || header.shard != shard {
-        let what = format!(
-            "header says shard {} base {}, expected shard {shard} base {base}",
-            header.shard, header.base_seq
-        );
-        return Err(corrupt(&path, 0, &what));
-    }
+    verify_header(&path, &data, shard, base)?;
     let mut entries = Vec::new();
     let mut pos = SEGMENT_HEADER_BYTES;
     let mut torn = false;
