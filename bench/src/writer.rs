@@ -85,7 +85,9 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     // Before any producer exists: where this run's events will start on each shard.
     let mut cursor = Cursor::start();
     for shard in bus.stats().shards {
-        cursor.set(shard.shard, Seq(shard.persisted_end));
+        cursor
+            .set(shard.shard, Seq(shard.persisted_end))
+            .map_err(|e| Failure::engine("positioning the cursor", e))?;
     }
     let work = Workload {
         events: args.events,

@@ -61,6 +61,8 @@ pub struct Bus {
     next_home: AtomicU64,
     producer_lock: Mutex<()>,
     shut_down: bool,
+    /// The data dir's lock, held until every shard thread has ended.
+    dir_lock: Option<net_storage::DirLock>,
 }
 
 /// Refuses to start with fewer shards than the data dir holds logs for: their events would
@@ -96,6 +98,13 @@ fn check_no_orphan_shards(data_dir: &std::path::Path, shards: usize) -> Result<(
     }
 }
 
+/// Time left until `deadline`; no deadline (a timeout too large to add to now) is forever.
+fn remaining(deadline: Option<Instant>) -> Duration {
+    deadline.map_or(Duration::MAX, |d| {
+        d.saturating_duration_since(Instant::now())
+    })
+}
+
 fn shard_dir(config: &Config, shard: usize) -> std::path::PathBuf {
     config.data_dir.join(format!("shard-{shard:04}"))
 }
@@ -116,6 +125,7 @@ impl Bus {
             field: "data_dir".into(),
             what: format!("cannot create {}: {e}", config.data_dir.display()),
         })?;
+        let dir_lock = net_storage::DirLock::acquire(&config.data_dir).map_err(Error::DataDir)?;
         check_no_orphan_shards(&config.data_dir, n)?;
         let mut bus = Bus {
             config: config.clone(),
@@ -134,6 +144,7 @@ impl Bus {
             next_home: AtomicU64::new(0),
             producer_lock: Mutex::new(()),
             shut_down: false,
+            dir_lock: Some(dir_lock),
         };
         let mut starting = Vec::with_capacity(n);
         for shard in 0..n {
@@ -381,10 +392,10 @@ impl Bus {
             shard.send(Control::Flush { heads, reply: tx });
             waits.push(rx);
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         for (s, rx) in waits.into_iter().enumerate() {
             let shard = ShardId::from_index(s);
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            match rx.recv_timeout(remaining(deadline)) {
                 Ok(Ok(())) => {}
                 Ok(Err(what)) => {
                     return Err(Error::Storage {
@@ -428,7 +439,7 @@ impl Bus {
                 self.shards[s].send(Control::SyncNow);
             }
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let never = self.config.storage.fsync == crate::config::FsyncPolicy::Never;
         for (s, &end) in want.iter().enumerate() {
             let c = &self.stats.shared.shards[s];
@@ -457,7 +468,7 @@ impl Bus {
                         },
                     });
                 }
-                if Instant::now() >= deadline {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(Error::Timeout {
                         what: format!("durability of shard {shard} up to seq {end}"),
                     });
@@ -551,6 +562,8 @@ impl Bus {
                 }
             }
         }
+        // Every writer of the data dir has ended: another bus may take it now.
+        self.dir_lock = None;
         let residual = self.account_residual();
         let lossy = residual > 0 || !panicked.is_empty();
         if lossy {

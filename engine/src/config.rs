@@ -21,6 +21,12 @@ pub const LANE_BYTES_MIN: usize = 4 << 10;
 pub const LANE_BYTES_MAX: usize = 1 << 30;
 /// Upper bound of `batch.linger_us` (one second).
 pub const LINGER_US_MAX: u64 = 1_000_000;
+/// The smallest "largest payload" a configuration may leave (see
+/// [`Config::payload_bytes_max`]).
+pub const PAYLOAD_BYTES_MIN: usize = 1000;
+// The smallest lane and batch still carry such a payload.
+const _: () = assert!(LANE_BYTES_MIN / 4 - crate::lane::RECORD_OVERHEAD_BYTES >= PAYLOAD_BYTES_MIN);
+const _: () = assert!(4096 - net_storage::record::RECORD_HEADER_BYTES >= PAYLOAD_BYTES_MIN);
 /// Most shards one bus runs (shard ids are u16 on disk and in cursors).
 pub const SHARDS_MAX: usize = 1024;
 
@@ -98,14 +104,31 @@ enum BackpressureMode {
 #[serde(deny_unknown_fields)]
 struct BackpressureRepr {
     mode: BackpressureMode,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    rate: Option<u32>,
+    /// Absent is `None`; `null` is `Some(None)`, refused (a rate is a number or left out).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    rate: Option<Option<u32>>,
+}
+
+/// Marks a field that is present in the document, so that `null` can be told from absent.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 impl TryFrom<BackpressureRepr> for Backpressure {
     type Error = String;
     fn try_from(r: BackpressureRepr) -> Result<Backpressure, String> {
-        let b = match (r.mode, r.rate) {
+        let rate = match r.rate {
+            Some(None) => return Err("`rate` must be a number (or left out), not null".into()),
+            Some(Some(rate)) => Some(rate),
+            None => None,
+        };
+        let b = match (r.mode, rate) {
             (BackpressureMode::Sample, Some(rate)) => return Ok(Backpressure::Sample { rate }),
             (BackpressureMode::Sample, None) => return Err("mode `sample` needs `rate`".into()),
             (_, Some(_)) => return Err("`rate` is only valid with mode `sample`".into()),
@@ -125,7 +148,7 @@ impl From<Backpressure> for BackpressureRepr {
             Backpressure::Fail => (BackpressureMode::Fail, None),
             Backpressure::DropNewest => (BackpressureMode::DropNewest, None),
             Backpressure::DropOldest => (BackpressureMode::DropOldest, None),
-            Backpressure::Sample { rate } => (BackpressureMode::Sample, Some(rate)),
+            Backpressure::Sample { rate } => (BackpressureMode::Sample, Some(Some(rate))),
         };
         BackpressureRepr { mode, rate }
     }
@@ -196,8 +219,8 @@ pub struct RetentionConfig {
 /// When a shard makes its written events durable.
 ///
 /// In JSON: `"never"`, `"every_batch"`, or `{"interval_ms": N}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
     /// Never sync per batch (segments are still synced when sealed and at close); "durable"
     /// then means written to the file.
@@ -208,6 +231,63 @@ pub enum FsyncPolicy {
     /// Group commit: every batch's write is followed by one `fdatasync` that covers it and all
     /// batches before it; events that arrive meanwhile form the next batch.
     EveryBatch,
+}
+
+const FSYNC_NAMES: &str = "`never`, `every_batch`, or {\"interval_ms\": N}";
+
+/// Reads exactly the three documented spellings; serde's derived form also took
+/// `{"never": null}` and `{"every_batch": null}`.
+impl<'de> Deserialize<'de> for FsyncPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<FsyncPolicy, D::Error> {
+        d.deserialize_any(FsyncVisitor)
+    }
+}
+
+struct FsyncVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FsyncVisitor {
+    type Value = FsyncPolicy;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{FSYNC_NAMES}")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FsyncPolicy, E> {
+        match v {
+            "never" => Ok(FsyncPolicy::Never),
+            "every_batch" => Ok(FsyncPolicy::EveryBatch),
+            "interval_ms" => Err(E::custom(
+                "`interval_ms` needs its interval: {\"interval_ms\": N}",
+            )),
+            other => Err(E::custom(format!(
+                "unknown fsync policy `{other}`, expected {FSYNC_NAMES}"
+            ))),
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FsyncPolicy, A::Error> {
+        use serde::de::Error as _;
+        let Some(key) = map.next_key::<String>()? else {
+            return Err(A::Error::custom(format!(
+                "an empty object; expected {FSYNC_NAMES}"
+            )));
+        };
+        if key != "interval_ms" {
+            let hint = if key == "never" || key == "every_batch" {
+                format!("write `{key}` as the string \"{key}\"")
+            } else {
+                format!("unknown fsync policy `{key}`")
+            };
+            return Err(A::Error::custom(format!("{hint}; expected {FSYNC_NAMES}")));
+        }
+        let ms: u64 = map.next_value()?;
+        if map.next_key::<String>()?.is_some() {
+            return Err(A::Error::custom(
+                "`interval_ms` takes no other field alongside it",
+            ));
+        }
+        Ok(FsyncPolicy::IntervalMs(ms))
+    }
 }
 
 /// The shard executors (glommio).
@@ -324,17 +404,21 @@ fn as_u64(n: usize) -> u64 {
 impl Config {
     /// Parses and validates a JSON document.
     pub fn from_json(text: &str) -> Result<Config, Error> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let template = serde_json::to_value(Config::default()).expect("the default serialises");
+        let tree = crate::json::read_object(text, &template).map_err(|r| Error::Config {
+            field: r.field,
+            what: r.what,
+        })?;
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." {
-                "(document)".to_string()
+                crate::json::DOCUMENT.to_string()
             } else {
-                path
+                crate::json::clip(&path)
             };
             Error::Config {
                 field,
-                what: e.into_inner().to_string(),
+                what: crate::json::clip(&e.into_inner().to_string()),
             }
         })?;
         config.validate()?;
@@ -424,6 +508,7 @@ impl Config {
             64 << 10,
             1 << 30,
         )?;
+        self.check_payload_room()?;
         in_range("poll.timeout_ms", self.poll.timeout_ms, 1, 3_600_000)?;
         in_range(
             "poll.shard_bytes_max",
@@ -434,15 +519,61 @@ impl Config {
         Ok(())
     }
 
-    /// The largest payload one event may carry: a quarter of a lane, and what fits a batch.
+    /// The largest payload one event may carry: the smallest of every limit on its path, so
+    /// that a payload `send` accepts can always be stored (a payload one limit accepted and a
+    /// later one refused would fail the shard). The limits, in path order:
+    /// - a lane holds records of at most a quarter of its ring (minus the lane's 16-byte
+    ///   record overhead), so a full lane still moves;
+    /// - a batch holds `batch.max_bytes` of records (32-byte header each);
+    /// - the record format stores at most `RECORD_PAYLOAD_BYTES_MAX` (16 MiB);
+    /// - a segment holds its 4 KiB header block and at least one record.
     pub fn payload_bytes_max(&self) -> usize {
-        (self.lane.capacity_bytes / 4)
-            .saturating_sub(crate::lane::RECORD_OVERHEAD_BYTES)
-            .min(
-                self.batch
-                    .max_bytes
-                    .saturating_sub(net_storage::record::RECORD_HEADER_BYTES),
-            )
+        self.payload_limits()
+            .iter()
+            .map(|&(_, max)| max)
+            .min()
+            .expect("at least one limit")
+    }
+
+    /// Each limit on a payload's path, with the config field that sets it.
+    fn payload_limits(&self) -> [(&'static str, usize); 4] {
+        use net_storage::record::{RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX};
+        let segment_room = usize::try_from(self.storage.segment_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(net_storage::segment::SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES);
+        [
+            (
+                "lane.capacity_bytes",
+                (self.lane.capacity_bytes / 4).saturating_sub(crate::lane::RECORD_OVERHEAD_BYTES),
+            ),
+            (
+                "batch.max_bytes",
+                self.batch.max_bytes.saturating_sub(RECORD_HEADER_BYTES),
+            ),
+            ("(record format)", RECORD_PAYLOAD_BYTES_MAX),
+            ("storage.segment_bytes", segment_room),
+        ]
+    }
+
+    /// Refuses limits that leave events no useful room: the largest payload must be at least
+    /// [`PAYLOAD_BYTES_MIN`]; the error names the field that binds.
+    fn check_payload_room(&self) -> Result<(), Error> {
+        let limits = self.payload_limits();
+        let (field, max) = limits
+            .iter()
+            .min_by_key(|&&(_, max)| max)
+            .copied()
+            .expect("at least one limit");
+        if max < PAYLOAD_BYTES_MIN {
+            return reject(
+                field,
+                format!(
+                    "leaves room for payloads of only {max} bytes; at least {PAYLOAD_BYTES_MIN} \
+                     are required"
+                ),
+            );
+        }
+        Ok(())
     }
 }
 

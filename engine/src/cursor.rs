@@ -8,10 +8,22 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::config::SHARDS_MAX;
 use crate::error::Error;
 use crate::ids::{Seq, ShardId};
 
 const PREFIX: &str = "net1.";
+
+const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
+
+fn check_shard(shard: u16) -> Result<(), Error> {
+    if usize::from(shard) >= SHARDS_MAX {
+        return Err(Error::Cursor(format!(
+            "shard {shard} is beyond the largest bus ({SHARDS_MAX} shards)"
+        )));
+    }
+    Ok(())
+}
 
 /// A position in every shard of a bus. Shards absent from the cursor start at their first
 /// retained event.
@@ -31,9 +43,12 @@ impl Cursor {
         Seq(self.next.get(&shard.0).copied().unwrap_or(0))
     }
 
-    /// Sets the next sequence number of `shard`.
-    pub fn set(&mut self, shard: ShardId, next: Seq) {
+    /// Sets the next sequence number of `shard`. Shard ids at or above
+    /// [`SHARDS_MAX`](crate::config::SHARDS_MAX) belong to no bus and are refused.
+    pub fn set(&mut self, shard: ShardId, next: Seq) -> Result<(), Error> {
+        check_shard(shard.0)?;
         self.next.insert(shard.0, next.0);
+        Ok(())
     }
 
     /// The shards this cursor names.
@@ -43,7 +58,8 @@ impl Cursor {
 
     /// The string form.
     pub fn encode(&self) -> String {
-        let count = u16::try_from(self.next.len()).expect("at most u16::MAX shards");
+        // `set` and `decode` admit only ids below SHARDS_MAX, so the count fits a u16.
+        let count = u16::try_from(self.next.len()).expect("at most SHARDS_MAX shards");
         let mut bytes = Vec::with_capacity(2 + self.next.len() * 10);
         bytes.extend_from_slice(&count.to_le_bytes());
         for (&shard, &seq) in &self.next {
@@ -90,6 +106,7 @@ impl Cursor {
         for entry in bytes[2..].chunks_exact(10) {
             let shard = u16::from_le_bytes([entry[0], entry[1]]);
             let seq = u64::from_le_bytes(entry[2..10].try_into().expect("8 bytes"));
+            check_shard(shard)?;
             if prev.is_some_and(|p| p >= shard) {
                 return bad(format!("shard {shard} is out of order or repeated"));
             }

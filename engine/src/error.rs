@@ -31,6 +31,9 @@ pub enum Error {
         #[source]
         source: net_storage::StorageError,
     },
+    /// The data dir cannot be used as a whole (another bus or `net-admin` holds it).
+    #[error("{0}")]
+    DataDir(#[source] net_storage::StorageError),
     /// A cursor string or value that this bus cannot use.
     #[error("invalid cursor: {0}")]
     Cursor(String),

@@ -14,6 +14,7 @@ mod cursor;
 mod error;
 mod executor;
 mod ids;
+mod json;
 mod lane;
 mod poll;
 mod producer;

@@ -68,7 +68,9 @@ pub(crate) fn merge(
     }
     for (shard, _, next) in lists {
         if let Some(next) = next {
-            cursor.set(shard, Seq(next));
+            cursor
+                .set(shard, Seq(next))
+                .expect("a shard of this bus is below SHARDS_MAX");
         }
     }
     out

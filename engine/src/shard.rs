@@ -225,7 +225,7 @@ impl Shard {
                 failure,
                 ..
             } = self;
-            let (mut full, mut lost) = (false, 0usize);
+            let (mut full, mut lost, mut refused) = (false, 0usize, 0u64);
             let got = lanes[i].drain(room_events, bytes_max, |send_ns, payload| {
                 if failure.is_some() {
                     lost += 1;
@@ -240,6 +240,12 @@ impl Shard {
                         full = true;
                         false
                     }
+                    // A payload the log cannot store is that event's problem, not the shard's
+                    // (`send` refuses them; this is defence in depth): drop it, keep going.
+                    Err(net_storage::StorageError::Invalid { .. }) => {
+                        refused += 1;
+                        true
+                    }
                     Err(e) => {
                         *failure = Some(e.to_string());
                         lost += 1;
@@ -248,6 +254,9 @@ impl Shard {
                 }
             });
             total += got;
+            if refused > 0 {
+                self.shared.counters.add_dropped(refused);
+            }
             if self.failure.is_some() {
                 self.fail_batch(lost);
             } else if full {

@@ -100,3 +100,110 @@ fn a_pinned_core_that_does_not_exist_is_refused_at_start() {
         other => panic!("expected a cores error, got {other:?}"),
     }
 }
+
+/// Hardening: a JSON array filled structs by position, text after the document was ignored,
+/// `{"never": null}` and `"rate": null` were accepted, duplicate keys named the document, and
+/// rejections echoed values of any length.
+#[test]
+fn documents_are_read_strictly() {
+    let cases = [
+        ("[]", "(document)", "expected an object"),
+        (r#"{"lane":[65536]}"#, "lane", "array"),
+        (
+            r#"{"batch": {"max_events": 5}, "storage": []}"#,
+            "storage",
+            "array",
+        ),
+        ("{}}", "(document)", "after the JSON document"),
+        (
+            r#"{"shards":2}{"shards":4}"#,
+            "(document)",
+            "after the JSON document",
+        ),
+        (
+            r#"{"storage":{"fsync":{"never":null}}}"#,
+            "storage.fsync",
+            "\"never\"",
+        ),
+        (
+            r#"{"storage":{"fsync":{"every_batch":null}}}"#,
+            "storage.fsync",
+            "every_batch",
+        ),
+        (
+            r#"{"storage":{"fsync":{"interval_ms":null}}}"#,
+            "storage.fsync.interval_ms",
+            "null",
+        ),
+        (
+            r#"{"storage":{"fsync":{"interval_ms":5,"x":1}}}"#,
+            "storage.fsync",
+            "no other field",
+        ),
+        (
+            r#"{"storage":{"fsync":"interval_ms"}}"#,
+            "storage.fsync",
+            "needs its interval",
+        ),
+        (
+            r#"{"lane":{"backpressure":{"mode":"block","rate":null}}}"#,
+            "lane.backpressure",
+            "not null",
+        ),
+        (
+            r#"{"lane":{"backpressure":{"mode":"sample","rate":null}}}"#,
+            "lane.backpressure",
+            "not null",
+        ),
+        (
+            r#"{"batch":{"max_events":5,"max_events":6}}"#,
+            "batch.max_events",
+            "more than once",
+        ),
+        (r#"{"shards":1,"shards":1}"#, "shards", "more than once"),
+    ];
+    for (json, field, what_has) in cases {
+        let (got, what) = field_of(json);
+        assert_eq!(got, field, "{json}: {what}");
+        assert!(what.contains(what_has), "{json}: {what}");
+    }
+    let fsync = Config::from_json(r#"{"storage":{"fsync":{"interval_ms":7}}}"#).unwrap();
+    assert_eq!(fsync.storage.fsync, net_engine::FsyncPolicy::IntervalMs(7));
+}
+
+#[test]
+fn rejections_quote_at_most_a_short_prefix_of_what_they_were_given() {
+    let long = "z".repeat(600_000);
+    for json in [
+        format!(r#"{{"idle": {{"strategy": "{long}"}}}}"#),
+        format!(r#"{{"{long}": 1}}"#),
+        format!(r#"{{"storage": {{"fsync": "{long}"}}}}"#),
+        format!(r#"{{"data_dir": 5, "lane": {{"backpressure": {{"mode": "{long}"}}}}}}"#),
+    ] {
+        let (field, what) = field_of(&json);
+        assert!(
+            field.len() + what.len() < 2_000,
+            "{} + {} bytes",
+            field.len(),
+            what.len()
+        );
+    }
+}
+
+/// Hardening: lane 128 MiB and batch 64 MiB let `send` accept a 20 MiB payload that the record
+/// format (16 MiB at most) could not store; the shard failed and dropped everything after.
+#[test]
+fn the_largest_payload_is_the_smallest_limit_on_its_path() {
+    let c = Config::from_json(
+        r#"{"lane": {"capacity_bytes": 134217728}, "batch": {"max_bytes": 67108864}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.payload_bytes_max(),
+        net_storage::record::RECORD_PAYLOAD_BYTES_MAX
+    );
+    let c = Config::from_json(r#"{"lane": {"capacity_bytes": 8192}}"#).unwrap();
+    assert_eq!(c.payload_bytes_max(), 8192 / 4 - 16);
+    let c = Config::from_json(r#"{"batch": {"max_bytes": 5000}}"#).unwrap();
+    assert_eq!(c.payload_bytes_max(), 5000 - 32);
+}

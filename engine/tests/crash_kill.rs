@@ -45,7 +45,7 @@ fn child_writer() {
     // Start reading after what earlier runs stored: only this run's events are reported.
     let mut cursor = Cursor::start();
     for s in bus.stats().shards {
-        cursor.set(s.shard, Seq(s.persisted_end));
+        cursor.set(s.shard, Seq(s.persisted_end)).unwrap();
     }
     for p in 0..2u32 {
         let mut prod = bus.producer().unwrap();

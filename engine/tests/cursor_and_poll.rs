@@ -9,10 +9,10 @@ use proptest::prelude::*;
 
 proptest! {
     #[test]
-    fn cursor_round_trips(entries in proptest::collection::btree_map(any::<u16>(), any::<u64>(), 0..40)) {
+    fn cursor_round_trips(entries in proptest::collection::btree_map(0u16..1024, any::<u64>(), 0..40)) {
         let mut c = Cursor::start();
         for (&s, &q) in &entries {
-            c.set(ShardId(s), Seq(q));
+            c.set(ShardId(s), Seq(q)).unwrap();
         }
         let text = c.encode();
         let back = Cursor::decode(&text).unwrap();
@@ -48,7 +48,7 @@ fn malformed_cursors_are_refused_with_a_reason() {
     // Two entries for one shard: "00" and "0" style aliases cannot exist in a binary cursor,
     // and a repeated shard id is refused.
     let mut c = Cursor::start();
-    c.set(ShardId(0), Seq(5));
+    c.set(ShardId(0), Seq(5)).unwrap();
     let one = c.encode();
     let body = &one["net1.".len() + 4..];
     let twice = format!("net1.0200{body}{body}");
@@ -92,7 +92,7 @@ fn a_cursor_naming_a_missing_shard_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let bus = Bus::start(common::config(dir.path(), 2)).unwrap();
     let mut c = Cursor::start();
-    c.set(ShardId(7), Seq(0));
+    c.set(ShardId(7), Seq(0)).unwrap();
     match bus.poll(&c, 10) {
         Err(Error::Cursor(why)) => assert!(why.contains("shard 7"), "{why}"),
         other => panic!("{other:?}"),

@@ -53,6 +53,18 @@ pub enum StorageError {
         /// What was wrong.
         what: String,
     },
+    /// Another owner (a running bus, or `net-admin repair`/`compact`) holds the data dir.
+    #[error(
+        "data dir {} is in use by {}; stop it first (one bus or repair per data dir)",
+        dir.display(),
+        holder.map_or_else(|| "another process".to_string(), |p| format!("pid {p}"))
+    )]
+    Locked {
+        /// The data dir.
+        dir: PathBuf,
+        /// The holder's pid, as its lock file says.
+        holder: Option<u32>,
+    },
     /// A configuration value the log cannot work with.
     #[error("invalid storage setting {field}: {what}")]
     Invalid {

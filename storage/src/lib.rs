@@ -12,6 +12,7 @@ mod buffer;
 pub mod compaction;
 mod error;
 pub mod index;
+mod lock;
 mod log;
 pub mod record;
 mod recovery;
@@ -23,6 +24,7 @@ pub mod verify;
 
 pub use buffer::{AlignedBuf, BLOCK_BYTES};
 pub use error::{Result, StorageError};
+pub use lock::{DirLock, LOCK_FILE_NAME};
 pub use log::{Log, LogConfig, Push, SEGMENT_BYTES_MIN, StoredRecord, Written};
 pub use recovery::Recovery;
 pub use retention::{Retention, Swept};

@@ -972,8 +972,26 @@ pub fn repair_config(shard: u16) -> LogConfig {
 /// Opens and closes the log of every shard `path` names, so that recovery cuts torn tails and
 /// rebuilds disagreeing indexes, and reports what changed. Creates no directory and leaves
 /// shards without segments alone. Fails only if `path` names no shard.
+///
+/// Takes the data dir's lock first (see [`lock_data_dir`]): a running bus makes it fail with
+/// [`StorageError::Locked`] instead of two writers touching the same logs.
 pub fn repair(path: &Path) -> Result<Vec<ShardRepair>> {
-    Ok(shard_dirs(path)?.into_iter().map(repair_shard).collect())
+    let shards = shard_dirs(path)?;
+    let _lock = lock_data_dir(path)?;
+    Ok(shards.into_iter().map(repair_shard).collect())
+}
+
+/// Takes the lock of the data dir `path` names: `path` itself, or its parent when `path` is
+/// one shard's directory. Tools that change a data dir (`repair`, `compact`) hold it while
+/// they work; `verify` and `dump` read without it.
+pub fn lock_data_dir(path: &Path) -> Result<crate::DirLock> {
+    let real = std::fs::canonicalize(path).map_err(io_err("open", path))?;
+    let is_shard = (real.file_name().and_then(|n| n.to_str()))
+        .is_some_and(|n| parse_shard_dir_name(n).is_some());
+    match real.parent() {
+        Some(parent) if is_shard => crate::DirLock::acquire(parent),
+        _ => crate::DirLock::acquire(&real),
+    }
 }
 
 /// Opens and closes one shard's log; see [`repair`].

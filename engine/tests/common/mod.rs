@@ -47,7 +47,7 @@ pub fn payload(producer: u32, n: u64, len: usize) -> Vec<u8> {
     p[0..4].copy_from_slice(&producer.to_le_bytes());
     p[4..12].copy_from_slice(&n.to_le_bytes());
     for (i, b) in p[12..].iter_mut().enumerate() {
-        *b = (n as usize).wrapping_add(i) as u8;
+        *b = n.wrapping_add(i as u64).to_le_bytes()[0];
     }
     p
 }

@@ -140,6 +140,13 @@ fn run_compact(dir: &std::path::Path, segment_bytes: u64) -> u8 {
             return EXIT_USAGE;
         }
     };
+    let _lock = match verify::lock_data_dir(dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("net-admin compact: {e}");
+            return EXIT_USAGE;
+        }
+    };
     let mut code = 0;
     for shard in shards {
         let cfg = net_storage::LogConfig {
