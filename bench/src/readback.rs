@@ -106,9 +106,9 @@ fn check_response(response: &PollResponse) -> Result<(), Failure> {
 
 /// The failure of a read that made no progress for `POLL_STALL_TIMEOUT`.
 fn stalled(read: u64, expected: u64, response: &PollResponse) -> Failure {
-    let stalled = &response.stalled_shards;
+    let failed = &response.failed_shards;
     Failure::Verification(format!(
         "read {read} of {expected} events, then nothing for {POLL_STALL_TIMEOUT:?} \
-         (stalled shards {stalled:?})"
+         (failed shards {failed:?})"
     ))
 }

@@ -2,7 +2,8 @@
 //! event as net does (the storage crate keeps its codec internal).
 //!
 //! A record is a 32-byte little-endian header `[len: u32][crc32c: u32][flags: u32]
-//! [reserved: u32][seq: u64][ts_ns: u64]` followed by `len` payload bytes. The CRC32C
+//! [committed: u32][seq: u64][ts_ns: u64]` followed by `len` payload bytes (the baseline writes
+//! no batch framing: flags and committed stay zero, as in a record in the middle of a batch). The CRC32C
 //! (Castagnoli) covers header bytes 8..32 and the payload, so a flipped bit anywhere but in
 //! `len` is caught, and a wrong `len` is caught by the payload no longer matching. Pure codec:
 //! no I/O. Only the encoder ships; the decoder exists to test it.
@@ -38,7 +39,7 @@ pub fn encode(seq: u64, ts_ns: u64, payload: &[u8], out: &mut Vec<u8>) {
     let len = u32::try_from(payload.len()).expect("record payload must fit in u32");
     let mut header = [0u8; HEADER_BYTES];
     header[0..4].copy_from_slice(&len.to_le_bytes());
-    // flags (8..12) and reserved (12..16) stay zero.
+    // flags (8..12) and committed (12..16) stay zero.
     header[16..24].copy_from_slice(&seq.to_le_bytes());
     header[24..32].copy_from_slice(&ts_ns.to_le_bytes());
     let crc = checksum(&header, payload);
@@ -139,7 +140,13 @@ mod tests {
             let mut ours = Vec::new();
             encode(41, 1_700_000_000_000_000_000, payload, &mut ours);
             let mut theirs = vec![0u8; net_storage::record::record_bytes(payload.len())];
-            net_storage::record::encode(&mut theirs, 41, 1_700_000_000_000_000_000, payload);
+            let meta = net_storage::record::RecordMeta {
+                seq: 41,
+                ts_ns: 1_700_000_000_000_000_000,
+                flags: 0,
+                committed: 0,
+            };
+            net_storage::record::encode(&mut theirs, &meta, payload);
             assert_eq!(ours, theirs, "payload of {} bytes", payload.len());
         }
     }

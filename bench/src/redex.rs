@@ -37,6 +37,8 @@ pub fn log_config() -> LogConfig {
         segment_bytes: defaults.storage.segment_bytes,
         batch_bytes_max: defaults.batch.max_bytes,
         batch_events_max: defaults.batch.max_events,
+        ack: net_storage::Ack::Synced,
+        preallocate: true,
     }
 }
 

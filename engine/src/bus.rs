@@ -1,5 +1,10 @@
-//! The bus: starts the shards, hands out producers, polls, flushes, and shuts down with exact
+//! The bus: starts the shards, hands out producers, reads, flushes, and shuts down with exact
 //! accounting.
+//!
+//! Reads never involve a shard: each shard publishes its log's view (segment map and visible
+//! end) at start, and [`Bus::poll`] reads segments on the caller's thread through pooled
+//! [`Reader`]s. Flushes and durability waits are answered by the shard or read from its
+//! watermarks; a shard that failed or died answers them at once with its failure.
 //!
 //! Shutdown order (each step is what makes the next exact):
 //! 1. close every lane and wait until no producer is inside a send (`busy`), so no event can
@@ -10,6 +15,7 @@
 //!    (`ingested - persisted - dropped`) as dropped, once. A `Bus` dropped without `shutdown`
 //!    runs the same path with a zero deadline, so the loss is in its final stats.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -18,24 +24,33 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
-use net_storage::{Log, LogConfig};
+use net_storage::{Ack, Log, LogConfig, LogView, Reader, StorageError};
 
 use crate::clock::monotonic_ns;
-use crate::config::Config;
+use crate::config::{Config, FsyncPolicy};
+use crate::consumer::{BatchConsumer, ConsumerCounters, Consumers};
 use crate::control::{Control, ShardShared};
 use crate::cursor::Cursor;
 use crate::error::Error;
 use crate::executor;
 use crate::ids::{EventId, Seq, ShardId};
+use crate::ingest::{Ingest, IngestSettings, LATENCY_NS_MAX};
 use crate::lane::{Lane, LaneWriter};
 use crate::poll::{Event, PollResponse, merge};
 use crate::producer::Producer;
-use crate::shard::{Shard, ShardSettings};
-use crate::stats::{LaneEntry, ShardCounters, Stats, StatsHandle, StatsShared};
+use crate::reactor::Reactor;
+use crate::shard::{Shard, ShardExit};
+use crate::stats::{LaneEntry, ShardCounters, ShardFailure, Stats, StatsHandle, StatsShared};
 use crate::wake::ShardSignal;
 
+/// How often a waiting caller looks at a shard's watermarks and failure.
+const WAIT_POLL: Duration = Duration::from_micros(50);
+/// Readers kept per shard for `poll` (each owns a small ring and read-ahead buffers).
+const POOLED_READERS_MAX: usize = 4;
+
 /// What `shutdown` did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+#[derive(Debug, Clone)]
 pub struct ShutdownReport {
     /// Whether events accepted by the bus were lost by the shutdown (deadline, failure,
     /// panic).
@@ -47,15 +62,23 @@ pub struct ShutdownReport {
     /// Shards whose thread panicked, with the message.
     pub panicked_shards: Vec<(ShardId, String)>,
     /// Shards whose log failed or failed to close, with the error.
-    pub failed_shards: Vec<(ShardId, String)>,
+    pub failed_shards: Vec<(ShardId, StorageError)>,
+}
+
+/// One running shard as the bus sees it.
+#[derive(Debug)]
+struct ShardHandle {
+    shared: Arc<ShardShared>,
+    view: LogView,
+    readers: Mutex<Vec<Reader>>,
 }
 
 /// A running bus. See the crate docs for the data path.
 #[derive(Debug)]
 pub struct Bus {
     config: Config,
-    shards: Vec<Arc<ShardShared>>,
-    threads: Vec<Option<JoinHandle<Result<(), String>>>>,
+    shards: Vec<ShardHandle>,
+    threads: Vec<Option<JoinHandle<Result<(), ShardExit>>>>,
     stats: StatsHandle,
     next_lane_id: AtomicU64,
     next_home: AtomicU64,
@@ -75,12 +98,11 @@ fn check_no_orphan_shards(data_dir: &std::path::Path, shards: usize) -> Result<(
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let digits = name.strip_prefix("shard-")?;
-            let index: usize = (digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| digits.parse().ok())??;
-            let has_segments =
-                net_storage::segment::list_segments(&e.path()).is_ok_and(|s| !s.is_empty());
-            (index >= shards && has_segments).then_some(index)
+            let index = usize::from(net_storage::verify::parse_shard_dir_name(&name)?);
+            let has_log = net_storage::segment::inventory(&e.path())
+                .is_ok_and(|inv| !inv.dats.is_empty() || !inv.idxs.is_empty())
+                || net_storage::manifest::path(&e.path()).exists();
+            (index >= shards && has_log).then_some(index)
         })
         .collect();
     beyond.sort_unstable();
@@ -98,6 +120,10 @@ fn check_no_orphan_shards(data_dir: &std::path::Path, shards: usize) -> Result<(
     }
 }
 
+fn shard_dir(config: &Config, shard: usize) -> std::path::PathBuf {
+    config.data_dir.join(format!("shard-{shard:04}"))
+}
+
 /// Time left until `deadline`; no deadline (a timeout too large to add to now) is forever.
 fn remaining(deadline: Option<Instant>) -> Duration {
     deadline.map_or(Duration::MAX, |d| {
@@ -105,13 +131,18 @@ fn remaining(deadline: Option<Instant>) -> Duration {
     })
 }
 
-fn shard_dir(config: &Config, shard: usize) -> std::path::PathBuf {
-    config.data_dir.join(format!("shard-{shard:04}"))
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
 }
 
 impl Bus {
-    /// Validates `config`, runs the start-up checks, opens every shard's log (recovering it)
-    /// on its own pinned thread, and returns when all shards run.
+    /// Validates `config`, takes the data dir's lock, runs the start-up checks, opens every
+    /// shard's log (recovering it) on its own pinned thread, and returns when all shards run.
     pub fn start(config: Config) -> Result<Bus, Error> {
         config.validate()?;
         let allowed = executor::allowed_cpus();
@@ -120,7 +151,6 @@ impl Bus {
         if config.pin {
             executor::check_cores(&cores, &allowed)?;
         }
-        executor::check_memlock(n, config.executor.io_memory_bytes)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Config {
             field: "data_dir".into(),
             what: format!("cannot create {}: {e}", config.data_dir.display()),
@@ -150,52 +180,61 @@ impl Bus {
         for shard in 0..n {
             let cpu = config.pin.then(|| cores[shard % cores.len()]);
             match bus.spawn(shard, cpu) {
-                Ok(rx) => starting.push(rx),
+                Ok(started) => starting.push(started),
                 Err(e) => return Err(bus.abort_start(e)),
             }
         }
-        for rx in starting {
+        for (shard, (shared, rx)) in starting.into_iter().enumerate() {
             let started = rx.recv().unwrap_or_else(|_| {
                 Err(Error::Start {
-                    shard: 0,
+                    shard: u16::try_from(shard).expect("shards <= SHARDS_MAX"),
                     what: "shard thread died while starting".into(),
                 })
             });
-            if let Err(e) = started {
-                return Err(bus.abort_start(e));
+            match started {
+                Ok(view) => bus.shards.push(ShardHandle {
+                    shared,
+                    view,
+                    readers: Mutex::new(Vec::new()),
+                }),
+                Err(e) => return Err(bus.abort_start(e)),
             }
         }
         Ok(bus)
     }
 
+    /// Spawns shard `shard`'s thread: it opens the log, sets up its ring, sends back the
+    /// log's view, and runs (catching a panic, which it records as the shard's failure).
     fn spawn(
         &mut self,
         shard: usize,
         cpu: Option<usize>,
-    ) -> Result<mpsc::Receiver<Result<(), Error>>, Error> {
+    ) -> Result<(Arc<ShardShared>, executor::StartSignal<LogView>), Error> {
         let id = u16::try_from(shard).expect("shards <= SHARDS_MAX");
         let signal = Arc::new(ShardSignal::new().map_err(|e| Error::Start {
             shard: id,
             what: format!("eventfd: {e}"),
         })?);
-        let shared = Arc::new(ShardShared::new(
-            signal,
-            self.stats.shared.shards[shard].clone(),
-        ));
-        self.shards.push(shared.clone());
+        let counters = self.stats.shared.shards[shard].clone();
+        let shared = Arc::new(ShardShared::new(signal.clone(), counters.clone()));
         let c = &self.config;
         let log_cfg = LogConfig {
             shard: id,
             segment_bytes: c.storage.segment_bytes,
             batch_bytes_max: c.batch.max_bytes,
             batch_events_max: c.batch.max_events,
+            ack: if c.storage.fsync == FsyncPolicy::Never {
+                Ack::Written
+            } else {
+                Ack::Synced
+            },
+            preallocate: true,
         };
-        let settings = ShardSettings {
+        let settings = IngestSettings {
             id,
             batch_events_max: c.batch.max_events,
             batch_bytes_max: c.batch.max_bytes,
             linger_ns: c.batch.linger_us * 1000,
-            idle: c.idle.clone(),
             fsync: c.storage.fsync,
             retention: net_storage::Retention {
                 max_events: c.storage.retention.max_events,
@@ -203,22 +242,25 @@ impl Bus {
                 max_age_ms: c.storage.retention.max_age_ms,
             },
         };
+        let idle = c.idle.clone();
         let dir = shard_dir(c, shard);
-        let fsync = c.storage.fsync;
-        let (handle, rx) = executor::spawn_shard(id, cpu, c.executor.io_memory_bytes, move || {
-            let (log, recovery) = Log::open(&dir, log_cfg).map_err(|source| Error::Storage {
+        let thread_shared = shared.clone();
+        let (handle, rx) = executor::spawn_shard(id, cpu, move || {
+            let storage = |source| Error::Storage {
                 shard: ShardId(id),
                 source,
-            })?;
-            *shared.counters.recovery.lock().expect("recovery") = recovery;
-            let mut log = log;
-            log.set_sync_on_roll(fsync != crate::config::FsyncPolicy::Never);
-            let last_ts_ns = log.last_ts_ns();
-            let shard = Shard::new(settings, log, last_ts_ns, shared);
-            Ok(move || shard.run())
+            };
+            let reactor = Reactor::new(signal).map_err(|e| storage(StorageError::Uring(e)))?;
+            let (log, recovery) = Log::open_shared(&dir, log_cfg).map_err(storage)?;
+            *counters.recovery.lock().expect("recovery") = recovery;
+            let view = log.view().clone();
+            let consumers = Consumers::new(ShardId(id), counters.appended_payload_bytes.clone());
+            let ingest = Ingest::new(settings, log, thread_shared.clone());
+            let shard = Shard::new(id, idle, reactor, ingest, consumers, thread_shared.clone());
+            Ok((view, move || run_guarded(shard, &thread_shared)))
         })?;
         self.threads.push(Some(handle));
-        Ok(rx)
+        Ok((shared, rx))
     }
 
     fn abort_start(&mut self, err: Error) -> Error {
@@ -237,6 +279,15 @@ impl Bus {
         &self.config
     }
 
+    fn shard(&self, shard: ShardId) -> Result<&ShardHandle, Error> {
+        self.shards
+            .get(usize::from(shard.0))
+            .ok_or(Error::NoSuchShard {
+                shard,
+                shards: self.shards.len(),
+            })
+    }
+
     /// A new producer with one lane per shard. Producers are `Send`, not `Sync`: one per
     /// thread.
     pub fn producer(&self) -> Result<Producer, Error> {
@@ -252,15 +303,17 @@ impl Bus {
                 id,
                 i,
                 self.config.lane.capacity_bytes,
-                shard.signal.clone(),
-                shard.counters.clone(),
+                shard.shared.signal.clone(),
+                shard.shared.counters.clone(),
             ));
             lanes.push(LaneEntry {
                 shard: i,
                 counters: lane.counters.clone(),
                 lane: Arc::downgrade(&lane),
             });
-            shard.send(Control::AddLane(lane.clone()));
+            // A dead shard drains nothing: its lane still exists so that sends to it fail
+            // with its failure instead of blocking.
+            let _ = shard.shared.send(Control::AddLane(lane.clone()));
             writers.push(LaneWriter::new(lane));
         }
         drop(lanes);
@@ -274,6 +327,38 @@ impl Bus {
         ))
     }
 
+    /// Registers a consumer of `shard`'s completed batches (see [`BatchConsumer`]); `name`
+    /// identifies it in the stats.
+    pub fn add_batch_consumer(
+        &self,
+        shard: ShardId,
+        name: &str,
+        consumer: Box<dyn BatchConsumer>,
+    ) -> Result<(), Error> {
+        let handle = self.shard(shard)?;
+        self.check_alive(shard)?;
+        let counters = Arc::new(ConsumerCounters::new(name.to_owned()));
+        let start = handle.view.visible_end();
+        counters.delivered_end.store(start, Ordering::Release);
+        handle
+            .shared
+            .counters
+            .consumers
+            .lock()
+            .expect("consumer registry")
+            .push(counters.clone());
+        handle
+            .shared
+            .send(Control::AddConsumer(consumer, counters))
+            .map_err(|_| self.dead_error(shard))
+    }
+
+    /// A reader of `shard`'s log for a consumer's own thread (catching up after refusing
+    /// batches, or following the log without polling the whole bus).
+    pub fn shard_reader(&self, shard: ShardId) -> Result<Reader, Error> {
+        Ok(self.shard(shard)?.view.reader())
+    }
+
     /// A reader of the counters that outlives the bus.
     pub fn stats_handle(&self) -> StatsHandle {
         self.stats.clone()
@@ -284,11 +369,33 @@ impl Bus {
         self.stats.snapshot()
     }
 
-    fn deadline(&self) -> Instant {
-        Instant::now() + Duration::from_millis(self.config.poll.timeout_ms)
+    /// The error for a shard that failed or died (or ended).
+    fn dead_error(&self, shard: ShardId) -> Error {
+        let c = &self.stats.shared.shards[usize::from(shard.0)];
+        match c.failure() {
+            Some(ShardFailure::Panicked(message)) => Error::ShardPanicked {
+                shard,
+                message: message.clone(),
+            },
+            Some(ShardFailure::Storage(e)) => Error::Storage {
+                shard,
+                source: e.clone(),
+            },
+            None => Error::Closed,
+        }
     }
 
-    /// Reads up to `limit` events after `cursor`, interleaving shards fairly.
+    fn check_alive(&self, shard: ShardId) -> Result<(), Error> {
+        let c = &self.stats.shared.shards[usize::from(shard.0)];
+        if c.is_dead() {
+            return Err(self.dead_error(shard));
+        }
+        Ok(())
+    }
+
+    /// Reads up to `limit` events after `cursor`, interleaving shards fairly. Reads happen on
+    /// the calling thread; a shard whose log cannot be read (or that failed) is reported in
+    /// `failed_shards` while the others' events are returned.
     pub fn poll(&self, cursor: &Cursor, limit: usize) -> Result<PollResponse, Error> {
         if self.shut_down {
             return Err(Error::Closed);
@@ -300,39 +407,33 @@ impl Bus {
             )));
         }
         let per_shard = limit.div_ceil(n).max(1);
-        let replies: Vec<_> = (0..n)
-            .map(|s| {
-                let (tx, rx) = mpsc::sync_channel(1);
-                let from = cursor.next_seq(ShardId::from_index(s)).0;
-                let bytes_max = self.config.poll.shard_bytes_max;
-                self.shards[s].send(Control::Poll {
-                    from,
-                    limit: per_shard,
-                    bytes_max,
-                    reply: tx,
-                });
-                (from, rx)
-            })
-            .collect();
-        let deadline = self.deadline();
+        let bytes_max = self.config.poll.shard_bytes_max;
         let mut resp = PollResponse {
             events: Vec::new(),
             next: cursor.clone(),
-            stalled_shards: Vec::new(),
             failed_shards: Vec::new(),
             skipped: false,
         };
         let mut per = Vec::with_capacity(n);
-        for (s, (from, rx)) in replies.into_iter().enumerate() {
+        for (s, handle) in self.shards.iter().enumerate() {
             let shard = ShardId::from_index(s);
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(reply) => {
-                    if let Some(e) = reply.error {
-                        resp.failed_shards.push((shard, e));
-                    }
-                    resp.skipped |= from < reply.first_seq
-                        && reply.records.first().is_some_and(|r| r.seq > from);
-                    let events = reply
+            let from = cursor.next_seq(shard).0;
+            let mut reader = handle
+                .readers
+                .lock()
+                .expect("reader pool")
+                .pop()
+                .unwrap_or_else(|| handle.view.reader());
+            let read = reader.read(from, per_shard, bytes_max);
+            let mut pool = handle.readers.lock().expect("reader pool");
+            if pool.len() < POOLED_READERS_MAX {
+                pool.push(reader);
+            }
+            drop(pool);
+            match read {
+                Ok(batch) => {
+                    resp.skipped |= batch.skipped;
+                    let events = batch
                         .records
                         .into_iter()
                         .map(|r| Event {
@@ -346,50 +447,46 @@ impl Bus {
                         .collect();
                     per.push((shard, events));
                 }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                    resp.stalled_shards.push(shard)
-                }
+                Err(source) => resp
+                    .failed_shards
+                    .push((shard, Error::Storage { shard, source })),
             }
-        }
-        for (s, c) in self.stats.shared.shards.iter().enumerate() {
-            let shard = ShardId::from_index(s);
-            if c.failed.load(Ordering::Acquire)
+            if self.stats.shared.shards[s].is_failed()
                 && !resp.failed_shards.iter().any(|(f, _)| *f == shard)
             {
-                let reason = c
-                    .error
-                    .lock()
-                    .expect("shard error")
-                    .clone()
-                    .unwrap_or_else(|| "failed".into());
-                resp.failed_shards.push((shard, reason));
+                resp.failed_shards.push((shard, self.dead_error(shard)));
             }
         }
         resp.events = merge(per, limit, &mut resp.next);
         Ok(resp)
     }
 
-    /// Waits until every event ingested before this call is persisted (or dropped). Events
-    /// sent after the call cannot satisfy it: it snapshots each lane's head at entry.
+    /// Waits until every event ingested before this call is durable under the fsync policy
+    /// (or dropped). Events sent after the call cannot satisfy it: it snapshots each lane's
+    /// head at entry. A shard that failed or died makes it return its failure at once.
     pub fn flush(&self) -> Result<(), Error> {
-        self.flush_timeout(Duration::from_secs(3600))
+        self.flush_timeout(Duration::MAX)
     }
 
-    /// [`Bus::flush`] with a time limit.
+    /// [`Bus::flush`] with a time limit (`Duration::MAX`: none).
     pub fn flush_timeout(&self, timeout: Duration) -> Result<(), Error> {
         if self.shut_down {
             return Err(Error::Closed);
         }
         let lanes = self.stats.shared.lanes_snapshot();
         let mut waits = Vec::with_capacity(self.shards.len());
-        for (s, shard) in self.shards.iter().enumerate() {
+        for (s, handle) in self.shards.iter().enumerate() {
+            let shard = ShardId::from_index(s);
             let heads = lanes
                 .iter()
                 .filter(|l| l.shard == s)
                 .map(|l| (l.id, l.head()))
                 .collect();
             let (tx, rx) = mpsc::sync_channel(1);
-            shard.send(Control::Flush { heads, reply: tx });
+            handle
+                .shared
+                .send(Control::Flush { heads, reply: tx })
+                .map_err(|_| self.dead_error(shard))?;
             waits.push(rx);
         }
         let deadline = Instant::now().checked_add(timeout);
@@ -397,21 +494,14 @@ impl Bus {
             let shard = ShardId::from_index(s);
             match rx.recv_timeout(remaining(deadline)) {
                 Ok(Ok(())) => {}
-                Ok(Err(what)) => {
-                    return Err(Error::Storage {
-                        shard,
-                        source: net_storage::StorageError::Poisoned {
-                            shard: shard.0,
-                            reason: what,
-                        },
-                    });
-                }
+                Ok(Err(source)) => return Err(Error::Storage { shard, source }),
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(Error::Timeout {
                         what: format!("flush of shard {shard}"),
                     });
                 }
-                Err(RecvTimeoutError::Disconnected) => return Err(Error::Closed),
+                // The shard ended with the request pending: it died or stopped.
+                Err(RecvTimeoutError::Disconnected) => return Err(self.dead_error(shard)),
             }
         }
         Ok(())
@@ -425,9 +515,10 @@ impl Bus {
         }
         let n = self.shards.len();
         if let Some(bad) = ids.iter().find(|id| usize::from(id.shard.0) >= n) {
-            return Err(Error::Cursor(format!(
-                "event {bad} names a shard this bus does not have ({n} shards)"
-            )));
+            return Err(Error::NoSuchShard {
+                shard: bad.shard,
+                shards: n,
+            });
         }
         let mut want = vec![0u64; n];
         for id in ids {
@@ -436,11 +527,11 @@ impl Bus {
         }
         for (s, &end) in want.iter().enumerate() {
             if end > 0 {
-                self.shards[s].send(Control::SyncNow);
+                let _ = self.shards[s].shared.send(Control::SyncNow);
             }
         }
         let deadline = Instant::now().checked_add(timeout);
-        let never = self.config.storage.fsync == crate::config::FsyncPolicy::Never;
+        let never = self.config.storage.fsync == FsyncPolicy::Never;
         for (s, &end) in want.iter().enumerate() {
             let c = &self.stats.shared.shards[s];
             let shard = ShardId::from_index(s);
@@ -453,64 +544,57 @@ impl Bus {
                 if reached.load(Ordering::Acquire) >= end {
                     break;
                 }
-                if c.failed.load(Ordering::Acquire) || c.stopped.load(Ordering::Acquire) {
-                    let reason = c
-                        .error
-                        .lock()
-                        .expect("shard error")
-                        .clone()
-                        .unwrap_or_else(|| "stopped".into());
-                    return Err(Error::Storage {
-                        shard,
-                        source: net_storage::StorageError::Poisoned {
-                            shard: shard.0,
-                            reason,
-                        },
-                    });
+                if c.is_failed() || c.stopped.load(Ordering::Acquire) {
+                    return Err(self.dead_error(shard));
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(Error::Timeout {
                         what: format!("durability of shard {shard} up to seq {end}"),
                     });
                 }
-                std::thread::sleep(Duration::from_micros(50));
+                std::thread::sleep(WAIT_POLL);
             }
         }
         Ok(())
     }
 
     /// Takes and resets the ingest-to-persisted latency histogram (nanoseconds) of every
-    /// shard, merged.
+    /// live shard, merged.
     pub fn take_latency(&self) -> Histogram<u64> {
-        let mut merged = Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds");
+        let mut merged = Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("valid bounds");
         let rxs: Vec<_> = (self.shards.iter())
-            .map(|s| {
+            .filter_map(|s| {
                 let (tx, rx) = mpsc::sync_channel(1);
-                s.send(Control::Latency { reply: tx });
-                rx
+                s.shared.send(Control::Latency { reply: tx }).ok()?;
+                Some(rx)
             })
             .collect();
         for rx in rxs {
-            if let Ok(h) =
-                rx.recv_timeout(self.deadline().saturating_duration_since(Instant::now()))
-            {
+            if let Ok(h) = rx.recv() {
                 merged.add(&h).expect("same bounds");
             }
         }
         merged
     }
 
-    /// Pauses or resumes a shard's draining (maintenance and tests); its lanes fill while
-    /// paused, under the backpressure mode.
-    pub fn pause_shard(&self, shard: ShardId, paused: bool) {
-        self.shards[usize::from(shard.0)].send(Control::Pause(paused));
+    /// Test support: pauses or resumes a shard's draining; its lanes fill while paused,
+    /// under the backpressure mode.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn pause_shard(&self, shard: ShardId, paused: bool) -> Result<(), Error> {
+        self.shard(shard)?
+            .shared
+            .send(Control::Pause(paused))
+            .map_err(|_| self.dead_error(shard))
     }
 
-    /// Makes a shard's thread panic (fault injection for tests of panic surfacing; not for
-    /// production use).
-    #[doc(hidden)]
-    pub fn inject_shard_panic(&self, shard: ShardId) {
-        self.shards[usize::from(shard.0)].send(Control::InjectPanic);
+    /// Test support: makes a shard's thread panic (fault injection for tests of panic
+    /// surfacing).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn inject_shard_panic(&self, shard: ShardId) -> Result<(), Error> {
+        self.shard(shard)?
+            .shared
+            .send(Control::InjectPanic)
+            .map_err(|_| self.dead_error(shard))
     }
 
     /// Drains until `deadline`, then stops; counts what could not be drained as dropped,
@@ -534,7 +618,7 @@ impl Bus {
         let deadline_ns =
             monotonic_ns().saturating_add(u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX));
         for shard in &self.shards {
-            shard.send(Control::Stop { deadline_ns });
+            let _ = shard.shared.send(Control::Stop { deadline_ns });
         }
         let mut panicked = Vec::new();
         let mut failed = Vec::new();
@@ -546,18 +630,19 @@ impl Bus {
             counters.stopped.store(true, Ordering::Release);
             match joined {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    failed.push((shard, e.clone()));
-                    counters.error.lock().expect("shard error").get_or_insert(e);
+                Ok(Err(ShardExit::Storage(e))) => {
+                    counters.set_failure(ShardFailure::Storage(e.clone()));
+                    failed.push((shard, e));
                 }
+                Ok(Err(ShardExit::Ring(e))) => {
+                    let e = StorageError::Uring(e);
+                    counters.set_failure(ShardFailure::Storage(e.clone()));
+                    failed.push((shard, e));
+                }
+                Ok(Err(ShardExit::Panicked(msg))) => panicked.push((shard, msg)),
                 Err(payload) => {
-                    let msg = payload
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "non-string panic".into());
-                    counters.panicked.store(true, Ordering::Release);
-                    *counters.error.lock().expect("shard error") = Some(format!("panicked: {msg}"));
+                    let msg = panic_message(payload.as_ref());
+                    counters.set_failure(ShardFailure::Panicked(msg.clone()));
                     panicked.push((shard, msg));
                 }
             }
@@ -593,6 +678,24 @@ impl Bus {
             }
         }
         residual
+    }
+}
+
+/// Runs a shard, turning a panic into the shard's recorded failure: the failure and its
+/// message are visible at once, the control queue closes (pending requests disconnect), and
+/// the thread ends normally so the bus joins it.
+fn run_guarded(shard: Shard, shared: &ShardShared) -> Result<(), ShardExit> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| shard.run())) {
+        Ok(result) => result,
+        Err(payload) => {
+            let msg = panic_message(payload.as_ref());
+            shared
+                .counters
+                .set_failure(ShardFailure::Panicked(msg.clone()));
+            shared.counters.stopped.store(true, Ordering::Release);
+            shared.close();
+            Err(ShardExit::Panicked(msg))
+        }
     }
 }
 

@@ -51,8 +51,9 @@ pub struct Config {
     pub idle: IdleConfig,
     /// RedEX segment log.
     pub storage: StorageConfig,
-    /// The shard executors.
-    pub executor: ExecutorConfig,
+    /// Removed (glommio is gone; shards lock no memory): present only to refuse it by name.
+    #[serde(default, skip_serializing)]
+    pub executor: Option<serde_json::Value>,
     /// Consumer polls.
     pub poll: PollConfig,
 }
@@ -290,22 +291,14 @@ impl<'de> serde::de::Visitor<'de> for FsyncVisitor {
     }
 }
 
-/// The shard executors (glommio).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ExecutorConfig {
-    /// Memory glommio locks and registers with io_uring per shard. RedEX does its own
-    /// aligned I/O, so a small value is enough; non-root users need it within
-    /// `ulimit -l` (see the README).
-    pub io_memory_bytes: usize,
-}
-
 /// Consumer polls.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PollConfig {
-    /// A shard that has not answered a poll within this time is reported as stalled.
-    pub timeout_ms: u64,
+    /// Removed (polls read segments on the caller's thread and never wait for a shard):
+    /// present only to refuse it by name.
+    #[serde(default, skip_serializing)]
+    pub timeout_ms: Option<serde_json::Value>,
     /// Most bytes one shard returns to one poll.
     pub shard_bytes_max: usize,
 }
@@ -321,7 +314,7 @@ impl Default for Config {
             batch: BatchConfig::default(),
             idle: IdleConfig::default(),
             storage: StorageConfig::default(),
-            executor: ExecutorConfig::default(),
+            executor: None,
             poll: PollConfig::default(),
         }
     }
@@ -366,18 +359,10 @@ impl Default for StorageConfig {
     }
 }
 
-impl Default for ExecutorConfig {
-    fn default() -> ExecutorConfig {
-        ExecutorConfig {
-            io_memory_bytes: 512 << 10,
-        }
-    }
-}
-
 impl Default for PollConfig {
     fn default() -> PollConfig {
         PollConfig {
-            timeout_ms: 5_000,
+            timeout_ms: None,
             shard_bytes_max: 16 << 20,
         }
     }
@@ -502,14 +487,21 @@ impl Config {
         if let FsyncPolicy::IntervalMs(ms) = self.storage.fsync {
             in_range("storage.fsync.interval_ms", ms, 1, 3_600_000)?;
         }
-        in_range(
-            "executor.io_memory_bytes",
-            as_u64(self.executor.io_memory_bytes),
-            64 << 10,
-            1 << 30,
-        )?;
         self.check_payload_room()?;
-        in_range("poll.timeout_ms", self.poll.timeout_ms, 1, 3_600_000)?;
+        if self.executor.is_some() {
+            reject(
+                "executor",
+                "was removed: shards no longer run on glommio and lock no memory; delete the \
+                 section (its io_memory_bytes has no replacement)",
+            )?;
+        }
+        if self.poll.timeout_ms.is_some() {
+            reject(
+                "poll.timeout_ms",
+                "was removed: a poll reads segments on the caller's thread and never waits for \
+                 a shard; delete the field",
+            )?;
+        }
         in_range(
             "poll.shard_bytes_max",
             as_u64(self.poll.shard_bytes_max),

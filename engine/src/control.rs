@@ -1,6 +1,11 @@
-//! Control-plane messages from the bus to a shard: lane registration, polls, flush barriers,
-//! latency snapshots, pause, stop. They travel through a mutex-protected queue (not on the
-//! per-event path) and wake the shard through its eventfd.
+//! Control-plane messages from the bus to a shard: lane registration, flush barriers, batch
+//! consumers, latency snapshots, pause, stop. They travel through a mutex-protected queue (not
+//! on the per-event path) and wake the shard through its doorbell.
+//!
+//! A shard that ends (or dies) closes its queue under the queue's lock and drops what is in
+//! it: every reply channel of a pending request disconnects at once, and a message sent
+//! afterwards is handed back to the sender, so no caller waits on a shard that can no longer
+//! answer.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,43 +14,31 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
-use net_storage::StoredRecord;
 
+use crate::consumer::{BatchConsumer, ConsumerCounters};
 use crate::lane::Lane;
 use crate::stats::ShardCounters;
 use crate::wake::ShardSignal;
 
-/// A shard's answer to a poll.
-#[derive(Debug)]
-pub(crate) struct PollReply {
-    pub(crate) records: Vec<StoredRecord>,
-    /// The first sequence number the shard still stores.
-    pub(crate) first_seq: u64,
-    pub(crate) error: Option<String>,
-}
-
 /// Messages a shard handles between batches.
-#[derive(Debug)]
 pub(crate) enum Control {
     AddLane(Arc<Lane>),
-    Poll {
-        from: u64,
-        limit: usize,
-        bytes_max: usize,
-        reply: SyncSender<PollReply>,
-    },
-    /// Resolve when every listed lane is persisted up to its head at flush entry.
+    AddConsumer(Box<dyn BatchConsumer>, Arc<ConsumerCounters>),
+    /// Resolve when every listed lane is durable (or dropped) up to its head at flush entry.
     Flush {
         heads: Vec<(u64, u64)>,
-        reply: SyncSender<Result<(), String>>,
+        reply: SyncSender<Result<(), net_storage::StorageError>>,
     },
     /// Sync what is written now instead of waiting for the interval.
     SyncNow,
     Latency {
         reply: SyncSender<Histogram<u64>>,
     },
+    /// Test support: stop or resume draining lanes.
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
     Pause(bool),
-    /// Fault injection for tests of panic surfacing.
+    /// Test support: make the shard's thread panic.
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
     InjectPanic,
     /// Drain (until the deadline, on the monotonic clock) and exit.
     Stop {
@@ -53,12 +46,34 @@ pub(crate) enum Control {
     },
 }
 
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Control::AddLane(_) => "AddLane",
+            Control::AddConsumer(..) => "AddConsumer",
+            Control::Flush { .. } => "Flush",
+            Control::SyncNow => "SyncNow",
+            Control::Latency { .. } => "Latency",
+            Control::Pause(_) => "Pause",
+            Control::InjectPanic => "InjectPanic",
+            Control::Stop { .. } => "Stop",
+        };
+        f.write_str(name)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    messages: VecDeque<Control>,
+    closed: bool,
+}
+
 /// What the bus and the shard thread share.
 #[derive(Debug)]
 pub(crate) struct ShardShared {
     pub(crate) signal: Arc<ShardSignal>,
     pub(crate) counters: Arc<CachePadded<ShardCounters>>,
-    queue: Mutex<VecDeque<Control>>,
+    queue: Mutex<Queue>,
     pending: CachePadded<AtomicBool>,
 }
 
@@ -70,15 +85,27 @@ impl ShardShared {
         ShardShared {
             signal,
             counters,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             pending: CachePadded::new(AtomicBool::new(false)),
         }
     }
 
-    pub(crate) fn send(&self, msg: Control) {
-        self.queue.lock().expect("control queue").push_back(msg);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // A panic while holding this lock is a bug of ours; the queue stays usable.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `msg` and wakes the shard; hands it back if the shard has ended.
+    pub(crate) fn send(&self, msg: Control) -> Result<(), Control> {
+        let mut q = self.lock();
+        if q.closed {
+            return Err(msg);
+        }
+        q.messages.push_back(msg);
+        drop(q);
         self.pending.store(true, Ordering::SeqCst);
         self.signal.wake();
+        Ok(())
     }
 
     /// Whether messages wait (one load; checked every loop turn and before parking).
@@ -87,11 +114,22 @@ impl ShardShared {
     }
 
     pub(crate) fn take(&self) -> Option<Control> {
-        let mut q = self.queue.lock().expect("control queue");
-        let msg = q.pop_front();
-        if q.is_empty() {
+        let mut q = self.lock();
+        let msg = q.messages.pop_front();
+        if q.messages.is_empty() {
             self.pending.store(false, Ordering::SeqCst);
         }
         msg
+    }
+
+    /// The shard has ended: refuse further messages and drop pending ones (their reply
+    /// channels disconnect).
+    pub(crate) fn close(&self) {
+        let mut q = self.lock();
+        q.closed = true;
+        let dropped = std::mem::take(&mut q.messages);
+        drop(q);
+        self.pending.store(false, Ordering::SeqCst);
+        drop(dropped);
     }
 }

@@ -4,7 +4,7 @@ use crate::ids::ShardId;
 
 /// Errors of the bus, grouped by cause. Every message names the field, shard or file.
 #[non_exhaustive]
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The configuration is invalid.
     #[error("config field `{field}`: {what}")]
@@ -34,6 +34,14 @@ pub enum Error {
     /// The data dir cannot be used as a whole (another bus or `net-admin` holds it).
     #[error("{0}")]
     DataDir(#[source] net_storage::StorageError),
+    /// A shard index this bus does not have.
+    #[error("shard {shard} does not exist on this bus ({shards} shards)")]
+    NoSuchShard {
+        /// The shard asked for.
+        shard: ShardId,
+        /// Shards of this bus.
+        shards: usize,
+    },
     /// A cursor string or value that this bus cannot use.
     #[error("invalid cursor: {0}")]
     Cursor(String),
@@ -67,7 +75,8 @@ pub enum SendError {
     /// The bus is shutting down or shut down.
     #[error("the bus is shut down")]
     Closed,
-    /// The shard's log failed; the event is not durable.
+    /// The shard's log failed or its thread died; the event is not durable (and, if the
+    /// shard died, was not taken). `Bus::stats` has the failure.
     #[error("shard {0} failed before the event became durable")]
     Failed(ShardId),
     /// The shard stopped (shutdown past its deadline) before the event became durable.

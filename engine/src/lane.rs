@@ -300,8 +300,6 @@ pub(crate) struct LaneReader {
     pub(crate) lane: Arc<Lane>,
     pos: u64,
     claimed_end: u64,
-    /// Lane position covered by the batch in flight.
-    pub(crate) inflight_pos: u64,
     /// Lane position up to which every record is persisted (or was dropped).
     pub(crate) persisted_pos: u64,
     durable_pos: u64,
@@ -313,7 +311,6 @@ impl LaneReader {
             lane,
             pos: 0,
             claimed_end: 0,
-            inflight_pos: 0,
             persisted_pos: 0,
             durable_pos: 0,
         }

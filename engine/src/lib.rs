@@ -1,23 +1,28 @@
 //! net-engine: the thread-per-core event bus of net.
 //!
 //! One event's path: [`Producer::send`] writes the record in place into the lane (a bounded
-//! SPSC ring) of the shard its key maps to; the shard (one glommio executor pinned to one
-//! core) drains its lanes into a batch, stamps `(shard, seq, timestamp)`, and appends the batch
-//! to its RedEX log with one write per file; [`Bus::poll`] reads events back by [`Cursor`].
-//! No lock, allocation or syscall per event on that path.
+//! SPSC ring) of the shard its key maps to; the shard (one thread pinned to one core, driving
+//! its own io_uring) drains its lanes into a batch, stamps `(shard, seq, timestamp)`, and
+//! appends the batch to its RedEX log with one write, group-committed by an `fdatasync` linked
+//! behind it; completed batches go to the shard's batch consumers; [`Bus::poll`] reads events
+//! back by [`Cursor`] on the caller's thread. No lock, allocation or syscall per event on
+//! that path.
 
 mod bus;
 mod clock;
 pub mod config;
+mod consumer;
 mod control;
 mod cursor;
 mod error;
 mod executor;
 mod ids;
+mod ingest;
 mod json;
 mod lane;
 mod poll;
 mod producer;
+mod reactor;
 mod shard;
 mod stats;
 mod wake;
@@ -26,11 +31,13 @@ pub use bus::{Bus, ShutdownReport};
 pub use clock::{TimestampGenerator, monotonic_ns, realtime_ns};
 pub use config::{
     Backpressure, BatchConfig, Config, FsyncPolicy, IdleConfig, IdleStrategy, LaneConfig,
-    RetentionConfig, StorageConfig,
+    PollConfig, RetentionConfig, StorageConfig,
 };
+pub use consumer::{BatchConsumer, ConsumerStats};
 pub use cursor::Cursor;
 pub use error::{Error, SendError};
 pub use ids::{EventId, Seq, ShardId};
+pub use net_storage::{AppendedBatch, AppendedRecord, LogView, ReadBatch, Reader, StorageError};
 pub use poll::{Event, PollResponse};
 pub use producer::{Producer, Sent, shard_for_hash, shard_for_key};
-pub use stats::{ShardStats, Stats, StatsHandle, Totals};
+pub use stats::{ShardFailure, ShardStats, Stats, StatsHandle, Totals};

@@ -22,17 +22,18 @@ pub struct Event {
 }
 
 /// The answer to a poll.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+#[derive(Debug, Clone)]
 pub struct PollResponse {
     /// Events, interleaved fairly across shards; in sequence order within a shard.
     pub events: Vec<Event>,
     /// The cursor to poll with next; equal to the given cursor when nothing was returned.
     pub next: Cursor,
-    /// Shards that did not answer within `poll.timeout_ms`.
-    pub stalled_shards: Vec<ShardId>,
-    /// Shards that answered with an error, and the error.
-    pub failed_shards: Vec<(ShardId, String)>,
-    /// Whether events below a shard's retained range were skipped.
+    /// Shards whose log could not be read, or that failed or died, with the error (their
+    /// events already durable are still read when the log allows).
+    pub failed_shards: Vec<(ShardId, crate::Error)>,
+    /// Whether sequence numbers were passed over without events (removed by retention, or
+    /// recorded as lost by an operator).
     pub skipped: bool,
 }
 

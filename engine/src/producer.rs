@@ -204,7 +204,7 @@ fn wait_lane_durable(lane: &Lane, pos: u64) -> Result<Sent, SendError> {
             return Ok(Sent::Queued);
         }
         let state = &lane.shard_state;
-        if state.failed.load(Ordering::Acquire) || state.panicked.load(Ordering::Acquire) {
+        if state.is_failed() {
             return Err(SendError::Failed(shard));
         }
         if state.stopped.load(Ordering::Acquire) {
@@ -227,6 +227,10 @@ fn wait_for_room(w: &mut LaneWriter, need: u64) -> Result<(), SendError> {
     while !w.has_room(need) {
         if w.lane.closed.load(Ordering::SeqCst) {
             return Err(SendError::Closed);
+        }
+        // A dead shard never drains: waiting for room would never end.
+        if w.lane.shard_state.is_dead() {
+            return Err(SendError::Failed(ShardId::from_index(w.lane.shard)));
         }
         w.lane.signal.wake_if_parked();
         if backoff.is_completed() {

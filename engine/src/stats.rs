@@ -10,8 +10,8 @@
 //! shard publishes `persisted` after acquiring that `head`, so whatever the observer sees
 //! persisted it also sees ingested. After shutdown `in_flight == 0` exactly.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_utils::CachePadded;
 
@@ -30,17 +30,61 @@ pub(crate) struct ShardCounters {
     pub(crate) durable_end: AtomicU64,
     /// First sequence number still stored (retention moves it).
     pub(crate) retained_first: AtomicU64,
-    pub(crate) failed: AtomicBool,
-    pub(crate) panicked: AtomicBool,
     /// The shard's thread has ended (cleanly, failed, or panicked).
     pub(crate) stopped: AtomicBool,
+    /// Why the shard failed or died: set once, with its reason, in one step (a reader never
+    /// sees "failed" without the reason).
+    pub(crate) failure: OnceLock<ShardFailure>,
+    /// Payload bytes of completed batches (the shard's built-in batch consumer).
+    pub(crate) appended_payload_bytes: Arc<AtomicU64>,
     /// What opening the shard's log found and repaired.
     pub(crate) recovery: std::sync::Mutex<net_storage::Recovery>,
-    /// Why the shard failed or panicked (control plane only).
-    pub(crate) error: std::sync::Mutex<Option<String>>,
+    /// The shard's batch consumers (control plane only).
+    pub(crate) consumers: std::sync::Mutex<Vec<Arc<crate::consumer::ConsumerCounters>>>,
+}
+
+/// Why a shard stopped serving.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub enum ShardFailure {
+    /// Its log failed (the first failure, with its file and OS error). The shard keeps
+    /// draining its lanes and counts what it cannot store as dropped.
+    Storage(net_storage::StorageError),
+    /// Its thread panicked with this message. Nothing drains its lanes any more.
+    Panicked(String),
+}
+
+impl std::fmt::Display for ShardFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardFailure::Storage(e) => write!(f, "{e}"),
+            ShardFailure::Panicked(m) => write!(f, "panicked: {m}"),
+        }
+    }
 }
 
 impl ShardCounters {
+    /// Records why the shard failed; returns false if a failure was already recorded (the
+    /// first one stays).
+    pub(crate) fn set_failure(&self, failure: ShardFailure) -> bool {
+        self.failure.set(failure).is_ok()
+    }
+
+    /// The shard's failure, if any.
+    pub(crate) fn failure(&self) -> Option<&ShardFailure> {
+        self.failure.get()
+    }
+
+    /// Whether the shard can no longer make events durable (failed or died).
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failure.get().is_some()
+    }
+
+    /// Whether the shard's thread died.
+    pub(crate) fn is_dead(&self) -> bool {
+        matches!(self.failure.get(), Some(ShardFailure::Panicked(_)))
+    }
+
     pub(crate) fn add_persisted(&self, n: u64) {
         let v = self.persisted.load(Ordering::Relaxed) + n;
         self.persisted.store(v, Ordering::Release);
@@ -53,6 +97,7 @@ impl ShardCounters {
 }
 
 /// Event counts; `ingested == persisted + dropped + in_flight`.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
     /// Events the bus took responsibility for.
@@ -78,7 +123,8 @@ impl Totals {
 }
 
 /// One shard's figures.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+#[derive(Debug, Clone)]
 pub struct ShardStats {
     /// The shard.
     pub shard: ShardId,
@@ -96,14 +142,22 @@ pub struct ShardStats {
     pub recovery: net_storage::Recovery,
     /// Lanes alive (one per producer; a dropped producer's lane is retired once drained).
     pub lanes: usize,
-    /// The log failed (poisoned); the reason is in [`Stats::errors`].
+    /// The log failed (poisoned) or the thread died; the reason is in `failure`.
     pub failed: bool,
     /// The shard's thread panicked.
     pub panicked: bool,
+    /// Why the shard stopped serving, if it did.
+    pub failure: Option<ShardFailure>,
+    /// Payload bytes of every completed batch since the bus started (a built-in batch
+    /// consumer).
+    pub appended_payload_bytes: u64,
+    /// The shard's batch consumers: how far each got.
+    pub consumers: Vec<crate::consumer::ConsumerStats>,
 }
 
 /// A snapshot of the bus's figures.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+#[derive(Debug, Clone)]
 pub struct Stats {
     /// Per shard.
     pub shards: Vec<ShardStats>,
@@ -194,6 +248,9 @@ impl StatsHandle {
                 let totals = self.shard_totals(s, &lanes);
                 total.add(&totals);
                 let c = &self.shared.shards[s];
+                let persisted_end = c.persisted_end.load(Ordering::Acquire);
+                let consumers = c.consumers.lock().expect("consumer registry");
+                let failure = c.failure().cloned();
                 ShardStats {
                     shard: ShardId::from_index(s),
                     totals,
@@ -202,21 +259,24 @@ impl StatsHandle {
                         .iter()
                         .filter(|e| e.shard == s && e.lane.strong_count() > 0)
                         .count(),
-                    persisted_end: c.persisted_end.load(Ordering::Relaxed),
+                    persisted_end,
                     durable_end: c.durable_end.load(Ordering::Relaxed),
                     retained_first: c.retained_first.load(Ordering::Relaxed),
                     recovery: c.recovery.lock().expect("recovery").clone(),
-                    failed: c.failed.load(Ordering::Relaxed),
-                    panicked: c.panicked.load(Ordering::Relaxed),
+                    failed: failure.is_some(),
+                    panicked: matches!(failure, Some(ShardFailure::Panicked(_))),
+                    failure,
+                    appended_payload_bytes: c.appended_payload_bytes.load(Ordering::Acquire),
+                    consumers: consumers
+                        .iter()
+                        .map(|k| crate::consumer::ConsumerStats::read(k, persisted_end))
+                        .collect(),
                 }
             })
             .collect();
         drop(lanes);
         let errors = (self.shared.shards.iter().enumerate())
-            .filter_map(|(s, c)| {
-                let e = c.error.lock().expect("shard error").clone()?;
-                Some((ShardId::from_index(s), e))
-            })
+            .filter_map(|(s, c)| Some((ShardId::from_index(s), c.failure()?.to_string())))
             .collect();
         Stats {
             shards,

@@ -3,8 +3,8 @@
 //!
 //! The handshake is Dekker's, and both sides are `SeqCst` (the v0.10 mesh used `AcqRel` on one
 //! side, which only happens to work on x86):
-//! - shard: `parked = true`; check every lane and the control queue; sleep on the eventfd only
-//!   if all are empty.
+//! - shard: `parked = true`; check every component for work; wait on its ring (which holds a
+//!   read of the eventfd) only if there is none.
 //! - producer: publish `head`; then, if `parked`, write the eventfd.
 //!
 //! Either the shard's check sees the new head, or the producer's load sees `parked` and
@@ -38,6 +38,11 @@ impl ShardSignal {
         })
     }
 
+    /// The eventfd the shard's reactor keeps a read on.
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// Producer side, after publishing: wake the shard if it parked.
     #[inline]
     pub(crate) fn wake_if_parked(&self) {
@@ -63,23 +68,5 @@ impl ShardSignal {
     /// Shard side: work was found after `prepare_park`.
     pub(crate) fn unpark(&self) {
         self.parked.store(false, Ordering::SeqCst);
-    }
-
-    /// Shard side: sleeps until woken or `timeout_us` passes, then clears `parked`.
-    pub(crate) fn park(&self, timeout_us: u64) {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let timeout_ms = i32::try_from(timeout_us.div_ceil(1000))
-            .unwrap_or(i32::MAX)
-            .max(1);
-        // SAFETY: one valid pollfd; EINTR and timeouts simply end the park.
-        unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        let mut buf = 0u64;
-        // SAFETY: reads at most 8 bytes into a valid u64; the fd is non-blocking.
-        unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut buf).cast(), 8) };
-        self.unpark();
     }
 }

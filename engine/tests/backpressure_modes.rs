@@ -15,7 +15,7 @@ fn paused_bus(dir: &std::path::Path, mode: Backpressure) -> Bus {
     cfg.lane.capacity_bytes = LANE_BYTES;
     cfg.lane.backpressure = mode;
     let bus = Bus::start(cfg).unwrap();
-    bus.pause_shard(ShardId(0), true);
+    bus.pause_shard(ShardId(0), true).unwrap();
     bus.flush().unwrap(); // control messages are handled in order: the pause is in effect
     bus
 }
@@ -28,7 +28,7 @@ fn send_n(p: &mut net_engine::Producer, n: u64) -> Vec<Result<Sent, SendError>> 
 }
 
 fn resume_and_read(bus: &Bus, expect: usize) -> Vec<u64> {
-    bus.pause_shard(ShardId(0), false);
+    bus.pause_shard(ShardId(0), false).unwrap();
     bus.flush().unwrap();
     common::poll_all(bus, expect)
         .iter()
@@ -151,7 +151,7 @@ fn block_waits_for_room_and_loses_nothing() {
         rx.recv_timeout(Duration::from_millis(200)).is_err(),
         "a full lane blocks the sender"
     );
-    bus.pause_shard(ShardId(0), false);
+    bus.pause_shard(ShardId(0), false).unwrap();
     let out = sender.join().unwrap();
     assert!(out.iter().all(|r| *r == Ok(Sent::Queued)));
     bus.flush().unwrap();

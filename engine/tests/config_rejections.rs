@@ -37,10 +37,8 @@ fn each_rejection_names_its_field() {
             r#"{"storage": {"segment_bytes": 0}}"#,
             "storage.segment_bytes",
         ),
-        (
-            r#"{"executor": {"io_memory_bytes": 0}}"#,
-            "executor.io_memory_bytes",
-        ),
+        (r#"{"executor": {"io_memory_bytes": 524288}}"#, "executor"),
+        (r#"{"poll": {"timeout_ms": 5000}}"#, "poll.timeout_ms"),
         (r#"{"data_dir": ""}"#, "data_dir"),
         (r#"{"cores": []}"#, "cores"),
         (r#"{"batch": {"max_events": "many"}}"#, "batch.max_events"),
@@ -50,6 +48,19 @@ fn each_rejection_names_its_field() {
         assert_eq!(got, field, "{json}: {what}");
         assert!(!what.is_empty());
     }
+}
+
+/// Settings the shard reactor made meaningless are refused with an error that says they were
+/// removed, not as unknown fields.
+#[test]
+fn removed_settings_say_so() {
+    let (_, what) = field_of(r#"{"executor": {"io_memory_bytes": 524288}}"#);
+    assert!(
+        what.contains("removed") && what.contains("glommio"),
+        "{what}"
+    );
+    let (_, what) = field_of(r#"{"poll": {"timeout_ms": 10}}"#);
+    assert!(what.contains("removed"), "{what}");
 }
 
 #[test]

@@ -96,7 +96,7 @@ fn flush_is_not_satisfied_by_traffic_sent_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let bus = Bus::start(common::config(dir.path(), 2)).unwrap();
     let mut p = bus.producer().unwrap();
-    bus.pause_shard(ShardId(0), true);
+    bus.pause_shard(ShardId(0), true).unwrap();
     bus.flush().unwrap();
     for i in 0..10 {
         p.send_to(0, &common::payload(0, i, 32)).unwrap();
@@ -112,7 +112,7 @@ fn flush_is_not_satisfied_by_traffic_sent_after_it() {
             rx.recv_timeout(Duration::from_millis(300)).is_err(),
             "flush returned while pre-flush events of shard 0 were still queued"
         );
-        bus.pause_shard(ShardId(0), false);
+        bus.pause_shard(ShardId(0), false).unwrap();
         rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
     });
     let shard0 = &bus.stats().shards[0];
@@ -128,7 +128,7 @@ fn dropping_the_bus_without_shutdown_records_the_loss() {
     let bus = Bus::start(common::config(dir.path(), 1)).unwrap();
     let handle = bus.stats_handle();
     let mut p = bus.producer().unwrap();
-    bus.pause_shard(ShardId(0), true);
+    bus.pause_shard(ShardId(0), true).unwrap();
     bus.flush().unwrap();
     for i in 0..100 {
         p.send_home(&common::payload(0, i, 32)).unwrap();
@@ -154,11 +154,11 @@ fn a_panicked_shard_is_surfaced_and_its_events_counted() {
     bus.flush().unwrap();
     // Shard 1 is paused, so its 50 events are still in its lane when the panic (handled
     // after the pause, in order) ends its thread.
-    bus.pause_shard(ShardId(1), true);
+    bus.pause_shard(ShardId(1), true).unwrap();
     for i in 0..50 {
         p.send_to(1, &common::payload(1, i, 32)).unwrap();
     }
-    bus.inject_shard_panic(ShardId(1));
+    bus.inject_shard_panic(ShardId(1)).unwrap();
     let report = bus.shutdown(Duration::from_secs(2));
     assert_eq!(report.panicked_shards.len(), 1);
     assert_eq!(report.panicked_shards[0].0, ShardId(1));

@@ -40,7 +40,7 @@ fn a_full_disk_fails_the_shard_loudly_and_loses_no_count() {
     assert!(
         poll.failed_shards
             .iter()
-            .any(|(_, e)| e.contains("No space left")),
+            .any(|(_, e)| e.to_string().contains("No space left")),
         "{poll:?}"
     );
     assert!(!poll.events.is_empty(), "what was persisted stays readable");
@@ -53,7 +53,7 @@ fn a_full_disk_fails_the_shard_loudly_and_loses_no_count() {
         report
             .failed_shards
             .iter()
-            .any(|(_, e)| e.contains("No space left")),
+            .any(|(_, e)| e.to_string().contains("No space left")),
         "{report:?}"
     );
 }

@@ -84,7 +84,7 @@ fn flush_and_wait_durable_honour_the_interval_policy() {
     };
     assert!(matches!(
         bus.wait_durable(&[bad], Duration::from_millis(10)),
-        Err(Error::Cursor(_))
+        Err(Error::NoSuchShard { shards: 2, .. })
     ));
 }
 

@@ -1,6 +1,7 @@
 //! After warm-up, ingesting 100 000 events until they are persisted allocates nothing, on any
-//! thread (producer and shards), counted by a global allocator — including while segments
-//! roll.
+//! thread (producer and shards), counted by a global allocator. A segment roll allocates a
+//! few small objects (the new segment's index and map entry, the sealed index's bytes): a
+//! bounded number per roll, never per event or per batch.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +39,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counter is global: the tests of this file run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn wait_persisted(bus: &net_engine::StatsHandle, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while bus.totals().persisted < n {
@@ -51,6 +55,7 @@ fn wait_persisted(bus: &net_engine::StatsHandle, n: u64) {
 
 #[test]
 fn ingest_to_persisted_allocates_nothing_after_warm_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for strategy in [IdleStrategy::Park, IdleStrategy::Spin] {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config {
@@ -81,4 +86,52 @@ fn ingest_to_persisted_allocates_nothing_after_warm_up() {
         );
         assert!(!bus.shutdown(Duration::from_secs(5)).lossy);
     }
+}
+
+/// Allocations one segment roll may make (segment handle and index, map version, seal chain).
+const ALLOCS_PER_ROLL_MAX: u64 = 40;
+
+#[test]
+fn segment_rolls_allocate_a_bounded_amount_each() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config {
+        data_dir: dir.path().into(),
+        shards: Some(1),
+        pin: false,
+        ..Config::default()
+    };
+    cfg.batch.max_bytes = 256 << 10;
+    cfg.storage.segment_bytes = 1 << 20;
+    let bus = Bus::start(cfg).unwrap();
+    let stats = bus.stats_handle();
+    let mut p = bus.producer().unwrap();
+    let payload = [7u8; 100];
+    for i in 0..20_000u64 {
+        p.send(&i.to_le_bytes(), &payload).unwrap();
+    }
+    wait_persisted(&stats, 20_000);
+    let segments = || {
+        std::fs::read_dir(dir.path().join("shard-0000"))
+            .unwrap()
+            .count()
+    };
+    let files_before = segments();
+    let before = ALLOCS.load(Ordering::SeqCst);
+    for i in 0..100_000u64 {
+        p.send(&i.to_le_bytes(), &payload).unwrap();
+    }
+    wait_persisted(&stats, 120_000);
+    let allocs = ALLOCS.load(Ordering::SeqCst) - before;
+    // Each roll adds a .dat and an .idx.
+    let rolls = ((segments() - files_before) / 2) as u64;
+    assert!(
+        rolls >= 8,
+        "100 000 records of 132 bytes roll 1 MiB segments: {rolls}"
+    );
+    assert!(
+        allocs <= ALLOCS_PER_ROLL_MAX * rolls,
+        "{allocs} allocations for {rolls} rolls"
+    );
+    assert!(!bus.shutdown(Duration::from_secs(5)).lossy);
 }

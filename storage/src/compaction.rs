@@ -167,6 +167,10 @@ fn write_copy(src: &Path, tmp: &Path, cfg: LogConfig, fault: Option<Fault>) -> R
             break;
         }
         for r in batch {
+            if r.seq != to.next_seq() {
+                // An accepted gap in the source: the copy keeps it.
+                to.skip_to(r.seq)?;
+            }
             let seq = to.append(r.ts_ns, &r.payload)?;
             assert_eq!(seq, r.seq, "compaction keeps sequence numbers");
             next = r.seq + 1;

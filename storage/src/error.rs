@@ -36,12 +36,12 @@ pub enum StorageError {
     )]
     Uring(io::Error),
     /// An earlier write or sync failed; the log refuses further appends.
-    #[error("log of shard {shard} is poisoned by an earlier failure: {reason}")]
+    #[error("log of shard {shard} is poisoned by an earlier failure: {first}")]
     Poisoned {
         /// The shard.
         shard: u16,
-        /// The failure that poisoned it.
-        reason: String,
+        /// The failure that poisoned it (with its file and OS error).
+        first: Box<StorageError>,
     },
     /// Bytes on disk are not what the format requires.
     #[error("corrupt {} at byte {offset}: {what}", path.display())]
@@ -73,6 +73,53 @@ pub enum StorageError {
         /// Why.
         what: String,
     },
+}
+
+impl Clone for StorageError {
+    /// A copy for reporting one failure in several places (an `io::Error` is not `Clone`: its
+    /// OS error code, or else its kind and text, is kept).
+    fn clone(&self) -> StorageError {
+        let io = |e: &io::Error| match e.raw_os_error() {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(e.kind(), e.to_string()),
+        };
+        match self {
+            StorageError::Io { op, path, source } => StorageError::Io {
+                op,
+                path: path.clone(),
+                source: io(source),
+            },
+            StorageError::ShortWrite {
+                path,
+                written,
+                expected,
+                hint,
+            } => StorageError::ShortWrite {
+                path: path.clone(),
+                written: *written,
+                expected: *expected,
+                hint: hint.clone(),
+            },
+            StorageError::Uring(e) => StorageError::Uring(io(e)),
+            StorageError::Poisoned { shard, first } => StorageError::Poisoned {
+                shard: *shard,
+                first: first.clone(),
+            },
+            StorageError::Corrupt { path, offset, what } => StorageError::Corrupt {
+                path: path.clone(),
+                offset: *offset,
+                what: what.clone(),
+            },
+            StorageError::Locked { dir, holder } => StorageError::Locked {
+                dir: dir.clone(),
+                holder: *holder,
+            },
+            StorageError::Invalid { field, what } => StorageError::Invalid {
+                field,
+                what: what.clone(),
+            },
+        }
+    }
 }
 
 /// Result alias of this crate.

@@ -1,41 +1,99 @@
-//! The RedEX log of one shard: appends batches of records to the active segment with one
-//! aligned write per file, rolls segments, and serves reads by sequence number.
+//! The RedEX log of one shard: stages batches of records, writes each batch with one aligned
+//! direct write, makes it durable by group commit, and publishes it to readers.
+//!
+//! The log does no blocking I/O on its hot path: it queues operations on a [`Submit`] queue
+//! (the shard's ring) and is handed their completions ([`Log::complete`]). A standalone log
+//! (tools, tests) owns a small ring instead and offers blocking helpers (`append`, `flush`,
+//! `close`; see `blocking.rs`).
+//!
+//! The pipeline (group commit, pipelined):
+//! - One batch is filled in an open stage while others are in flight. A batch's write is
+//!   submitted only after the previous write completed, because both rewrite the partial block
+//!   where one ends and the next begins (with identical leading bytes).
+//! - With `sync`, an `fdatasync` is linked behind the batch's write (`IOSQE_IO_LINK`): it starts
+//!   the moment the write completes, and covers that batch and everything written before it.
+//!   The next batch's write is submitted as soon as this write completes, while the sync is
+//!   still running, so writing overlaps syncing.
+//! - Batches complete strictly in order: a batch without a sync when its write completed, a
+//!   batch with one once a sync covering it completed (a later sync of the same segment covers
+//!   earlier batches too). Completion publishes the batch to readers (visible end), and the
+//!   caller may hand it to batch consumers ([`Log::pop_completed`]) before its stage is reused.
+//! - The first record of each batch is stamped, at submission, with how many records of the
+//!   segment were acknowledged by then (written, or synced, as [`Ack`] says; see
+//!   [`crate::record`]), so recovery can tell a torn tail from damaged acknowledged data.
 //!
 //! Invariants:
-//! - Sequence numbers are contiguous from the first segment's base; record `seq` is entry
-//!   `seq - base` of its segment's `.idx`.
-//! - At most one batch is in flight. The next batch is encoded into the other stage meanwhile,
-//!   and submitted only after the previous one completed, because both rewrite the same
-//!   partial block.
-//! - A failed, short or refused write poisons the log: every later append and submit returns
-//!   [`StorageError::Poisoned`] naming the first failure. Nothing is retried silently (the
-//!   PostgreSQL fsync lesson): after an error the kernel's view of the file is unknown.
-//! - Only records of completed writes are readable (`persisted_end`).
+//! - Sequence numbers are contiguous within a segment and across segments, except across an
+//!   accepted gap recorded in the manifest.
+//! - A failed, short or cancelled write or sync poisons the log: every later push, submit and
+//!   completion returns [`StorageError::Poisoned`] naming the first failure. Nothing is retried
+//!   (the PostgreSQL fsync lesson): after an error the kernel's view of the file is unknown.
+//! - Readers see only records of completed batches.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
+use io_uring::{opcode, squeue, types};
 
 use crate::buffer::BLOCK_BYTES;
-use crate::error::{Result, StorageError, io_err};
-use crate::index::{INDEX_ENTRY_BYTES, IndexEntry};
-use crate::record::{self, RECORD_PAYLOAD_BYTES_MAX, record_bytes};
-use crate::segment::{self, OpenMode, SEGMENT_HEADER_BYTES, SegmentHeader};
+use crate::error::{Result, StorageError};
+use crate::record::{self, FLAG_BATCH_FIRST, RECORD_HEADER_BYTES, RecordMeta, record_bytes};
+use crate::roll::{ManifestWriter, Sealing};
+use crate::segment::{self, SEGMENT_BYTES_MAX, SEGMENT_HEADER_BYTES, SegmentHeader};
 use crate::stage::Stage;
-use crate::uring::Ring;
+use crate::uring::{Ring, Submit};
+use crate::view::{LogView, SegmentHandle, SegmentIndex};
 
-const TAG_DAT: u64 = 1;
-const TAG_IDX: u64 = 2;
-const TAG_SYNC: u64 = 4;
-/// Sealed segments the log has room for before its list grows.
-const SEALED_RESERVE: usize = 4096;
+/// Stages one log owns: the open batch, one write in flight, and batches waiting for their
+/// sync or for batch consumers.
+pub(crate) const STAGES: usize = 4;
+/// Syncs of batches in flight at once.
+pub(crate) const SYNCS_MAX: usize = 3;
 /// The smallest segment that holds its header block and one small record.
 pub const SEGMENT_BYTES_MIN: u64 = 2 * BLOCK_BYTES as u64;
 
-/// Sizing of one shard's log, fixed when it opens.
+const _: () = assert!(SYNCS_MAX < STAGES);
+
+/// Operation kinds in the low byte of a log tag; the rest of the tag is an id.
+pub(crate) mod op {
+    pub(crate) const WRITE: u64 = 1;
+    pub(crate) const SYNC: u64 = 2;
+    pub(crate) const DIR_SYNC: u64 = 3;
+    pub(crate) const SEAL_TRUNCATE: u64 = 4;
+    pub(crate) const SEAL_SYNC: u64 = 5;
+    pub(crate) const SEAL_INDEX_WRITE: u64 = 6;
+    pub(crate) const SEAL_INDEX_SYNC: u64 = 7;
+    pub(crate) const MANIFEST_WRITE: u64 = 8;
+    pub(crate) const MANIFEST_SYNC: u64 = 9;
+    pub(crate) const DIR_SYNC_RETENTION: u64 = 10;
+
+    pub(crate) fn tag(kind: u64, id: u64) -> u64 {
+        kind | (id << 8)
+    }
+
+    pub(crate) fn kind(tag: u64) -> u64 {
+        tag & 0xFF
+    }
+
+    pub(crate) fn id(tag: u64) -> u64 {
+        tag >> 8
+    }
+}
+
+/// When a record counts as acknowledged (what the shard promises under its fsync policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// Once its write completed (fsync policy `never`).
+    Written,
+    /// Once an `fdatasync` covering it completed.
+    Synced,
+}
+
+/// Sizing and behaviour of one shard's log, fixed when it opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogConfig {
     /// The shard that owns the log (written into segment headers and checked on open).
@@ -46,9 +104,27 @@ pub struct LogConfig {
     pub batch_bytes_max: usize,
     /// Most records one batch may hold.
     pub batch_events_max: usize,
+    /// When a record counts as acknowledged (stamped into batches for recovery).
+    pub ack: Ack,
+    /// Reserve each segment's space when it is created (`fallocate`), so that writes do not
+    /// extend the file (an extending direct write is handed to a kernel worker and serialised
+    /// with the file's metadata).
+    pub preallocate: bool,
 }
 
 impl LogConfig {
+    /// A log of `shard` with the bus's default sizing.
+    pub fn new(shard: u16) -> LogConfig {
+        LogConfig {
+            shard,
+            segment_bytes: 128 << 20,
+            batch_bytes_max: 4 << 20,
+            batch_events_max: 32_768,
+            ack: Ack::Synced,
+            preallocate: true,
+        }
+    }
+
     /// The largest payload that fits a batch and a segment.
     pub fn payload_bytes_max(&self) -> usize {
         let segment_room = usize::try_from(
@@ -58,17 +134,17 @@ impl LogConfig {
         .unwrap_or(usize::MAX);
         self.batch_bytes_max
             .min(segment_room)
-            .saturating_sub(record::RECORD_HEADER_BYTES)
-            .min(RECORD_PAYLOAD_BYTES_MAX)
+            .saturating_sub(RECORD_HEADER_BYTES)
+            .min(record::RECORD_PAYLOAD_BYTES_MAX)
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let invalid = |field, what: String| Err(StorageError::Invalid { field, what });
-        if self.segment_bytes < SEGMENT_BYTES_MIN {
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
             return invalid(
                 "segment_bytes",
                 format!(
-                    "{} is below the minimum {SEGMENT_BYTES_MIN}",
+                    "{} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}",
                     self.segment_bytes
                 ),
             );
@@ -84,6 +160,10 @@ impl LogConfig {
         }
         Ok(())
     }
+
+    pub(crate) fn stride(&self) -> u64 {
+        segment::index_stride_bytes(self.segment_bytes)
+    }
 }
 
 /// What `push` did.
@@ -91,34 +171,76 @@ impl LogConfig {
 pub enum Push {
     /// The record was staged with this sequence number.
     Staged(u64),
-    /// The open batch (or the segment, with a write still in flight) is full: complete the
-    /// in-flight write, submit, and push again.
+    /// Not now: the open batch is full, or the segment is full and must roll once I/O in
+    /// flight completes. Submit the open batch if there is one, else wait for a completion,
+    /// then push again.
     Full,
 }
 
-/// A batch whose writes completed: records `first_seq..end_seq` are on the file.
+/// A batch that completed under the fsync policy: records `first_seq..end_seq`, readable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
+pub struct Completed {
     /// First sequence number of the batch.
     pub first_seq: u64,
-    /// One past the last sequence number of the batch.
+    /// One past its last sequence number.
     pub end_seq: u64,
-    /// One past the last sequence number known durable (fdatasync completed) after this
-    /// completion.
-    pub durable_end: u64,
+    stage: usize,
+    from: usize,
 }
 
-/// One record read back from the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredRecord {
+/// A completed batch's records, borrowed from the stage they were written from: no copy.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendedBatch<'a> {
+    /// First sequence number of the batch.
+    pub first_seq: u64,
+    /// One past its last sequence number.
+    pub end_seq: u64,
+    bytes: &'a [u8],
+}
+
+/// One record of an [`AppendedBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendedRecord<'a> {
     /// Sequence number within the shard.
     pub seq: u64,
     /// The shard's timestamp, nanoseconds since the Unix epoch.
     pub ts_ns: u64,
-    /// The payload, byte for byte as appended.
-    pub payload: Bytes,
+    /// The payload as sent.
+    pub payload: &'a [u8],
 }
 
+impl<'a> AppendedBatch<'a> {
+    /// Records in sequence order.
+    pub fn records(&self) -> impl Iterator<Item = AppendedRecord<'a>> + 'a {
+        let bytes = self.bytes;
+        let mut pos = 0usize;
+        std::iter::from_fn(move || {
+            let head = bytes.get(pos..pos + RECORD_HEADER_BYTES)?;
+            let len = usize::try_from(u32::from_le_bytes(head[0..4].try_into().ok()?)).ok()?;
+            let seq = u64::from_le_bytes(head[16..24].try_into().ok()?);
+            let ts_ns = u64::from_le_bytes(head[24..32].try_into().ok()?);
+            let payload = &bytes[pos + RECORD_HEADER_BYTES..pos + RECORD_HEADER_BYTES + len];
+            pos += RECORD_HEADER_BYTES + len;
+            Some(AppendedRecord {
+                seq,
+                ts_ns,
+                payload,
+            })
+        })
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> u64 {
+        self.end_seq - self.first_seq
+    }
+
+    /// Whether the batch holds no record (never: batches are submitted non-empty).
+    pub fn is_empty(&self) -> bool {
+        self.first_seq == self.end_seq
+    }
+}
+
+/// A sealed segment's extent, for retention.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SealedSegment {
     pub(crate) base: u64,
@@ -129,107 +251,85 @@ pub(crate) struct SealedSegment {
     pub(crate) last_ts_ns: u64,
 }
 
+/// The segment being appended to.
 #[derive(Debug)]
-pub(crate) struct ActiveSegment {
+pub(crate) struct Active {
     pub(crate) base: u64,
     pub(crate) dat: File,
-    pub(crate) idx: File,
-    pub(crate) dat_read: File,
-    pub(crate) idx_read: File,
+    pub(crate) handle: Arc<SegmentHandle>,
+    /// Index slots filled (published up to the visible end).
+    pub(crate) entries: usize,
+    /// Offset from which the next record gets an index entry.
+    pub(crate) next_entry_at: u64,
+    /// The last record staged: (seq, offset, len).
+    pub(crate) last_record: Option<(u64, u64, u32)>,
+    /// Seq up to which a completed sync covers this segment.
+    pub(crate) synced_end: u64,
+    /// Whether the segment's directory entry is durable (its dir fsync completed).
+    pub(crate) dir_synced: bool,
 }
 
-#[derive(Debug)]
-struct Inflight {
-    /// Whether an fdatasync covers this batch.
-    synced: bool,
-    first_seq: u64,
-    end_seq: u64,
-    dat_len: usize,
-    idx_len: usize,
-    pending: u64,
-    /// Logical ends of `.dat` and `.idx` once this batch is written.
-    ends: (u64, u64),
-}
-
-#[derive(Debug)]
-struct Reader {
-    base: u64,
-    dat: File,
-    idx: File,
+/// A submitted batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Batch {
+    pub(crate) stage: usize,
+    /// Stage offset where its records start (after the carry).
+    pub(crate) from: usize,
+    pub(crate) seg: u64,
+    pub(crate) first_seq: u64,
+    pub(crate) end_seq: u64,
+    /// `.dat` offset after its last record.
+    pub(crate) data_end: u64,
+    pub(crate) write_len: usize,
+    pub(crate) sync: bool,
+    pub(crate) written: bool,
 }
 
 /// The append-only segment log of one shard.
 #[derive(Debug)]
 pub struct Log {
     pub(crate) dir: PathBuf,
-    /// The directory, open: segments are created relative to it and it is fsynced through it,
-    /// so a roll allocates nothing.
+    /// The directory, open: segments are created relative to it and it is fsynced through it.
     pub(crate) dir_fd: File,
     pub(crate) cfg: LogConfig,
-    pub(crate) ring: Ring,
+    pub(crate) own_ring: Option<Ring>,
+    pub(crate) view: LogView,
+    pub(crate) manifest: ManifestWriter,
     pub(crate) sealed: Vec<SealedSegment>,
-    pub(crate) active: ActiveSegment,
-    pub(crate) dat: [Stage; 2],
-    pub(crate) idx: [Stage; 2],
+    pub(crate) active: Active,
+    pub(crate) sealing: Option<Sealing>,
+    pub(crate) stages: Vec<Stage>,
+    pub(crate) stage_free: [bool; STAGES],
     pub(crate) open: usize,
     pub(crate) open_events: usize,
     pub(crate) open_record_bytes: usize,
-    inflight: Option<Inflight>,
+    /// Stage offset and payload CRC of the open batch's first record (for its stamp).
+    pub(crate) open_first: Option<(usize, u32)>,
+    pub(crate) batches: VecDeque<Batch>,
+    pub(crate) done: VecDeque<Batch>,
+    /// Stage of the batch last handed out by `pop_completed`, freed at the next call.
+    pub(crate) held: Option<usize>,
+    pub(crate) write_in_flight: bool,
+    /// Syncs in flight: (segment base, seq end covered).
+    pub(crate) syncs: [Option<(u64, u64)>; SYNCS_MAX],
+    pub(crate) ops_in_flight: usize,
     pub(crate) next_seq: u64,
-    pub(crate) persisted_end: u64,
+    /// One past the last record of a completed write.
+    pub(crate) written_end: u64,
+    /// One past the last record covered by a completed sync.
     pub(crate) durable_end: u64,
-    /// Ends of `.dat` and `.idx` as far as completed writes reach.
-    pub(crate) written: (u64, u64),
+    /// One past the last record of a completed batch (readable).
+    pub(crate) visible_end: u64,
     /// Timestamp of the newest record pushed.
     pub(crate) last_ts_ns: u64,
-    /// Whether sealing a segment fdatasyncs it (see [`Log::set_sync_on_roll`]).
-    sync_on_roll: bool,
-    poisoned: Option<String>,
-    reader: Option<Reader>,
+    pub(crate) poisoned: Option<StorageError>,
+    /// A new segment's directory fsync waits to go out with its first write.
+    pub(crate) dir_sync_queued: bool,
+    pub(crate) retention: Option<crate::retention::Pending>,
+    pub(crate) reader: Option<crate::Reader>,
 }
 
 impl Log {
-    pub(crate) fn assemble(
-        dir: PathBuf,
-        dir_fd: File,
-        cfg: LogConfig,
-        ring: Ring,
-        mut sealed: Vec<SealedSegment>,
-        active: ActiveSegment,
-    ) -> Log {
-        cfg.validate().expect("validated by open");
-        let dat_cap = cfg.batch_bytes_max + SEGMENT_HEADER_BYTES;
-        let idx_cap = cfg.batch_events_max.saturating_mul(INDEX_ENTRY_BYTES);
-        // Room for thousands of rolls without growing (a roll must not allocate).
-        sealed.reserve(SEALED_RESERVE);
-        Log {
-            dir,
-            dir_fd,
-            cfg,
-            ring,
-            sealed,
-            active,
-            dat: [Stage::new(dat_cap), Stage::new(dat_cap)],
-            idx: [Stage::new(idx_cap), Stage::new(idx_cap)],
-            open: 0,
-            open_events: 0,
-            open_record_bytes: 0,
-            inflight: None,
-            next_seq: 0,
-            persisted_end: 0,
-            durable_end: 0,
-            written: (0, 0),
-            last_ts_ns: 0,
-            sync_on_roll: true,
-            poisoned: None,
-            reader: None,
-        }
-    }
-
-    pub(crate) fn validate_config(cfg: &LogConfig) -> Result<()> {
-        cfg.validate()
-    }
-
     /// The log's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -240,24 +340,27 @@ impl Log {
         &self.cfg
     }
 
+    /// A handle for readers on other threads.
+    pub fn view(&self) -> &LogView {
+        &self.view
+    }
+
     /// Sequence number the next pushed record gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }
 
-    /// One past the last sequence number whose write completed.
+    /// One past the last record whose batch completed (readable).
     pub fn persisted_end(&self) -> u64 {
-        self.persisted_end
+        self.visible_end
     }
 
-    /// Whether sealing a segment fdatasyncs it first (default true). An owner that never
-    /// syncs (fsync policy `never`) turns it off so that a roll does not stall on flushing the
-    /// device cache; a sealed segment's index is rebuilt from `.dat` on open if it was lost.
-    pub fn set_sync_on_roll(&mut self, sync: bool) {
-        self.sync_on_roll = sync;
+    /// One past the last record whose write completed.
+    pub fn written_end(&self) -> u64 {
+        self.written_end
     }
 
-    /// One past the last sequence number known durable.
+    /// One past the last record known durable.
     pub fn durable_end(&self) -> u64 {
         self.durable_end
     }
@@ -269,7 +372,7 @@ impl Log {
 
     /// The first sequence number still stored.
     pub fn first_seq(&self) -> u64 {
-        self.sealed.first().map_or(self.active.base, |s| s.base)
+        self.manifest.manifest().first_seq
     }
 
     /// Records staged in the open batch, not yet submitted.
@@ -277,29 +380,44 @@ impl Log {
         self.open_events
     }
 
-    /// Whether a batch write is in flight.
+    /// Whether any operation of the log is in flight.
     pub fn in_flight(&self) -> bool {
-        self.inflight.is_some()
+        self.ops_in_flight > 0
+    }
+
+    /// Whether a batch write is in flight.
+    pub fn write_in_flight(&self) -> bool {
+        self.write_in_flight
+    }
+
+    /// Whether submitted batches wait for their write or sync.
+    pub fn batches_in_flight(&self) -> bool {
+        !self.batches.is_empty()
+    }
+
+    /// Number of segments (sealed, sealing and active).
+    pub fn segments(&self) -> usize {
+        self.sealed.len() + usize::from(self.sealing.is_some()) + 1
     }
 
     /// The failure that poisoned the log, if any.
-    pub fn poisoned(&self) -> Option<&str> {
-        self.poisoned.as_deref()
+    pub fn poisoned(&self) -> Option<&StorageError> {
+        self.poisoned.as_ref()
     }
 
-    fn check_poison(&self) -> Result<()> {
+    pub(crate) fn check_poison(&self) -> Result<()> {
         match &self.poisoned {
-            Some(reason) => Err(StorageError::Poisoned {
+            Some(first) => Err(StorageError::Poisoned {
                 shard: self.cfg.shard,
-                reason: reason.clone(),
+                first: Box::new(first.clone()),
             }),
             None => Ok(()),
         }
     }
 
-    fn poison(&mut self, err: StorageError) -> StorageError {
+    pub(crate) fn poison(&mut self, err: StorageError) -> StorageError {
         if self.poisoned.is_none() {
-            self.poisoned = Some(err.to_string());
+            self.poisoned = Some(err.clone());
         }
         err
     }
@@ -307,14 +425,11 @@ impl Log {
     /// Stages one record into the open batch.
     pub fn push(&mut self, ts_ns: u64, payload: &[u8]) -> Result<Push> {
         self.check_poison()?;
-        if payload.len() > self.cfg.payload_bytes_max() {
+        let max = self.cfg.payload_bytes_max();
+        if payload.len() > max {
             return Err(StorageError::Invalid {
                 field: "payload",
-                what: format!(
-                    "{} bytes exceeds the maximum {}",
-                    payload.len(),
-                    self.cfg.payload_bytes_max()
-                ),
+                what: format!("{} bytes exceeds the maximum {max}", payload.len()),
             });
         }
         let rec = record_bytes(payload.len());
@@ -323,22 +438,34 @@ impl Log {
         {
             return Ok(Push::Full);
         }
-        let segment_end = self.dat[self.open].end();
+        let segment_end = self.stages[self.open].end();
         if segment_end + rec as u64 > self.cfg.segment_bytes && self.next_seq > self.active.base {
-            if self.open_events > 0 || self.inflight.is_some() {
+            // Roll only once every batch of this segment completed (written, and synced when
+            // it asked to be): a crash then never leaves a hole between the segment and the
+            // next one, whose first write could otherwise land while this one's last did not.
+            let settled = self.batches.is_empty() && self.active.dir_synced;
+            if self.open_events > 0 || self.sealing.is_some() || !settled {
                 return Ok(Push::Full);
             }
             self.roll()?;
         }
         let seq = self.next_seq;
-        let offset = self.dat[self.open].end();
+        let stage = &mut self.stages[self.open];
+        let offset = stage.end();
+        let at = stage.fill;
+        let first = self.open_events == 0;
+        let meta = RecordMeta {
+            seq,
+            ts_ns,
+            flags: if first { FLAG_BATCH_FIRST } else { 0 },
+            committed: 0,
+        };
+        let crc = stage.append_with(rec, |dst| record::encode(dst, &meta, payload));
+        if first {
+            self.open_first = Some((at, crc));
+        }
         let len = u32::try_from(rec).expect("bounded by payload_bytes_max");
-        self.dat[self.open].append_with(rec, |dst| {
-            record::encode(dst, seq, ts_ns, payload);
-        });
-        self.idx[self.open].append_with(INDEX_ENTRY_BYTES, |dst| {
-            IndexEntry { seq, offset, len }.encode(dst)
-        });
+        self.index_record(seq, offset, len);
         self.open_events += 1;
         self.open_record_bytes += rec;
         self.next_seq += 1;
@@ -346,454 +473,388 @@ impl Log {
         Ok(Push::Staged(seq))
     }
 
-    /// Submits the open batch as one write per file. With `sync`, an `fdatasync` of `.dat`
-    /// linked after its write makes the batch, and everything written before it, durable
-    /// (group commit: one sync for every event that queued while the previous one ran).
-    /// `.idx` is never synced per batch: recovery rebuilds it from `.dat`. Returns false if
-    /// the batch was empty.
-    ///
-    /// # Panics
-    /// If a batch or sync is still in flight: call [`Log::complete`] until it returns first.
-    pub fn submit(&mut self, sync: bool) -> Result<bool> {
+    /// Gives the record a sparse index entry when it is a stride past the last one.
+    fn index_record(&mut self, seq: u64, offset: u64, len: u32) {
+        let a = &mut self.active;
+        a.last_record = Some((seq, offset, len));
+        if offset < a.next_entry_at {
+            return;
+        }
+        if let SegmentIndex::Live(live) = &a.handle.index
+            && a.entries < live.capacity()
+        {
+            live.set(a.entries, seq, offset, len);
+            a.entries += 1;
+            a.next_entry_at = offset + self.cfg.stride();
+        }
+    }
+
+    /// Whether [`Log::submit`] can take the open batch now.
+    pub fn can_submit(&self) -> bool {
+        self.open_events > 0
+            && !self.write_in_flight
+            && self.poisoned.is_none()
+            && self.stage_free.iter().any(|&f| f)
+    }
+
+    /// Whether a sync slot is free (a batch with `sync` needs one).
+    fn sync_slot(&self) -> Option<usize> {
+        self.syncs.iter().position(Option::is_none)
+    }
+
+    /// Submits the open batch as one write; with `sync`, an `fdatasync` linked behind it makes
+    /// the batch, and everything written before it, durable. Returns false if there was
+    /// nothing to submit or it cannot be submitted yet (a write in flight, no free stage or
+    /// sync slot): wait for a completion and try again.
+    pub fn submit(&mut self, sq: &mut dyn Submit, sync: bool) -> Result<bool> {
         self.check_poison()?;
-        assert!(self.inflight.is_none(), "submit with a batch in flight");
-        if self.open_events == 0 {
+        let slot = if sync { self.sync_slot() } else { None };
+        if !self.can_submit() || (sync && slot.is_none()) {
             return Ok(false);
         }
+        self.queue_dir_sync(sq)?;
         let s = self.open;
-        let dat_len = self.dat[s].seal_for_write();
-        let idx_len = self.idx[s].seal_for_write();
-        let (dat_fd, idx_fd) = (self.active.dat.as_raw_fd(), self.active.idx.as_raw_fd());
-        let (dat, idx) = (&self.dat[s], &self.idx[s]);
-        // SAFETY: both stage buffers are owned by self, never reallocated, and not written
-        // again until `complete` has reaped both writes (the next batch uses the other stage).
-        unsafe {
-            let ptr = dat.buf.as_slice().as_ptr();
-            self.ring
-                .push_write(dat_fd, ptr, len_u32(dat_len), dat.start, TAG_DAT, sync);
-            if sync {
-                self.ring.push_fdatasync(dat_fd, TAG_SYNC);
-            }
-            let ptr = idx.buf.as_slice().as_ptr();
-            self.ring
-                .push_write(idx_fd, ptr, len_u32(idx_len), idx.start, TAG_IDX, false);
-        }
-        let pending = TAG_DAT | TAG_IDX | if sync { TAG_SYNC } else { 0 };
+        self.stamp_open_batch();
+        let stage = &mut self.stages[s];
+        let write_len = stage.seal_for_write();
+        let data_end = stage.end();
+        let from = stage.carry;
+        let fd = self.active.dat.as_raw_fd();
+        let write = opcode::Write::new(
+            types::Fd(fd),
+            stage.buf.as_slice().as_ptr(),
+            u32::try_from(write_len).expect("stage sizes are far below 4 GiB"),
+        )
+        .offset(stage.start)
+        .build()
+        .user_data(op::tag(op::WRITE, 0));
         let first_seq = self.next_seq - self.open_events as u64;
-        self.start_inflight(Inflight {
-            synced: sync,
+        let mut ops = push_linked(sq, write, sync).map_err(|e| self.submit_error(e))?;
+        if let Some(slot) = slot {
+            let entry = opcode::Fsync::new(types::Fd(fd))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data(op::tag(op::SYNC, slot as u64));
+            ops += push(sq, entry).map_err(|e| self.submit_error(e))?;
+            self.syncs[slot] = Some((self.active.base, self.next_seq));
+        }
+        self.ops_in_flight += ops;
+        self.write_in_flight = true;
+        self.batches.push_back(Batch {
+            stage: s,
+            from,
+            seg: self.active.base,
             first_seq,
             end_seq: self.next_seq,
-            dat_len,
-            idx_len,
-            pending,
-            ends: (self.dat[s].end(), self.idx[s].end()),
-        })?;
-        let (prev, next) = pair_mut(&mut self.dat, s);
-        next.carry_from(prev);
-        let (prev, next) = pair_mut(&mut self.idx, s);
-        next.carry_from(prev);
-        self.open = 1 - s;
+            data_end,
+            write_len,
+            sync,
+            written: false,
+        });
+        self.open_next_stage(s);
+        Ok(true)
+    }
+
+    /// Stamps the open batch's first record with the records of this segment acknowledged
+    /// by now.
+    fn stamp_open_batch(&mut self) {
+        let acked = match self.cfg.ack {
+            Ack::Written => self.written_end,
+            Ack::Synced => self.durable_end,
+        };
+        let committed = acked.saturating_sub(self.active.base);
+        let committed = u32::try_from(committed).expect("a segment's records fit u32");
+        let (at, crc) = self
+            .open_first
+            .take()
+            .expect("a non-empty batch has a first record");
+        record::restamp(self.stages[self.open].bytes_mut(at), committed, crc);
+    }
+
+    /// Makes a free stage the open one, carrying the partial block after `prev`.
+    fn open_next_stage(&mut self, prev: usize) {
+        self.stage_free[prev] = false;
+        let next = self
+            .stage_free
+            .iter()
+            .position(|&f| f)
+            .expect("can_submit checked a free stage");
+        self.stage_free[next] = false;
+        let (a, b) = two_mut(&mut self.stages, prev, next);
+        b.carry_from(a);
+        self.open = next;
         self.open_events = 0;
         self.open_record_bytes = 0;
-        Ok(true)
     }
 
-    /// Appends one record, writing full batches as needed, and returns its sequence number.
-    /// A blocking convenience for tools, tests and compaction; a shard drives `push`,
-    /// `submit` and `complete` itself so that encoding overlaps writing.
-    pub fn append(&mut self, ts_ns: u64, payload: &[u8]) -> Result<u64> {
-        loop {
-            match self.push(ts_ns, payload)? {
-                Push::Staged(seq) => return Ok(seq),
-                Push::Full => {
-                    if self.in_flight() {
-                        self.complete(true)?;
-                    }
-                    self.submit(false)?;
-                }
-            }
-        }
+    fn submit_error(&mut self, e: std::io::Error) -> StorageError {
+        let path = segment::dat_path(&self.dir, self.active.base);
+        self.poison(StorageError::Io {
+            op: "submit write",
+            path,
+            source: e,
+        })
     }
 
-    /// Writes everything staged and waits for it; with `sync`, also makes it durable.
-    pub fn flush(&mut self, sync: bool) -> Result<()> {
-        if self.in_flight() {
-            self.complete(true)?;
-        }
-        if self.submit(sync)? {
-            self.complete(true)?;
-        }
-        if sync && self.sync()? {
-            self.complete(true)?;
-        }
-        Ok(())
-    }
-
-    /// Makes everything written so far durable with one `fdatasync` of `.dat`, when nothing
-    /// is in flight. Returns false if there was nothing to make durable.
-    pub fn sync(&mut self) -> Result<bool> {
+    /// Makes everything written so far durable with one `fdatasync` of the active segment,
+    /// when no write is in flight. Returns false if there was nothing to sync or no slot.
+    pub fn sync(&mut self, sq: &mut dyn Submit) -> Result<bool> {
         self.check_poison()?;
-        assert!(self.inflight.is_none(), "sync with a batch in flight");
-        if self.durable_end == self.persisted_end {
+        let unsynced = self.active.synced_end < self.written_end.max(self.active.base);
+        let covered = self
+            .syncs
+            .iter()
+            .flatten()
+            .any(|&(seg, end)| seg == self.active.base && end >= self.written_end);
+        let Some(slot) = self.sync_slot() else {
+            return Ok(false);
+        };
+        if self.write_in_flight || !unsynced || covered {
             return Ok(false);
         }
-        self.ring
-            .push_fdatasync(self.active.dat.as_raw_fd(), TAG_SYNC);
-        let end = self.persisted_end;
-        self.start_inflight(Inflight {
-            synced: true,
-            first_seq: end,
-            end_seq: end,
-            dat_len: 0,
-            idx_len: 0,
-            pending: TAG_SYNC,
-            ends: self.written,
-        })?;
+        let entry = opcode::Fsync::new(types::Fd(self.active.dat.as_raw_fd()))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(op::tag(op::SYNC, slot as u64));
+        self.ops_in_flight += push(sq, entry).map_err(|e| self.submit_error(e))?;
+        self.syncs[slot] = Some((self.active.base, self.written_end));
         Ok(true)
     }
 
-    fn start_inflight(&mut self, inf: Inflight) -> Result<()> {
-        if let Err(e) = self.ring.submit() {
-            let path = segment::dat_path(&self.dir, self.active.base);
-            return Err(self.poison(StorageError::Io {
-                op: "submit write",
-                path,
-                source: e,
-            }));
+    /// Handles the completion of one of the log's operations (`tag` as pushed). Completed
+    /// batches are then available from [`Log::pop_completed`].
+    pub fn complete(&mut self, sq: &mut dyn Submit, tag: u64, res: i32) -> Result<()> {
+        self.ops_in_flight = self.ops_in_flight.saturating_sub(1);
+        if self.poisoned.is_some() {
+            return self.check_poison();
         }
-        self.inflight = Some(inf);
+        let outcome = match op::kind(tag) {
+            op::WRITE => self.on_write(res),
+            op::SYNC => self.on_sync(op::id(tag), res),
+            op::DIR_SYNC => self.on_dir_sync(res),
+            op::DIR_SYNC_RETENTION => Ok(()),
+            op::MANIFEST_WRITE | op::MANIFEST_SYNC => self.on_manifest(tag, res),
+            _ => self.on_seal_op(tag, res),
+        };
+        if let Err(e) = outcome {
+            return Err(self.poison(e));
+        }
+        self.advance_durable();
+        self.collect_completed();
+        let next = self
+            .continue_sealing(sq)
+            .and_then(|()| self.retention_step(sq))
+            .and_then(|()| self.pump_manifest(sq));
+        next.map_err(|e| self.poison(e))
+    }
+
+    fn on_write(&mut self, res: i32) -> Result<()> {
+        self.write_in_flight = false;
+        let b = self
+            .batches
+            .iter_mut()
+            .find(|b| !b.written)
+            .expect("a write in flight belongs to a batch");
+        if usize::try_from(res).ok() != Some(b.write_len) {
+            let path = segment::dat_path(&self.dir, b.seg);
+            return Err(op_error("write", path, res, b.write_len));
+        }
+        b.written = true;
+        self.written_end = b.end_seq;
         Ok(())
     }
 
-    /// Reaps the in-flight batch's (or sync's) completions; with `wait`, blocks until they
-    /// arrive. Returns the batch once all its operations completed in full.
-    pub fn complete(&mut self, wait: bool) -> Result<Option<Written>> {
-        loop {
-            let Some(inf) = self.inflight.as_mut() else {
-                return Ok(None);
-            };
-            let mut failure: Option<(u64, i32)> = None;
-            self.ring.reap(|tag, res| {
-                let expected = match tag {
-                    TAG_DAT => inf.dat_len,
-                    TAG_IDX => inf.idx_len,
-                    _ => 0,
-                };
-                if res < 0 || usize::try_from(res).ok() != Some(expected) {
-                    failure.get_or_insert((tag, res));
-                }
-                inf.pending &= !tag;
-            });
-            if let Some((tag, res)) = failure {
-                let inf = self.inflight.take().expect("in flight");
-                return Err(self.poison(self.op_error(&inf, tag, res)));
-            }
-            if inf.pending == 0 {
-                let inf = self.inflight.take().expect("in flight");
-                let synced = inf.synced;
-                self.persisted_end = inf.end_seq;
-                self.written = inf.ends;
-                if synced {
-                    self.durable_end = inf.end_seq;
-                }
-                return Ok(Some(Written {
-                    first_seq: inf.first_seq,
-                    end_seq: inf.end_seq,
-                    durable_end: self.durable_end,
-                }));
-            }
-            if !wait {
-                return Ok(None);
-            }
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                let path = segment::dat_path(&self.dir, self.active.base);
-                return Err(self.poison(StorageError::Io {
-                    op: "wait for write",
-                    path,
-                    source: e,
-                }));
-            }
-        }
-    }
-
-    /// The error for a failed (`res < 0`) or short operation of a batch.
-    fn op_error(&self, inf: &Inflight, tag: u64, res: i32) -> StorageError {
-        let (path, expected, op) = match tag {
-            TAG_DAT => (
-                segment::dat_path(&self.dir, self.active.base),
-                inf.dat_len,
-                "write",
-            ),
-            TAG_IDX => (
-                segment::idx_path(&self.dir, self.active.base),
-                inf.idx_len,
-                "write",
-            ),
-            _ => (
-                segment::dat_path(&self.dir, self.active.base),
-                0,
+    fn on_sync(&mut self, slot: u64, res: i32) -> Result<()> {
+        let slot = usize::try_from(slot).expect("a slot index");
+        let (seg, end) = self.syncs[slot]
+            .take()
+            .expect("a sync in flight has a slot");
+        if res != 0 {
+            return Err(op_error(
                 "fdatasync",
-            ),
+                segment::dat_path(&self.dir, seg),
+                res,
+                0,
+            ));
+        }
+        if seg == self.active.base {
+            self.active.synced_end = self.active.synced_end.max(end);
+        } else if let Some(s) = self.sealing.as_mut()
+            && s.base == seg
+        {
+            s.synced_end = s.synced_end.max(end);
+        }
+        Ok(())
+    }
+
+    fn on_dir_sync(&mut self, res: i32) -> Result<()> {
+        if res != 0 {
+            return Err(op_error("fsync directory", self.dir.clone(), res, 0));
+        }
+        self.active.dir_synced = true;
+        // The new segment's name is durable: the manifest may now call it the newest.
+        let base = self.active.base;
+        self.manifest.update(|m| m.active_base = base);
+        Ok(())
+    }
+
+    /// Recomputes the durable watermark: the sealing segment's synced prefix until it is
+    /// wholly synced, then the active segment's (once its name is durable).
+    pub(crate) fn advance_durable(&mut self) {
+        let durable = match &self.sealing {
+            Some(s) if s.synced_end < s.end_seq => s.synced_end,
+            _ if self.active.dir_synced => self.active.synced_end.max(self.active.base),
+            _ => self.active.base,
         };
-        match usize::try_from(res) {
-            Ok(written) => StorageError::ShortWrite {
-                path,
-                written,
-                expected,
-                hint: space_hint(&self.dir),
-            },
-            Err(_) => StorageError::Io {
-                op,
-                path,
-                source: std::io::Error::from_raw_os_error(-res),
-            },
+        self.durable_end = self.durable_end.max(durable);
+    }
+
+    /// Moves batches that completed, in order, to the done queue and publishes them.
+    fn collect_completed(&mut self) {
+        let mut visible = None;
+        while let Some(b) = self.batches.front() {
+            let complete = b.written && (!b.sync || self.durable_end >= b.end_seq);
+            if !complete {
+                break;
+            }
+            let b = self.batches.pop_front().expect("front exists");
+            let handle = if b.seg == self.active.base {
+                Some(&self.active.handle)
+            } else {
+                self.sealing
+                    .as_ref()
+                    .map(|s| &s.handle)
+                    .filter(|h| h.base == b.seg)
+            };
+            if let Some(h) = handle {
+                h.data_end.store(b.data_end, Ordering::Release);
+            }
+            visible = Some(b.end_seq);
+            self.done.push_back(b);
+        }
+        if let Some(end) = visible {
+            self.visible_end = end;
+            self.publish_index(end);
+            self.view.publish_visible(end);
         }
     }
 
-    /// Seals the active segment and starts a new one at `next_seq`.
-    fn roll(&mut self) -> Result<()> {
-        assert!(
-            self.inflight.is_none() && self.open_events == 0,
-            "roll with pending writes"
-        );
-        self.truncate_active().map_err(|e| self.poison(e))?;
-        // A sealed segment is made durable unless the owner syncs nothing (fsync `never`):
-        // there that sync is a device cache flush of the whole segment, which stalls the shard
-        // for hundreds of milliseconds, and `never` promises nothing about power loss. An index
-        // that did not reach the disk is rebuilt from `.dat` on open.
-        if self.sync_on_roll {
-            self.sync_active().map_err(|e| self.poison(e))?;
-            self.durable_end = self.persisted_end;
+    /// Publishes the active segment's index entries of records below `end`.
+    fn publish_index(&self, end: u64) {
+        let a = &self.active;
+        if let SegmentIndex::Live(live) = &a.handle.index {
+            let mut n = a.entries;
+            while n > 0 && live_seq(live, n - 1) >= end {
+                n -= 1;
+            }
+            live.publish(n);
         }
-        self.sealed.push(SealedSegment {
-            base: self.active.base,
-            end: self.next_seq,
-            dat_bytes: self.written.0,
-            last_ts_ns: self.last_ts_ns,
-        });
-        let active =
-            create_segment(&self.dir, &self.dir_fd, self.next_seq).map_err(|e| self.poison(e))?;
-        self.active = active;
-        self.written = (0, 0);
-        let header = SegmentHeader {
-            shard: self.cfg.shard,
-            base_seq: self.next_seq,
-        };
-        self.dat[self.open].reset_at(0, |_| 0);
-        self.dat[self.open].append_with(SEGMENT_HEADER_BYTES, |d| header.encode(d));
-        self.dat[self.open].mark_carry();
-        self.idx[self.open].reset_at(0, |_| 0);
-        Ok(())
+    }
+
+    /// The next completed batch, in order; the stage of the one returned before is reused
+    /// from now on. Hand it to [`Log::appended`] for its records.
+    pub fn pop_completed(&mut self) -> Option<Completed> {
+        if let Some(stage) = self.held.take() {
+            self.stage_free[stage] = true;
+        }
+        let b = self.done.pop_front()?;
+        self.held = Some(b.stage);
+        Some(Completed {
+            first_seq: b.first_seq,
+            end_seq: b.end_seq,
+            stage: b.stage,
+            from: b.from,
+        })
+    }
+
+    /// The records of the batch `pop_completed` just returned, borrowed from its stage.
+    ///
+    /// # Panics
+    /// If `c` is not the batch `pop_completed` returned last.
+    pub fn appended(&self, c: &Completed) -> AppendedBatch<'_> {
+        assert_eq!(self.held, Some(c.stage), "only the batch just popped");
+        AppendedBatch {
+            first_seq: c.first_seq,
+            end_seq: c.end_seq,
+            bytes: self.stages[c.stage].bytes(c.from),
+        }
     }
 
     /// Drops the records staged in the open batch (they were never written) and returns how
     /// many; their sequence numbers are given out again.
     pub fn discard_open(&mut self) -> usize {
         let n = self.open_events;
-        self.dat[self.open].discard();
-        self.idx[self.open].discard();
+        self.stages[self.open].discard();
         self.next_seq -= n as u64;
         self.open_events = 0;
         self.open_record_bytes = 0;
+        self.open_first = None;
+        let a = &mut self.active;
+        if let SegmentIndex::Live(live) = &a.handle.index {
+            while a.entries > 0 && live_seq(live, a.entries - 1) >= self.next_seq {
+                a.entries -= 1;
+            }
+        }
         n
     }
 
-    /// fdatasyncs both files of the active segment (rare: at roll, open and close).
-    fn sync_active(&self) -> Result<()> {
-        let a = &self.active;
-        a.dat
-            .sync_data()
-            .map_err(segment_err("fdatasync", &self.dir, a.base, "dat"))?;
-        a.idx
-            .sync_data()
-            .map_err(segment_err("fdatasync", &self.dir, a.base, "idx"))?;
-        Ok(())
-    }
-
-    /// Makes the active segment durable and records it (called once when the log opens, so
-    /// that everything recovered counts as durable).
-    pub(crate) fn sync_opened(&mut self) -> Result<()> {
-        self.sync_active()?;
-        self.durable_end = self.persisted_end;
-        Ok(())
-    }
-
-    /// Cuts the zero padding after the logical end of the active segment's files.
-    fn truncate_active(&self) -> Result<()> {
-        let s = self.open;
-        let a = &self.active;
-        // Only what completed writes put there: a header staged but never written stays
-        // unwritten rather than becoming a block of zeros.
-        debug_assert!(self.written.0 <= self.dat[s].end() && self.written.1 <= self.idx[s].end());
-        a.dat
-            .set_len(self.written.0)
-            .map_err(segment_err("truncate", &self.dir, a.base, "dat"))?;
-        a.idx
-            .set_len(self.written.1)
-            .map_err(segment_err("truncate", &self.dir, a.base, "idx"))?;
-        Ok(())
-    }
-
-    /// Waits for the in-flight batch, cuts padding, makes the segment durable, and closes the
-    /// log.
-    ///
-    /// # Panics
-    /// If records are staged but not submitted (the caller decides what happens to them).
-    pub fn close(mut self) -> Result<Option<Written>> {
-        assert_eq!(self.open_events, 0, "close with staged records");
-        let written = self.complete(true)?;
-        self.check_poison()?;
-        self.truncate_active()?;
-        self.sync_active()?;
-        Ok(written)
-    }
-
-    /// Reads up to `max_events` records (and about `max_bytes`, at least one record) starting
-    /// at `from`, from one segment. Returns an empty vector at the end of persisted data.
-    pub fn read(
-        &mut self,
-        from: u64,
-        max_events: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<StoredRecord>> {
-        let from = from.max(self.first_seq());
-        if from >= self.persisted_end || max_events == 0 {
-            return Ok(Vec::new());
-        }
-        let (base, end) = self.segment_of(from);
-        let end = end
-            .min(self.persisted_end)
-            .min(from.saturating_add(max_events as u64));
-        let (dat, idx, dat_path, idx_path) = self.files_of(base)?;
-        let n = usize::try_from(end - from).expect("bounded by max_events");
-        let mut entries = vec![0u8; n * INDEX_ENTRY_BYTES];
-        idx.read_exact_at(&mut entries, (from - base) * INDEX_ENTRY_BYTES as u64)
-            .map_err(io_err("read", &idx_path))?;
-        let entry = |i: usize| -> Result<IndexEntry> {
-            let at = i * INDEX_ENTRY_BYTES;
-            IndexEntry::decode(&entries[at..])
-                .filter(|e| e.seq == from + i as u64)
-                .ok_or_else(|| {
-                    corrupt(
-                        &idx_path,
-                        (from - base + i as u64) * INDEX_ENTRY_BYTES as u64,
-                        "bad index entry",
-                    )
-                })
+    /// Stages the header block of a fresh active segment so it goes out with the first batch.
+    pub(crate) fn stage_segment_header(&mut self) {
+        let header = SegmentHeader {
+            shard: self.cfg.shard,
+            base_seq: self.active.base,
         };
-        let first = entry(0)?;
-        let mut count = 1;
-        let mut last = first;
-        while count < n {
-            let e = entry(count)?;
-            if e.offset + u64::from(e.len) - first.offset
-                > u64::try_from(max_bytes).unwrap_or(u64::MAX)
-            {
-                break;
-            }
-            last = e;
-            count += 1;
-        }
-        let data = read_span(
-            dat,
-            first.offset,
-            last.offset + u64::from(last.len),
-            &dat_path,
-        )?;
-        let mut out = Vec::with_capacity(count);
-        let mut pos = 0usize;
-        for i in 0..count {
-            let h = record::decode(&data[pos..])
-                .map_err(|e| corrupt(&dat_path, first.offset + pos as u64, &format!("{e:?}")))?;
-            if h.seq != from + i as u64 {
-                return Err(corrupt(
-                    &dat_path,
-                    first.offset + pos as u64,
-                    "record out of sequence",
-                ));
-            }
-            let start = pos + record::RECORD_HEADER_BYTES;
-            out.push(StoredRecord {
-                seq: h.seq,
-                ts_ns: h.ts_ns,
-                payload: data.slice(start..start + h.len as usize),
-            });
-            pos += h.record_bytes();
-        }
-        Ok(out)
-    }
-
-    /// Drops the cached reader if it names a segment below `first` (removed by retention).
-    pub(crate) fn forget_reader_below(&mut self, first: u64) {
-        if self.reader.as_ref().is_some_and(|r| r.base < first) {
-            self.reader = None;
-        }
-    }
-
-    /// Number of segments (sealed and active).
-    pub fn segments(&self) -> usize {
-        self.sealed.len() + 1
-    }
-
-    fn segment_of(&self, seq: u64) -> (u64, u64) {
-        if seq >= self.active.base {
-            return (self.active.base, u64::MAX);
-        }
-        let i = self.sealed.partition_point(|s| s.base <= seq);
-        let s = &self.sealed[i.checked_sub(1).expect("seq >= first_seq")];
-        (s.base, s.end)
-    }
-
-    fn files_of(&mut self, base: u64) -> Result<(&File, &File, PathBuf, PathBuf)> {
-        let dat_path = segment::dat_path(&self.dir, base);
-        let idx_path = segment::idx_path(&self.dir, base);
-        if base == self.active.base {
-            return Ok((
-                &self.active.dat_read,
-                &self.active.idx_read,
-                dat_path,
-                idx_path,
-            ));
-        }
-        if self.reader.as_ref().is_none_or(|r| r.base != base) {
-            let dat = segment::open_direct_read(&dat_path)?;
-            let idx = segment::open_read(&idx_path)?;
-            self.reader = Some(Reader { base, dat, idx });
-        }
-        let r = self.reader.as_ref().expect("just opened");
-        Ok((&r.dat, &r.idx, dat_path, idx_path))
+        let s = &mut self.stages[self.open];
+        s.reset_at(0, |_| 0);
+        s.append_with(SEGMENT_HEADER_BYTES, |d| header.encode(d));
+        s.mark_carry();
+        self.active.next_entry_at = SEGMENT_HEADER_BYTES as u64;
     }
 }
 
-/// Reads `.dat` bytes `from..to` in whole aligned blocks (the file may be open `O_DIRECT`)
-/// into one buffer, and returns exactly those bytes, shared by the records sliced from them.
-fn read_span(dat: &File, from: u64, to: u64, path: &Path) -> Result<Bytes> {
-    let start = crate::buffer::align_down_u64(from);
-    let want = usize::try_from(to - start).expect("bounded read");
-    let mut buf = crate::buffer::AlignedBuf::new(want);
-    let mut got = 0;
-    // A sealed segment ends mid-block: the last aligned read comes back short at end of file.
-    while got < want {
-        let n = dat
-            .read_at(&mut buf.as_mut_slice()[got..], start + got as u64)
-            .map_err(io_err("read", path))?;
-        if n == 0 {
-            return Err(corrupt(
-                path,
-                start + got as u64,
-                "file ends before its indexed records",
-            ));
-        }
-        got += n;
+fn live_seq(live: &crate::view::LiveIndex, i: usize) -> u64 {
+    live.seq_at(i)
+}
+
+/// Pushes `entry`, linked to the next one when `link`; returns how many operations it adds.
+pub(crate) fn push_linked(
+    sq: &mut dyn Submit,
+    entry: squeue::Entry,
+    link: bool,
+) -> std::io::Result<usize> {
+    let entry = if link {
+        entry.flags(squeue::Flags::IO_LINK)
+    } else {
+        entry
+    };
+    push(sq, entry)
+}
+
+/// Queues one entry; returns 1 (one more operation in flight).
+pub(crate) fn push(sq: &mut dyn Submit, entry: squeue::Entry) -> std::io::Result<usize> {
+    sq.push(entry).map(|()| 1)
+}
+
+/// The error for a failed (`res < 0`) or short operation.
+pub(crate) fn op_error(op: &'static str, path: PathBuf, res: i32, expected: usize) -> StorageError {
+    match usize::try_from(res) {
+        Ok(written) => StorageError::ShortWrite {
+            hint: space_hint(path.parent().unwrap_or(&path)),
+            path,
+            written,
+            expected,
+        },
+        Err(_) => StorageError::Io {
+            op,
+            path,
+            source: std::io::Error::from_raw_os_error(-res),
+        },
     }
-    let skip = usize::try_from(from - start).expect("below one block");
-    Ok(Bytes::from_owner(buf).slice(skip..want))
 }
 
 /// Why a write may have come up short: `": No space left on device (N bytes free)"` when the
 /// file system is full, else empty.
-fn space_hint(dir: &Path) -> String {
+pub(crate) fn space_hint(dir: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
     let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
         return String::new();
@@ -805,23 +866,21 @@ fn space_hint(dir: &Path) -> String {
         return String::new();
     }
     let free = st.f_bavail.saturating_mul(st.f_frsize);
-    if free < crate::buffer::BLOCK_BYTES as u64 * 4 {
+    if free < BLOCK_BYTES as u64 * 4 {
         format!(": No space left on device ({free} bytes free)")
     } else {
         String::new()
     }
 }
 
-fn len_u32(n: usize) -> u32 {
-    u32::try_from(n).expect("stage sizes are far below 4 GiB")
-}
-
-fn pair_mut(stages: &mut [Stage; 2], prev: usize) -> (&Stage, &mut Stage) {
-    let (a, b) = stages.split_at_mut(1);
-    if prev == 0 {
-        (&a[0], &mut b[0])
+fn two_mut(stages: &mut [Stage], a: usize, b: usize) -> (&Stage, &mut Stage) {
+    assert_ne!(a, b, "two different stages");
+    if a < b {
+        let (lo, hi) = stages.split_at_mut(b);
+        (&lo[a], &mut hi[0])
     } else {
-        (&b[0], &mut a[0])
+        let (lo, hi) = stages.split_at_mut(a);
+        (&hi[0], &mut lo[b])
     }
 }
 
@@ -831,42 +890,4 @@ pub(crate) fn corrupt(path: &Path, offset: u64, what: &str) -> StorageError {
         offset,
         what: what.into(),
     }
-}
-
-/// An error mapper that builds the file's path only when there is an error (the success
-/// path of a roll must not allocate).
-fn segment_err<'a>(
-    op: &'static str,
-    dir: &'a Path,
-    base: u64,
-    ext: &'static str,
-) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
-    move |source| StorageError::Io {
-        op,
-        path: dir.join(format!("{base:020}.{ext}")),
-        source,
-    }
-}
-
-/// Creates (or opens) the files of the segment starting at `base` and makes their names
-/// durable. Allocates nothing unless it fails.
-pub(crate) fn create_segment(dir: &Path, dir_fd: &File, base: u64) -> Result<ActiveSegment> {
-    let dat_name = segment::c_name(base, b"dat");
-    let idx_name = segment::c_name(base, b"idx");
-    let dat = segment::open_at(dir_fd, &dat_name, OpenMode::Append)
-        .map_err(segment_err("open", dir, base, "dat"))?;
-    let idx = segment::open_at(dir_fd, &idx_name, OpenMode::Append)
-        .map_err(segment_err("open", dir, base, "idx"))?;
-    dir_fd.sync_all().map_err(io_err("fsync directory", dir))?;
-    let dat_read = segment::open_at(dir_fd, &dat_name, OpenMode::DirectRead)
-        .map_err(segment_err("open", dir, base, "dat"))?;
-    let idx_read = segment::open_at(dir_fd, &idx_name, OpenMode::Read)
-        .map_err(segment_err("open", dir, base, "idx"))?;
-    Ok(ActiveSegment {
-        base,
-        dat,
-        idx,
-        dat_read,
-        idx_read,
-    })
 }

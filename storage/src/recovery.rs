@@ -1,24 +1,45 @@
-//! Opening a log: find the segments, validate the tail of the last one record by record,
-//! cut a torn tail, repair the index from `.dat`, and continue the sequence.
+//! Opening a log: check the directory against its manifest, validate the sealed segments,
+//! scan the last one record by record, cut a torn tail, and continue the sequence — or refuse,
+//! naming the file, when what is on disk cannot be explained by a crash.
 //!
-//! `.dat` is the source of truth. The scan stops at the first record that is zero (the clean
-//! end), incomplete, fails its checksum, or is out of sequence; everything after it is cut. The
-//! `.idx` of the last segment is compared with the entries the scan derived and rewritten where
-//! they disagree (index ahead, behind, or garbage). Any repair is made durable (`sync_all` of
-//! the files and an fsync of the directory) before the log accepts a write, so a crash right
-//! after recovery cannot bring the torn bytes back.
+//! What a crash can leave, and is repaired (and reported in [`Recovery`]):
+//! - a torn tail: the writes in flight when the process died, never acknowledged, are cut;
+//! - segments below the manifest's `first_seq` (retention died before unlinking them): removed;
+//! - a sealed segment whose `.idx` or reserved-space truncation did not reach the disk: its
+//!   index is rebuilt from `.dat`, its zero tail cut;
+//! - leftovers of an interrupted compaction next to the directory: removed.
+//!
+//! What a crash cannot leave, and is refused (the log does not open; `net-admin verify` shows
+//! the damage, `net-admin repair --accept-data-loss` moves it aside explicitly):
+//! - a missing segment: an `.idx` without its `.dat`, a first segment above the manifest's
+//!   `first_seq`, a newest segment below its `active_base`, a gap between two segments that
+//!   the manifest has not accepted;
+//! - a damaged record in a sealed segment, or in the last one before records that a later,
+//!   intact batch declares acknowledged (see [`crate::record`]), or before the end the
+//!   manifest recorded at the last clean shutdown;
+//! - a segment whose header names another shard or base; a missing manifest beside segments.
+//!
+//! Any repair is made durable (`sync_all` of the files and an fsync of the directory) before
+//! the log accepts a write, so a crash right after recovery cannot bring torn bytes back.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use crate::buffer::align_down_u64;
+use crate::buffer::{BLOCK_BYTES, align_down_u64};
 use crate::error::{Result, StorageError, io_err};
 use crate::index::{INDEX_ENTRY_BYTES, IndexEntry};
-use crate::log::{Log, LogConfig, SealedSegment, corrupt, create_segment};
-use crate::record::{self, DecodeError};
-use crate::segment::{self, SEGMENT_HEADER_BYTES, SegmentHeader};
+use crate::log::{Active, Log, LogConfig, STAGES, SYNCS_MAX, SealedSegment, corrupt};
+use crate::manifest::{self, Manifest};
+use crate::record;
+use crate::roll::{self, IndexKind, ManifestWriter};
+use crate::scan::{self, HeaderState, Scan};
+use crate::segment::{self, Inventory, SEGMENT_HEADER_BYTES};
+use crate::stage::Stage;
 use crate::uring::Ring;
+use crate::view::{LogView, SegmentHandle, SegmentIndex, SegmentMap};
 
 /// What opening a log found and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,15 +48,15 @@ pub struct Recovery {
     pub segments: usize,
     /// Sequence number the next record gets.
     pub next_seq: u64,
-    /// Bytes cut from the end of the last `.dat` that did not hold valid records (zero
-    /// padding of a crashed writer included).
+    /// Non-zero bytes cut from the end of the last `.dat` (a torn tail).
     pub dat_bytes_cut: u64,
     /// Whether a damaged or partial record was found at the tail (not just zero padding).
     pub torn_tail: bool,
-    /// Whether an `.idx` disagreed with its `.dat` and was rewritten.
-    pub index_rebuilt: bool,
-    /// `.idx` files without a `.dat` (an interrupted retention sweep) removed.
-    pub orphan_indexes_removed: usize,
+    /// Sealed segments whose `.idx` was missing or wrong and was rebuilt from `.dat`.
+    pub indexes_rebuilt: usize,
+    /// Segments below the manifest's first sequence number (an interrupted retention sweep)
+    /// removed.
+    pub retention_finished: usize,
     /// Leftover directories of an interrupted compaction removed.
     pub compaction_leftovers_removed: usize,
 }
@@ -44,220 +65,428 @@ impl Recovery {
     /// Whether anything on disk was changed.
     pub fn repaired(&self) -> bool {
         self.dat_bytes_cut > 0
-            || self.index_rebuilt
-            || self.orphan_indexes_removed > 0
+            || self.torn_tail
+            || self.indexes_rebuilt > 0
+            || self.retention_finished > 0
             || self.compaction_leftovers_removed > 0
     }
 }
 
-/// The result of scanning one segment's `.dat`.
-struct Scan {
-    data: Vec<u8>,
-    entries: Vec<IndexEntry>,
-    end: u64,
-    torn: bool,
-    has_header: bool,
+/// The advice every refusal ends with.
+pub(crate) const ADVICE: &str = "run `net-admin verify` to see all damage; \
+    `net-admin repair --accept-data-loss` moves it aside and continues without those events";
+
+impl Log {
+    /// Opens (or creates) the log in `dir` for standalone use (it owns a small ring; see
+    /// `blocking.rs`), recovering its tail.
+    pub fn open(dir: &Path, cfg: LogConfig) -> Result<(Log, Recovery)> {
+        let ring = Ring::new().map_err(StorageError::Uring)?;
+        let (mut log, report) = open_log(dir, cfg)?;
+        log.own_ring = Some(ring);
+        Ok((log, report))
+    }
+
+    /// Opens (or creates) the log in `dir` for a shard that drives it through its own ring.
+    pub fn open_shared(dir: &Path, cfg: LogConfig) -> Result<(Log, Recovery)> {
+        open_log(dir, cfg)
+    }
+
+    /// Creates an empty standalone log in `dir` whose first record gets `base_seq` (a
+    /// compacted copy keeps its sequence numbers). `dir` must hold no segments and no
+    /// manifest.
+    pub fn create(dir: &Path, cfg: LogConfig, base_seq: u64) -> Result<Log> {
+        cfg.validate()?;
+        std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        let inv = segment::inventory(dir)?;
+        if !inv.dats.is_empty() || !inv.idxs.is_empty() || manifest::path(dir).exists() {
+            let what = "cannot create a log: the directory already holds one";
+            return Err(corrupt(dir, 0, what));
+        }
+        let ring = Ring::new().map_err(StorageError::Uring)?;
+        let mut log = fresh(dir, cfg, base_seq)?;
+        log.own_ring = Some(ring);
+        Ok(log)
+    }
+}
+
+fn open_log(dir: &Path, cfg: LogConfig) -> Result<(Log, Recovery)> {
+    cfg.validate()?;
+    let leftovers = crate::compaction::remove_leftovers(dir)?;
+    std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+    let inv = segment::inventory(dir)?;
+    let mut report = Recovery {
+        compaction_leftovers_removed: leftovers,
+        ..Recovery::default()
+    };
+    match manifest::read(dir, cfg.shard)? {
+        Some(m) => recover(dir, cfg, m, inv, &mut report).map(|log| (log, report)),
+        None if inv.dats.is_empty() && inv.idxs.is_empty() => {
+            let log = fresh(dir, cfg, 0)?;
+            report.segments = 1;
+            Ok((log, report))
+        }
+        None => {
+            let what = format!(
+                "missing, but the directory holds {} segment(s): without it, lost segments \
+                 cannot be told from never-written ones; {ADVICE} (it rebuilds the manifest)",
+                inv.dats.len()
+            );
+            Err(corrupt(&manifest::path(dir), 0, &what))
+        }
+    }
+}
+
+/// A new log with one empty segment at `base`.
+fn fresh(dir: &Path, cfg: LogConfig, base: u64) -> Result<Log> {
+    let dir_fd = File::open(dir).map_err(io_err("open directory", dir))?;
+    let (dat, handle) = roll::create_segment(dir, &dir_fd, &cfg, base)?;
+    let mut writer = ManifestWriter::new(Manifest::new(cfg.shard, base), manifest::open(dir)?);
+    writer.write_now(dir)?;
+    dir_fd.sync_all().map_err(io_err("fsync directory", dir))?;
+    let map = SegmentMap {
+        first_seq: base,
+        segments: vec![handle.clone()],
+        gaps: Vec::new(),
+    };
+    let view = LogView::new(cfg.shard, dir.into(), map, base);
+    let mut log = assemble(
+        dir,
+        dir_fd,
+        cfg,
+        view,
+        writer,
+        Vec::new(),
+        active(base, dat, handle),
+    );
+    log.stage_segment_header();
+    log.next_seq = base;
+    log.set_watermarks(base);
+    Ok(log)
+}
+
+fn active(base: u64, dat: File, handle: Arc<SegmentHandle>) -> Active {
+    Active {
+        base,
+        dat,
+        handle,
+        entries: 0,
+        next_entry_at: SEGMENT_HEADER_BYTES as u64,
+        last_record: None,
+        synced_end: base,
+        dir_synced: true,
+    }
+}
+
+fn assemble(
+    dir: &Path,
+    dir_fd: File,
+    cfg: LogConfig,
+    view: LogView,
+    manifest: ManifestWriter,
+    sealed: Vec<SealedSegment>,
+    active: Active,
+) -> Log {
+    let dat_cap = cfg.batch_bytes_max + SEGMENT_HEADER_BYTES;
+    let mut stage_free = [true; STAGES];
+    stage_free[0] = false;
+    Log {
+        dir: dir.into(),
+        dir_fd,
+        cfg,
+        own_ring: None,
+        view,
+        manifest,
+        sealed,
+        active,
+        sealing: None,
+        stages: (0..STAGES).map(|_| Stage::new(dat_cap)).collect(),
+        stage_free,
+        open: 0,
+        open_events: 0,
+        open_record_bytes: 0,
+        open_first: None,
+        batches: std::collections::VecDeque::with_capacity(STAGES),
+        done: std::collections::VecDeque::with_capacity(STAGES),
+        held: None,
+        write_in_flight: false,
+        syncs: [None; SYNCS_MAX],
+        ops_in_flight: 0,
+        next_seq: 0,
+        written_end: 0,
+        durable_end: 0,
+        visible_end: 0,
+        last_ts_ns: 0,
+        poisoned: None,
+        dir_sync_queued: false,
+        retention: None,
+        reader: None,
+    }
 }
 
 impl Log {
-    /// Creates an empty log in `dir` whose first record gets sequence number `base_seq` (a
-    /// compacted copy keeps its sequence numbers). `dir` must hold no segments.
-    pub fn create(dir: &Path, cfg: LogConfig, base_seq: u64) -> Result<Log> {
-        Log::validate_config(&cfg)?;
-        std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-        if !segment::list_segments(dir)?.is_empty() {
-            return Err(corrupt(
-                dir,
-                0,
-                "cannot create a log: the directory already holds segments",
-            ));
-        }
-        let ring = Ring::new().map_err(StorageError::Uring)?;
-        let dir_fd = std::fs::File::open(dir).map_err(io_err("open directory", dir))?;
-        let active = create_segment(dir, &dir_fd, base_seq)?;
-        let mut log = Log::assemble(dir.into(), dir_fd, cfg, ring, Vec::new(), active);
-        start_fresh_segment(&mut log);
-        log.sync_opened()?;
-        Ok(log)
-    }
-
-    /// Opens (or creates) the log in `dir`, recovering its tail. Leftovers of an interrupted
-    /// compaction next to `dir` are removed first (they are never the live set).
-    pub fn open(dir: &Path, cfg: LogConfig) -> Result<(Log, Recovery)> {
-        Log::validate_config(&cfg)?;
-        let leftovers = crate::compaction::remove_leftovers(dir)?;
-        std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-        let ring = Ring::new().map_err(StorageError::Uring)?;
-        let dir_fd = std::fs::File::open(dir).map_err(io_err("open directory", dir))?;
-        let bases = segment::list_segments(dir)?;
-        let orphans = segment::remove_orphan_indexes(dir, &bases)?;
-        if orphans > 0 {
-            segment::sync_dir(dir)?;
-        }
-        let mut report = Recovery {
-            segments: bases.len().max(1),
-            orphan_indexes_removed: orphans,
-            compaction_leftovers_removed: leftovers,
-            ..Recovery::default()
-        };
-        let Some((&last, sealed_bases)) = bases.split_last() else {
-            let active = create_segment(dir, &dir_fd, 0)?;
-            let mut log = Log::assemble(dir.into(), dir_fd, cfg, ring, Vec::new(), active);
-            start_fresh_segment(&mut log);
-            log.sync_opened()?;
-            return Ok((log, report));
-        };
-        let mut sealed = Vec::with_capacity(sealed_bases.len());
-        for (i, &base) in sealed_bases.iter().enumerate() {
-            let meta = sealed_meta(dir, cfg.shard, base, &mut report)?;
-            let (end, next) = (meta.end, bases[i + 1]);
-            if end != next {
-                let what =
-                    format!("segment ends at seq {end} but the next segment starts at {next}");
-                return Err(corrupt(&segment::dat_path(dir, base), 0, &what));
-            }
-            sealed.push(meta);
-        }
-        let mut scan = scan_dat(dir, cfg.shard, last)?;
-        repair_tail(dir, last, &mut scan, &mut report)?;
-        let active = create_segment(dir, &dir_fd, last)?;
-        let mut log = Log::assemble(dir.into(), dir_fd, cfg, ring, sealed, active);
-        let next_seq = last.checked_add(scan.entries.len() as u64).ok_or_else(|| {
-            corrupt(
-                &segment::dat_path(dir, last),
-                0,
-                "sequence numbers overflow u64",
-            )
-        })?;
-        log.next_seq = next_seq;
-        log.persisted_end = next_seq;
-        log.last_ts_ns = log
-            .sealed
-            .last()
-            .map_or(0, |s| s.last_ts_ns)
-            .max(scan.last_ts_ns());
-        report.next_seq = next_seq;
-        if scan.has_header {
-            let end = scan.end;
-            let from = usize::try_from(align_down_u64(end)).expect("file in memory");
-            let to = usize::try_from(end).expect("file in memory");
-            log.dat[log.open].reset_at(end, |dst| copy_carry(dst, &scan.data[from..to]));
-            let idx_bytes = encode_entries(&scan.entries);
-            let idx_end = idx_bytes.len() as u64;
-            let from = usize::try_from(align_down_u64(idx_end)).expect("in memory");
-            log.idx[log.open].reset_at(idx_end, |dst| copy_carry(dst, &idx_bytes[from..]));
-            log.written = (end, idx_end);
-        } else {
-            start_fresh_segment(&mut log);
-        }
-        log.sync_opened()?;
-        Ok((log, report))
+    /// Everything up to `end` is written, durable and visible (what recovery found).
+    fn set_watermarks(&mut self, end: u64) {
+        self.written_end = end;
+        self.durable_end = end;
+        self.visible_end = end;
+        self.active.synced_end = end;
+        self.view.publish_visible(end);
     }
 }
 
-fn copy_carry(dst: &mut [u8], src: &[u8]) -> usize {
-    dst[..src.len()].copy_from_slice(src);
-    src.len()
-}
-
-/// Stages the header block of the active segment so that it goes out with the first batch.
-fn start_fresh_segment(log: &mut Log) {
-    let header = SegmentHeader {
-        shard: log.cfg.shard,
-        base_seq: log.active.base,
-    };
-    let s = log.open;
-    log.dat[s].reset_at(0, |_| 0);
-    log.dat[s].append_with(SEGMENT_HEADER_BYTES, |d| header.encode(d));
-    log.dat[s].mark_carry();
-    log.idx[s].reset_at(0, |_| 0);
-    log.next_seq = log.active.base;
-    log.persisted_end = log.active.base;
-}
-
-fn encode_entries(entries: &[IndexEntry]) -> Vec<u8> {
-    let mut out = vec![0u8; entries.len() * INDEX_ENTRY_BYTES];
-    for (e, dst) in entries.iter().zip(out.chunks_exact_mut(INDEX_ENTRY_BYTES)) {
-        e.encode(dst);
+/// Recovers a log that has a manifest.
+fn recover(
+    dir: &Path,
+    cfg: LogConfig,
+    mut m: Manifest,
+    mut inv: Inventory,
+    report: &mut Recovery,
+) -> Result<Log> {
+    finish_retention(dir, &m, &mut inv, report)?;
+    check_inventory(dir, &m, &inv)?;
+    let dir_fd = File::open(dir).map_err(io_err("open directory", dir))?;
+    let (&last, sealed_bases) = inv.dats.split_last().expect("checked non-empty");
+    report.segments = inv.dats.len();
+    let mut sealed = Vec::with_capacity(sealed_bases.len());
+    let mut handles = Vec::with_capacity(inv.dats.len());
+    for (i, &base) in sealed_bases.iter().enumerate() {
+        let meta = sealed_meta(dir, cfg, base, report)?;
+        check_continues(dir, &m, base, meta.end, inv.dats[i + 1])?;
+        let h = roll::open_handle(dir, &dir_fd, base, meta.dat_bytes, IndexKind::OnDisk)?;
+        h.end.store(meta.end, Ordering::Release);
+        handles.push(h);
+        sealed.push(meta);
     }
-    out
-}
-
-/// A sealed segment's extent, from the last entry of its index and the record it points at
-/// (a few bytes read, not the whole files); falls back to scanning `.dat` when they do not
-/// check out.
-///
-/// A sealed segment's records are never cut: if it is damaged, opening fails with the file
-/// and offset and changes nothing (`net-admin verify` shows the damage). Only zero padding is
-/// cut and a disagreeing index of an intact `.dat` rebuilt, and both are reported.
-fn sealed_meta(dir: &Path, shard: u16, base: u64, report: &mut Recovery) -> Result<SealedSegment> {
-    check_header(dir, shard, base)?;
-    if let Some(meta) = sealed_meta_from_index(dir, base) {
-        return Ok(meta);
-    }
-    let mut scan = scan_dat(dir, shard, base)?;
-    // Zero padding after the last record is a clean end (a roll whose truncation did not
-    // reach the disk); anything else is damage.
-    if scan.torn {
-        let what = "damaged record in a sealed segment (run `net-admin verify`)";
-        return Err(corrupt(&segment::dat_path(dir, base), scan.end, what));
-    }
-    repair_tail(dir, base, &mut scan, report)?;
-    let end = base.checked_add(scan.entries.len() as u64).ok_or_else(|| {
+    let scan = scan_last(dir, cfg, &m, last, report)?;
+    let next_seq = last.checked_add(scan.records).ok_or_else(|| {
         corrupt(
-            &segment::dat_path(dir, base),
+            &segment::dat_path(dir, last),
             0,
             "sequence numbers overflow u64",
         )
     })?;
-    Ok(SealedSegment {
-        base,
-        end,
-        dat_bytes: scan.end,
-        last_ts_ns: scan.last_ts_ns(),
-    })
-}
-
-/// Checks that a segment's header block names this shard and base (a file moved from another
-/// shard's directory, or renamed, is refused).
-fn check_header(dir: &Path, shard: u16, base: u64) -> Result<()> {
-    use std::io::Read;
-    let path = segment::dat_path(dir, base);
-    let mut block = vec![0u8; SEGMENT_HEADER_BYTES];
-    std::fs::File::open(&path)
-        .and_then(|mut f| f.read_exact(&mut block))
-        .map_err(io_err("read header of", &path))?;
-    verify_header(&path, &block, shard, base)
-}
-
-/// Decodes the header block at the start of `data` and checks its shard and base.
-fn verify_header(path: &Path, data: &[u8], shard: u16, base: u64) -> Result<()> {
-    let header = SegmentHeader::decode(data).map_err(|what| corrupt(path, 0, &what))?;
-    if header.base_seq != base || header.shard != shard {
+    if let Some(clean) = m.clean_end.filter(|&c| c > next_seq) {
         let what = format!(
-            "header says shard {} base {}, expected shard {shard} base {base}",
-            header.shard, header.base_seq
+            "the log ends at seq {next_seq}, but records up to seq {} were acknowledged at the \
+             last clean shutdown: its end was cut; {ADVICE}",
+            clean - 1
         );
-        return Err(corrupt(path, 0, &what));
+        return Err(corrupt(&segment::dat_path(dir, last), scan.end, &what));
+    }
+    report.next_seq = next_seq;
+    let dat = roll::open_active(dir, &dir_fd, &cfg, last)?;
+    let handle = roll::open_handle(
+        dir,
+        &dir_fd,
+        last,
+        scan.end,
+        IndexKind::Live(roll::index_capacity(&cfg)),
+    )?;
+    handles.push(handle.clone());
+    if m.active_base != last {
+        m.active_base = last;
+    }
+    let mut writer = ManifestWriter::new(m, manifest::open(dir)?);
+    writer.write_now(dir)?;
+    let map = SegmentMap {
+        first_seq: writer.manifest().first_seq,
+        segments: handles,
+        gaps: writer.manifest().gaps.clone(),
+    };
+    let view = LogView::new(cfg.shard, dir.into(), map, next_seq);
+    let last_ts = sealed.last().map_or(0, |s: &SealedSegment| s.last_ts_ns);
+    let mut log = assemble(
+        dir,
+        dir_fd,
+        cfg,
+        view,
+        writer,
+        sealed,
+        active(last, dat, handle),
+    );
+    resume_active(&mut log, dir, &scan)?;
+    log.next_seq = next_seq;
+    log.last_ts_ns = last_ts.max(scan.last.map_or(0, |r| r.ts_ns));
+    log.set_watermarks(next_seq);
+    Ok(log)
+}
+
+/// Removes segments below `first_seq`: a retention sweep made its manifest durable and died
+/// before unlinking them.
+fn finish_retention(
+    dir: &Path,
+    m: &Manifest,
+    inv: &mut Inventory,
+    report: &mut Recovery,
+) -> Result<()> {
+    let below: Vec<u64> = (inv.dats.iter().chain(&inv.idxs))
+        .copied()
+        .filter(|&b| b < m.first_seq)
+        .collect();
+    if below.is_empty() {
+        return Ok(());
+    }
+    for &base in &below {
+        for path in [segment::idx_path(dir, base), segment::dat_path(dir, base)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &path)(e)),
+            }
+        }
+    }
+    report.retention_finished = inv.dats.iter().filter(|&&b| b < m.first_seq).count();
+    inv.dats.retain(|&b| b >= m.first_seq);
+    inv.idxs.retain(|&b| b >= m.first_seq);
+    segment::sync_dir(dir)
+}
+
+/// Refuses a directory that lacks segments the manifest says exist.
+fn check_inventory(dir: &Path, m: &Manifest, inv: &Inventory) -> Result<()> {
+    if let Some(&base) = inv.orphan_indexes().first() {
+        let what = format!(
+            "the index of segment {base} is here but its .dat is missing: its events are lost \
+             or were moved; restore the file, or {ADVICE}"
+        );
+        return Err(corrupt(&segment::idx_path(dir, base), 0, &what));
+    }
+    let mpath = manifest::path(dir);
+    let Some((&first, &newest)) = inv.dats.first().zip(inv.dats.last()) else {
+        let what = format!(
+            "the manifest says the log holds seq {} onwards, but no segment is left; {ADVICE}",
+            m.first_seq
+        );
+        return Err(corrupt(&mpath, 0, &what));
+    };
+    if first > m.first_seq && !m.accepts_gap(m.first_seq, first) {
+        let what = format!(
+            "the first segment starts at seq {first}, but the manifest says the log holds seq \
+             {} onwards: segments before it are missing; {ADVICE}",
+            m.first_seq
+        );
+        return Err(corrupt(&segment::dat_path(dir, first), 0, &what));
+    }
+    if newest < m.active_base {
+        let what = format!(
+            "the newest segment starts at seq {newest}, but the manifest names segment {} as \
+             the newest: it (and any after it) is missing; {ADVICE}",
+            m.active_base
+        );
+        return Err(corrupt(&mpath, 0, &what));
     }
     Ok(())
 }
 
-fn sealed_meta_from_index(dir: &Path, base: u64) -> Option<SealedSegment> {
-    use std::os::unix::fs::FileExt;
-    let idx = std::fs::File::open(segment::idx_path(dir, base)).ok()?;
+/// Refuses two segments that do not follow each other (unless the gap was accepted).
+fn check_continues(dir: &Path, m: &Manifest, base: u64, end: u64, next: u64) -> Result<()> {
+    if end == next || m.accepts_gap(end, next) {
+        return Ok(());
+    }
+    let what = if end < next {
+        format!(
+            "segment {base} ends at seq {end} but the next segment starts at {next}: \
+             the records between are missing; {ADVICE}"
+        )
+    } else {
+        format!("segment {base} ends at seq {end}, past the next segment's start {next}")
+    };
+    Err(corrupt(&segment::dat_path(dir, base), 0, &what))
+}
+
+/// A sealed segment's extent: from the last entry of its `.idx` and the record it points at
+/// (a few bytes read); otherwise from a full scan, after which the index is rebuilt. A
+/// sealed segment's records are never cut: damage stops the open with the file and offset.
+fn sealed_meta(
+    dir: &Path,
+    cfg: LogConfig,
+    base: u64,
+    report: &mut Recovery,
+) -> Result<SealedSegment> {
+    let path = segment::dat_path(dir, base);
+    let dat = File::open(&path).map_err(io_err("open", &path))?;
+    let len = dat.metadata().map_err(io_err("stat", &path))?.len();
+    let mut head = vec![0u8; SEGMENT_HEADER_BYTES.min(usize::try_from(len).unwrap_or(0))];
+    dat.read_exact_at(&mut head, 0)
+        .map_err(io_err("read", &path))?;
+    if let Some(meta) = meta_from_index(dir, &dat, base, len)
+        && scan_header_ok(&head, cfg.shard, base)
+    {
+        return Ok(meta);
+    }
+    let s = scan::scan(&dat, len, cfg.shard, base, cfg.stride(), &mut |_, _, _| {
+        true
+    })
+    .map_err(io_err("read", &path))?;
+    match (&s.header, &s.damage) {
+        (HeaderState::Valid, None) if s.records > 0 => {}
+        (HeaderState::Valid, None) => {
+            return Err(corrupt(
+                &path,
+                0,
+                &format!("a sealed segment without records; {ADVICE}"),
+            ));
+        }
+        (HeaderState::Valid, Some(d)) => {
+            let what = format!("damaged record in a sealed segment: {}; {ADVICE}", d.what);
+            return Err(corrupt(&path, d.offset, &what));
+        }
+        (HeaderState::Missing, _) => {
+            return Err(corrupt(
+                &path,
+                0,
+                &format!("sealed segment has no header; {ADVICE}"),
+            ));
+        }
+        (HeaderState::Foreign(w) | HeaderState::Invalid(w), _) => {
+            return Err(corrupt(
+                &path,
+                0,
+                &format!("bad segment header: {w}; {ADVICE}"),
+            ));
+        }
+    }
+    // Intact records to a clean end: a tail of zeros (a roll whose truncation did not reach
+    // the disk) is cut, and the index rebuilt.
+    if len > s.end {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        f.set_len(s.end)
+            .and_then(|()| f.sync_all())
+            .map_err(io_err("truncate", &path))?;
+    }
+    let idx_path = segment::idx_path(dir, base);
+    std::fs::write(&idx_path, roll::encode_entries(&s.sealed_index()))
+        .and_then(|()| File::open(&idx_path)?.sync_all())
+        .map_err(io_err("rebuild index", &idx_path))?;
+    report.indexes_rebuilt += 1;
+    let last = s.last.expect("records > 0");
+    Ok(SealedSegment {
+        base,
+        end: last.seq + 1,
+        dat_bytes: s.end,
+        last_ts_ns: last.ts_ns,
+    })
+}
+
+fn scan_header_ok(head: &[u8], shard: u16, base: u64) -> bool {
+    segment::SegmentHeader::decode(head).is_ok_and(|h| h.shard == shard && h.base_seq == base)
+}
+
+/// The extent a sealed segment's index claims, if its last entry points at the record that
+/// ends the file.
+fn meta_from_index(dir: &Path, dat: &File, base: u64, dat_len: u64) -> Option<SealedSegment> {
+    let idx = File::open(segment::idx_path(dir, base)).ok()?;
     let idx_len = idx.metadata().ok()?.len();
     let entry_bytes = INDEX_ENTRY_BYTES as u64;
     if idx_len == 0 || !idx_len.is_multiple_of(entry_bytes) {
         return None;
     }
-    let count = idx_len / entry_bytes;
     let mut raw = [0u8; INDEX_ENTRY_BYTES];
     idx.read_exact_at(&mut raw, idx_len - entry_bytes).ok()?;
-    let last = IndexEntry::decode(&raw).filter(|e| e.seq == base + count - 1)?;
-    let dat = std::fs::File::open(segment::dat_path(dir, base)).ok()?;
-    let dat_bytes = last.offset + u64::from(last.len);
-    if dat.metadata().ok()?.len() != dat_bytes {
+    let last = IndexEntry::decode(&raw).filter(|e| e.seq >= base)?;
+    if last.offset.checked_add(u64::from(last.len))? != dat_len {
         return None;
     }
     let mut record = vec![0u8; usize::try_from(last.len).ok()?];
@@ -265,128 +494,148 @@ fn sealed_meta_from_index(dir: &Path, base: u64) -> Option<SealedSegment> {
     let header = record::decode(&record).ok().filter(|h| h.seq == last.seq)?;
     Some(SealedSegment {
         base,
-        end: base.checked_add(count)?,
-        dat_bytes,
+        end: last.seq.checked_add(1)?,
+        dat_bytes: dat_len,
         last_ts_ns: header.ts_ns,
     })
 }
 
-impl Scan {
-    /// Timestamp of the last valid record (0 if none).
-    fn last_ts_ns(&self) -> u64 {
-        let Some(e) = self.entries.last() else {
-            return 0;
-        };
-        let at = usize::try_from(e.offset).expect("file in memory");
-        record::decode(&self.data[at..]).map_or(0, |h| h.ts_ns)
-    }
-}
-
-/// Reads a segment's `.dat` and validates its records in order.
-fn scan_dat(dir: &Path, shard: u16, base: u64) -> Result<Scan> {
+/// Scans the last segment and cuts a torn tail, or refuses damage to acknowledged records.
+fn scan_last(
+    dir: &Path,
+    cfg: LogConfig,
+    m: &Manifest,
+    base: u64,
+    report: &mut Recovery,
+) -> Result<Scan> {
     let path = segment::dat_path(dir, base);
-    let data = std::fs::read(&path).map_err(io_err("read", &path))?;
-    let header = data.get(..SEGMENT_HEADER_BYTES);
-    if header.is_none_or(|h| h.iter().all(|&b| b == 0)) {
-        // Created but its first write never completed: an empty segment.
-        return Ok(Scan {
-            data,
-            entries: Vec::new(),
-            end: 0,
-            torn: false,
-            has_header: false,
-        });
-    }
-    verify_header(&path, &data, shard, base)?;
-    let mut entries = Vec::new();
-    let mut pos = SEGMENT_HEADER_BYTES;
-    let mut torn = false;
-    while pos < data.len() {
-        let expected_seq = base.checked_add(entries.len() as u64);
-        match record::decode(&data[pos..]) {
-            Ok(h) if Some(h.seq) == expected_seq => {
-                let len =
-                    u32::try_from(h.record_bytes()).expect("bounded by RECORD_PAYLOAD_BYTES_MAX");
-                entries.push(IndexEntry {
-                    seq: h.seq,
-                    offset: pos as u64,
-                    len,
-                });
-                pos += h.record_bytes();
-            }
-            // Zeros to the end are the padding of the last block: a clean end. Anything
-            // else from here on (garbage after a zero header, a partial record) is torn.
-            Err(DecodeError::End | DecodeError::Incomplete)
-                if data[pos..].iter().all(|&b| b == 0) =>
-            {
-                break;
-            }
-            _ => {
-                torn = true;
-                break;
-            }
-        }
-    }
-    Ok(Scan {
-        end: pos as u64,
-        data,
-        entries,
-        torn,
-        has_header: true,
+    let dat = File::open(&path).map_err(io_err("open", &path))?;
+    let len = dat.metadata().map_err(io_err("stat", &path))?.len();
+    let mut s = scan::scan(&dat, len, cfg.shard, base, cfg.stride(), &mut |_, _, _| {
+        true
     })
+    .map_err(io_err("read", &path))?;
+    if let HeaderState::Foreign(w) = &s.header {
+        return Err(corrupt(
+            &path,
+            0,
+            &format!("bad segment header: {w}; {ADVICE}"),
+        ));
+    }
+    let acked = [
+        s.committed_end,
+        s.damage.as_ref().and_then(|d| d.later.committed_end),
+        m.clean_end,
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(base);
+    if s.header != HeaderState::Valid && !s.is_blank() {
+        // The header goes out with the first batch: if it is not intact, that write tore,
+        // and nothing of this segment was acknowledged, unless something says otherwise.
+        if acked > base {
+            let what = format!(
+                "bad segment header, but records up to seq {} were acknowledged; {ADVICE}",
+                acked - 1
+            );
+            return Err(corrupt(&path, 0, &what));
+        }
+        cut_tail(&path, &dat, 0, report)?;
+        return scan::scan(&[][..], 0, cfg.shard, base, cfg.stride(), &mut |_, _, _| {
+            true
+        })
+        .map_err(io_err("read", &path));
+    }
+    if let Some(d) = s.damage.take() {
+        let damaged = base + s.records;
+        if damaged < acked {
+            let what = format!(
+                "{}: seq {damaged} was acknowledged (records up to seq {} were, by a later \
+                 intact batch or the last clean shutdown), so this is not a torn tail; cutting \
+                 here would lose acknowledged events; {ADVICE}",
+                d.what,
+                acked - 1
+            );
+            return Err(corrupt(&path, d.offset, &what));
+        }
+        cut_tail(&path, &dat, s.end, report)?;
+    }
+    Ok(s)
 }
 
-/// Cuts `.dat` after the last valid record and rewrites `.idx` where it disagrees; makes both
-/// durable before returning.
-fn repair_tail(dir: &Path, base: u64, scan: &mut Scan, report: &mut Recovery) -> Result<()> {
-    let dat_path = segment::dat_path(dir, base);
-    let idx_path = segment::idx_path(dir, base);
-    let end = if scan.has_header { scan.end } else { 0 };
-    let dat_len = scan.data.len() as u64;
-    let expected = encode_entries(&scan.entries);
-    let idx = std::fs::read(&idx_path).unwrap_or_default();
-    let idx_agrees = idx.len() >= expected.len()
-        && idx[..expected.len()] == expected[..]
-        && idx[expected.len()..].iter().all(|&b| b == 0);
-    let idx_padded = idx.len() != expected.len();
-    if dat_len == end && idx_agrees && !idx_padded {
+/// Cuts `.dat` at `end` (a torn tail) and makes the cut durable; reports the non-zero bytes
+/// cut.
+fn cut_tail(path: &Path, dat: &File, end: u64, report: &mut Recovery) -> Result<()> {
+    let len = dat.metadata().map_err(io_err("stat", path))?.len();
+    report.dat_bytes_cut += nonzero_extent(dat, end, len).map_err(io_err("read", path))?;
+    report.torn_tail = true;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    f.set_len(end)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err("truncate", path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    segment::sync_dir(dir)?;
+    eprintln!(
+        "net-storage: recovered {}: cut a torn tail at byte {end}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Bytes from `from` to just after the last non-zero byte before `len`.
+fn nonzero_extent(f: &File, from: u64, len: u64) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut at, mut last) = (from, from);
+    while at < len {
+        let n = f.read_at(&mut buf, at)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = buf[..n].iter().rposition(|&b| b != 0) {
+            last = at + i as u64 + 1;
+        }
+        at += n as u64;
+    }
+    Ok(last - from)
+}
+
+/// Positions the log's open stage after the recovered records of the active segment and
+/// publishes their sparse index.
+fn resume_active(log: &mut Log, dir: &Path, scan: &Scan) -> Result<()> {
+    if scan.end == 0 {
+        log.stage_segment_header();
         return Ok(());
     }
-    if dat_len > end {
-        report.dat_bytes_cut += dat_len - end;
-        report.torn_tail |= scan.torn;
-        let f = OpenOptions::new()
-            .write(true)
-            .open(&dat_path)
-            .map_err(io_err("open", &dat_path))?;
-        f.set_len(end).map_err(io_err("truncate", &dat_path))?;
-        f.sync_all().map_err(io_err("fsync", &dat_path))?;
+    let end = scan.end;
+    let from = align_down_u64(end);
+    let mut block = vec![0u8; BLOCK_BYTES];
+    let n = usize::try_from(end - from).expect("below one block");
+    let path = segment::dat_path(dir, log.active.base);
+    File::open(&path)
+        .and_then(|f| f.read_exact_at(&mut block[..n], from))
+        .map_err(io_err("read", &path))?;
+    let open = log.open;
+    log.stages[open].reset_at(end, |dst| {
+        dst[..n].copy_from_slice(&block[..n]);
+        n
+    });
+    let a = &mut log.active;
+    if let SegmentIndex::Live(live) = &a.handle.index {
+        for e in scan.index.iter().take(live.capacity()) {
+            live.set(a.entries, e.seq, e.offset, e.len);
+            a.entries += 1;
+        }
+        live.publish(a.entries);
     }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&idx_path)
-        .map_err(io_err("open", &idx_path))?;
-    if !idx_agrees {
-        report.index_rebuilt = true;
-        // On a full disk this fails and the log does not open: nothing is cut to make room.
-        f.write_all(&expected)
-            .map_err(io_err("rebuild index", &idx_path))?;
-    }
-    f.set_len(expected.len() as u64)
-        .map_err(io_err("truncate", &idx_path))?;
-    f.sync_all().map_err(io_err("fsync", &idx_path))?;
-    segment::sync_dir(dir)?;
-    if report.repaired() {
-        let path: PathBuf = dat_path;
-        eprintln!(
-            "net-storage: recovered {}: cut {} bytes (torn: {}), index rebuilt: {}",
-            path.display(),
-            report.dat_bytes_cut,
-            report.torn_tail,
-            report.index_rebuilt
-        );
-    }
+    a.next_entry_at = scan
+        .index
+        .last()
+        .map_or(SEGMENT_HEADER_BYTES as u64, |e| e.offset + log.cfg.stride());
+    a.last_record = scan.last.map(|r| (r.seq, r.offset, r.len));
+    a.handle.data_end.store(end, Ordering::Release);
     Ok(())
 }

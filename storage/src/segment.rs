@@ -18,8 +18,32 @@ use crate::error::{Result, StorageError, io_err};
 pub const SEGMENT_HEADER_BYTES: usize = BLOCK_BYTES;
 /// Magic bytes at the start of every `.dat` file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"NETRDX\0\x01";
-/// The on-disk format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format version this build writes and reads (2: batch framing in record headers,
+/// sparse `.idx` written when a segment is sealed, the shard `MANIFEST`).
+pub const FORMAT_VERSION: u32 = 2;
+/// The largest segment: record counts within a segment must fit the u32 `committed` stamp
+/// (at least 32 bytes a record), and its sparse index stays a few thousand entries.
+pub const SEGMENT_BYTES_MAX: u64 = 16 << 30;
+/// `.idx` entries a segment gets at most, besides its first and last record (see
+/// [`index_stride_bytes`]).
+pub const INDEX_ENTRIES_TARGET: u64 = 4096;
+/// The smallest distance between two sparse index entries.
+pub const INDEX_STRIDE_BYTES_MIN: u64 = 64 << 10;
+
+const _: () =
+    assert!(SEGMENT_BYTES_MAX / crate::record::RECORD_HEADER_BYTES as u64 <= u32::MAX as u64);
+
+/// Bytes of `.dat` between two sparse index entries of a segment of `segment_bytes`: at least
+/// 64 KiB (a reader seeking into a segment reads at most about that much before its record),
+/// and so that a segment has at most about [`INDEX_ENTRIES_TARGET`] entries.
+pub const fn index_stride_bytes(segment_bytes: u64) -> u64 {
+    let even = segment_bytes.div_ceil(INDEX_ENTRIES_TARGET);
+    if even > INDEX_STRIDE_BYTES_MIN {
+        even
+    } else {
+        INDEX_STRIDE_BYTES_MIN
+    }
+}
 
 /// The decoded header block of a `.dat` file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,39 +120,65 @@ pub fn parse_name(name: &str, ext: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Removes `.idx` files whose `.dat` is gone (a retention sweep interrupted between its two
-/// unlinks); returns how many.
-pub fn remove_orphan_indexes(dir: &Path, bases: &[u64]) -> Result<usize> {
-    let mut removed = 0;
+/// What a shard directory holds, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    /// Bases of `.dat` files, ascending.
+    pub dats: Vec<u64>,
+    /// Bases of `.idx` files, ascending.
+    pub idxs: Vec<u64>,
+    /// Files the log does not know (left alone, reported by `verify`).
+    pub strays: Vec<PathBuf>,
+}
+
+impl Inventory {
+    /// `.idx` files whose `.dat` is missing.
+    pub fn orphan_indexes(&self) -> Vec<u64> {
+        self.idxs
+            .iter()
+            .copied()
+            .filter(|b| self.dats.binary_search(b).is_err())
+            .collect()
+    }
+}
+
+/// Names in a shard directory that are the log's own besides segments.
+const KNOWN_NAMES: [&str; 3] = [
+    crate::manifest::MANIFEST_FILE_NAME,
+    crate::lock::LOCK_FILE_NAME,
+    QUARANTINE_DIR_NAME,
+];
+
+/// Where `net-admin repair --accept-data-loss` moves damaged files (never deleted).
+pub const QUARANTINE_DIR_NAME: &str = "quarantine";
+
+/// Lists a shard directory.
+pub fn inventory(dir: &Path) -> Result<Inventory> {
+    let mut inv = Inventory::default();
     for entry in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
         let entry = entry.map_err(io_err("list", dir))?;
-        let Some(base) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| parse_name(n, ".idx"))
-        else {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            inv.strays.push(entry.path());
             continue;
         };
-        if bases.binary_search(&base).is_err() {
-            let path = entry.path();
-            std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
-            removed += 1;
+        if let Some(base) = parse_dat_name(name) {
+            inv.dats.push(base);
+        } else if let Some(base) = parse_name(name, ".idx") {
+            inv.idxs.push(base);
+        } else if !KNOWN_NAMES.contains(&name) {
+            inv.strays.push(entry.path());
         }
     }
-    Ok(removed)
+    inv.dats.sort_unstable();
+    inv.idxs.sort_unstable();
+    inv.strays.sort();
+    Ok(inv)
 }
 
 /// Lists the base sequence numbers of the segments in `dir`, ascending.
 pub fn list_segments(dir: &Path) -> Result<Vec<u64>> {
-    let mut bases = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
-        let entry = entry.map_err(io_err("list", dir))?;
-        if let Some(base) = entry.file_name().to_str().and_then(parse_dat_name) {
-            bases.push(base);
-        }
-    }
-    bases.sort_unstable();
-    Ok(bases)
+    Ok(inventory(dir)?.dats)
 }
 
 /// Opens `path` for aligned appends, with `O_DIRECT` where the file system supports it
@@ -203,12 +253,12 @@ pub(crate) fn c_name(base: u64, ext: &[u8; 3]) -> [u8; 25] {
 /// How [`open_at`] opens a segment file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OpenMode {
+    /// Read-write, created; an existing file is an error. `O_DIRECT` where supported.
+    Create,
     /// Read-write, created if missing, `O_DIRECT` where supported.
     Append,
     /// Read-only, `O_DIRECT` where supported (whole aligned blocks only).
     DirectRead,
-    /// Read-only through the page cache.
-    Read,
 }
 
 /// Opens a segment file relative to the directory `dir`, as `mode` says; without `O_DIRECT`
@@ -216,9 +266,9 @@ pub(crate) enum OpenMode {
 pub(crate) fn open_at(dir: &File, name: &[u8; 25], mode: OpenMode) -> std::io::Result<File> {
     use std::os::fd::{AsRawFd, FromRawFd};
     let (base_flags, direct) = match mode {
+        OpenMode::Create => (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, true),
         OpenMode::Append => (libc::O_RDWR | libc::O_CREAT, true),
         OpenMode::DirectRead => (libc::O_RDONLY, true),
-        OpenMode::Read => (libc::O_RDONLY, false),
     };
     let open = |flags: i32| {
         // SAFETY: `name` is NUL-terminated (c_name); openat reads it and returns a new fd or -1.

@@ -3,8 +3,8 @@
 //! A stage covers the file range from `start` (block-aligned) to `start + fill`. Because direct
 //! writes must cover whole blocks, a stage begins with the partial last block of the data
 //! before it ("the carry"), so a batch is written as one contiguous, aligned write that rewrites
-//! that block with identical leading bytes. The log has two stages per file: one being filled
-//! while the other is in flight.
+//! that block with identical leading bytes. The log has a few stages: one being filled while
+//! the others are written, synced, or handed to batch consumers.
 
 use crate::buffer::{AlignedBuf, BLOCK_BYTES, align_down_u64, align_up};
 
@@ -40,12 +40,24 @@ impl Stage {
         self.buf.len() - BLOCK_BYTES - self.fill
     }
 
-    /// Appends bytes produced by `f` into the next `len` bytes.
-    pub(crate) fn append_with(&mut self, len: usize, f: impl FnOnce(&mut [u8])) {
+    /// Appends bytes produced by `f` into the next `len` bytes; returns what `f` returned.
+    pub(crate) fn append_with<T>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
         assert!(len <= self.room(), "stage overflow");
         let at = self.fill;
-        f(&mut self.buf.as_mut_slice()[at..at + len]);
+        let out = f(&mut self.buf.as_mut_slice()[at..at + len]);
         self.fill += len;
+        out
+    }
+
+    /// The staged bytes from `from` (a position in the buffer) to the fill.
+    pub(crate) fn bytes(&self, from: usize) -> &[u8] {
+        &self.buf.as_slice()[from..self.fill]
+    }
+
+    /// The staged bytes from `from`, mutably.
+    pub(crate) fn bytes_mut(&mut self, from: usize) -> &mut [u8] {
+        let fill = self.fill;
+        &mut self.buf.as_mut_slice()[from..fill]
     }
 
     /// Zeroes the bytes after `fill` up to the block boundary and returns the aligned write

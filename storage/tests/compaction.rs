@@ -14,6 +14,8 @@ fn small() -> LogConfig {
         segment_bytes: 16 << 10,
         batch_bytes_max: 4 << 10,
         batch_events_max: 32,
+        ack: net_storage::Ack::Synced,
+        preallocate: true,
     }
 }
 

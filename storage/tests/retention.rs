@@ -12,6 +12,8 @@ fn cfg() -> LogConfig {
         segment_bytes: 16 << 10,
         batch_bytes_max: 4 << 10,
         batch_events_max: 32,
+        ack: net_storage::Ack::Synced,
+        preallocate: true,
     }
 }
 
@@ -122,16 +124,44 @@ fn max_bytes_and_max_age_use_segment_sizes_and_newest_timestamps() {
     assert_eq!(log.segments(), 1);
 }
 
+/// Hardening: retention unlinks `.idx` before `.dat`, after its manifest is durable, so an
+/// `.idx` without its `.dat` is never its leftover: it is a lost segment, and opening refuses
+/// it (naming the file) instead of deleting the evidence and serving fewer events.
 #[test]
-fn an_orphan_index_is_removed_on_open() {
+fn an_index_without_its_dat_is_refused_not_cleaned_up() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir.path(), cfg()).unwrap();
     append(&mut log, 300);
     log.close().unwrap();
     let first = list_segments(dir.path()).unwrap()[0];
     std::fs::remove_file(net_storage::segment::dat_path(dir.path(), first)).unwrap();
-    assert!(idx_path(dir.path(), first).exists());
-    let (log, _) = Log::open(dir.path(), cfg()).unwrap();
-    assert!(!idx_path(dir.path(), first).exists());
-    assert!(log.first_seq() > 0);
+    let err = Log::open(dir.path(), cfg()).unwrap_err().to_string();
+    assert!(err.contains(".idx") && err.contains("missing"), "{err}");
+    assert!(idx_path(dir.path(), first).exists(), "the evidence stays");
+}
+
+/// After a sweep the manifest says where the log starts: a reopened log agrees, and the
+/// removed segments' files are gone.
+#[test]
+fn a_sweep_is_durable_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), cfg()).unwrap();
+    append(&mut log, 1000);
+    let policy = Retention {
+        max_events: Some(300),
+        ..Retention::default()
+    };
+    let swept = log.enforce_retention(&policy, 0).unwrap();
+    let first = log.first_seq();
+    log.close().unwrap();
+    assert!(
+        list_segments(dir.path())
+            .unwrap()
+            .iter()
+            .all(|&b| b >= first)
+    );
+    let (mut log, rec) = Log::open(dir.path(), cfg()).unwrap();
+    assert!(!rec.repaired(), "{rec:?}");
+    assert_eq!((log.first_seq(), swept.events), (first, first));
+    assert_eq!(log.read(0, 1, 1 << 20).unwrap()[0].seq, first);
 }

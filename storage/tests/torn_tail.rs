@@ -1,12 +1,18 @@
-//! Torn and garbled tails: cut or damage the end of the last `.dat` or `.idx` at random
-//! offsets, reopen, and check that recovery keeps exactly the valid prefix, serves no garbage,
-//! rebuilds the index, and that its repair is durable (a second open finds nothing to fix).
+//! Torn tails and damage: what a crash can leave is repaired, keeping exactly the valid
+//! prefix; what it cannot leave (damage to records a later batch declares acknowledged) is
+//! refused and left untouched.
+//!
+//! The crash scenario builds a log that is never synced nor closed, so no record is
+//! acknowledged and any damage to its last segment must be a torn tail: cut, durably. The
+//! acknowledged scenario syncs every batch, so each batch's stamp covers the ones before it:
+//! damage anywhere but the last batch is corruption.
 #![allow(clippy::cast_possible_truncation)]
 
 use std::path::Path;
 
+use net_storage::scan;
 use net_storage::segment::{dat_path, idx_path, list_segments};
-use net_storage::{Log, LogConfig};
+use net_storage::{Log, LogConfig, StorageError};
 
 const RECORDS: u64 = 300;
 
@@ -16,6 +22,8 @@ fn cfg() -> LogConfig {
         segment_bytes: 16 << 10,
         batch_bytes_max: 8 << 10,
         batch_events_max: 50,
+        ack: net_storage::Ack::Synced,
+        preallocate: true,
     }
 }
 
@@ -25,13 +33,18 @@ fn payload(seq: u64) -> Vec<u8> {
         .collect()
 }
 
-fn build(dir: &Path) {
+/// A log of [`RECORDS`] records, left as a crash leaves it; with `sync_every`, every that many
+/// records are synced (acknowledged).
+fn build(dir: &Path, sync_every: Option<u64>) {
     let (mut log, _) = Log::open(dir, cfg()).unwrap();
     for seq in 0..RECORDS {
         log.append(seq, &payload(seq)).unwrap();
+        if sync_every.is_some_and(|n| (seq + 1) % n == 0) {
+            log.flush(true).unwrap();
+        }
     }
     log.flush(false).unwrap();
-    log.close().unwrap();
+    std::mem::forget(log); // a crash: no close
 }
 
 fn read_all(log: &mut Log) -> Vec<(u64, Vec<u8>)> {
@@ -47,6 +60,25 @@ fn read_all(log: &mut Log) -> Vec<(u64, Vec<u8>)> {
             out.push((r.seq, r.payload.to_vec()));
         }
     }
+}
+
+/// `(seq, offset, len)` of every record of segment `base`.
+fn records(dir: &Path, base: u64) -> Vec<(u64, u64, u64)> {
+    let bytes = std::fs::read(dat_path(dir, base)).unwrap();
+    let mut out = Vec::new();
+    scan::scan(
+        &bytes[..],
+        bytes.len() as u64,
+        0,
+        base,
+        1 << 16,
+        &mut |h, at, _| {
+            out.push((h.seq, at, h.record_bytes() as u64));
+            true
+        },
+    )
+    .unwrap();
+    out
 }
 
 struct Rng(u64);
@@ -67,78 +99,66 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Applies damage kind `kind` to the last segment; returns the first sequence number whose
-/// record may be lost (records below it must survive).
+/// Applies damage kind `kind`; returns the first sequence number whose record may be lost.
 fn damage(dir: &Path, kind: u64, rng: &mut Rng) -> u64 {
-    let last = *list_segments(dir).unwrap().last().unwrap();
+    let bases = list_segments(dir).unwrap();
+    let last = *bases.last().unwrap();
+    let recs = records(dir, last);
     let dat = dat_path(dir, last);
-    let idx = idx_path(dir, last);
     let mut d = std::fs::read(&dat).unwrap();
-    let mut x = std::fs::read(&idx).unwrap();
-    let count = x.len() as u64 / 24;
-    let offset_of = |i: u64, x: &[u8]| {
-        u64::from_le_bytes(
-            x[i as usize * 24 + 8..i as usize * 24 + 16]
-                .try_into()
-                .unwrap(),
-        )
+    let data_end = recs.last().map_or(4096, |&(_, at, len)| at + len);
+    let first_lost = |at: u64| {
+        recs.iter()
+            .find(|&&(_, off, len)| off + len > at)
+            .map_or(RECORDS, |&(seq, _, _)| seq)
     };
-    let first_lost_at = |cut: u64, x: &[u8]| {
-        (0..count)
-            .find(|&i| offset_of(i, x) + 40 > cut)
-            .map_or(RECORDS, |i| last + i)
-    };
+    let sealed_idx = idx_path(dir, bases[rng.below(bases.len() as u64 - 1) as usize]);
+    let mut x = std::fs::read(&sealed_idx).unwrap();
     match kind {
         0 => {
-            let cut = 4096 + rng.below(d.len() as u64 - 4096);
+            let cut = 4096 + rng.below(data_end - 4096);
             d.truncate(cut as usize);
-            let lost = (0..count).find(|&i| {
-                let len = u64::from(u32::from_le_bytes(
-                    x[i as usize * 24 + 16..i as usize * 24 + 20]
-                        .try_into()
-                        .unwrap(),
-                ));
-                offset_of(i, &x) + len > cut
-            });
             std::fs::write(&dat, &d).unwrap();
-            return lost.map_or(RECORDS, |i| last + i);
+            first_lost(cut)
         }
         1 => {
-            let at = 4096 + rng.below(d.len() as u64 - 4096);
+            let at = 4096 + rng.below(data_end - 4096);
             d[at as usize] ^= 1 << rng.below(8);
             std::fs::write(&dat, &d).unwrap();
-            return first_lost_at(at, &x).min(
-                (0..count)
-                    .rev()
-                    .find(|&i| offset_of(i, &x) <= at)
-                    .map_or(RECORDS, |i| last + i),
-            );
+            first_lost(at)
         }
         2 => {
-            x.truncate(rng.below(x.len() as u64) as usize);
-            std::fs::write(&idx, &x).unwrap();
+            let at = data_end + rng.below(d.len() as u64 - data_end - 200);
+            for (i, b) in d[at as usize..at as usize + 100].iter_mut().enumerate() {
+                *b = (i * 131 + 7) as u8;
+            }
+            std::fs::write(&dat, &d).unwrap();
+            RECORDS
         }
         3 => {
             let at = rng.below(x.len() as u64) as usize;
             x[at] ^= 0x5A;
-            std::fs::write(&idx, &x).unwrap();
+            std::fs::write(&sealed_idx, &x).unwrap();
+            RECORDS
         }
         4 => {
-            d.extend((0..rng.below(5000) + 1).map(|i| (i * 131 + 7) as u8));
-            std::fs::write(&dat, &d).unwrap();
+            x.truncate(rng.below(x.len() as u64) as usize);
+            std::fs::write(&sealed_idx, &x).unwrap();
+            RECORDS
         }
         _ => {
-            x.extend(std::iter::repeat_n(0xEE, rng.below(100) as usize + 1));
-            std::fs::write(&idx, &x).unwrap();
+            let at = (4096 + rng.below(data_end - 4096)) & !511;
+            d[at as usize..at as usize + 512].fill(0);
+            std::fs::write(&dat, &d).unwrap();
+            first_lost(at)
         }
     }
-    RECORDS
 }
 
 #[test]
 fn recovery_keeps_the_valid_prefix_under_random_damage() {
     let reference = tempfile::tempdir().unwrap();
-    build(reference.path());
+    build(reference.path(), None);
     assert!(list_segments(reference.path()).unwrap().len() > 2);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for round in 0..240 {
@@ -148,24 +168,17 @@ fn recovery_keeps_the_valid_prefix_under_random_damage() {
         let keep_below = damage(dir.path(), kind, &mut rng);
         let (mut log, rec) = Log::open(dir.path(), cfg()).unwrap();
         let got = read_all(&mut log);
-        assert!(
-            got.len() as u64 >= keep_below.min(RECORDS),
-            "round {round} kind {kind}: lost records below {keep_below}: kept {}",
-            got.len()
+        assert_eq!(
+            got.len() as u64,
+            keep_below,
+            "round {round} kind {kind}: exactly the records before the damage are kept"
         );
         for (i, (seq, p)) in got.iter().enumerate() {
             assert_eq!(*seq, i as u64, "round {round}: contiguous");
             assert_eq!(
                 p,
                 &payload(*seq),
-                "round {round} kind {kind}: record {seq} served altered"
-            );
-        }
-        if kind >= 2 && kind != 4 {
-            assert_eq!(
-                got.len() as u64,
-                RECORDS,
-                "round {round}: index damage loses nothing"
+                "round {round} kind {kind}: record {seq} altered"
             );
         }
         assert_eq!(rec.next_seq, got.len() as u64);
@@ -176,4 +189,61 @@ fn recovery_keeps_the_valid_prefix_under_random_damage() {
             "round {round}: the repair was not durable: {again:?}"
         );
     }
+}
+
+/// Hardening: a flipped byte in the middle of the active segment used to be taken for a torn
+/// tail, and every intact, acknowledged record after it was cut. Now a later batch's stamp
+/// says those records were acknowledged: open refuses, names the file and offset, and cuts
+/// nothing; damage inside the last batch is still a torn tail.
+#[test]
+fn damage_before_acknowledged_records_is_refused_and_left_untouched() {
+    let reference = tempfile::tempdir().unwrap();
+    build(reference.path(), Some(7));
+    let last = *list_segments(reference.path()).unwrap().last().unwrap();
+    let recs = records(reference.path(), last);
+    assert!(
+        recs.len() > 20,
+        "the last segment holds several synced batches"
+    );
+    let mut rng = Rng(42);
+    for round in 0..40 {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(reference.path(), dir.path());
+        // A record well before the last two batches (each at most 7 records).
+        let (seq, at, len) = recs[rng.below(recs.len() as u64 - 16) as usize];
+        let path = dat_path(dir.path(), last);
+        let mut d = std::fs::read(&path).unwrap();
+        let flip = at + rng.below(len);
+        d[flip as usize] ^= 0x10;
+        std::fs::write(&path, &d).unwrap();
+        match Log::open(dir.path(), cfg()) {
+            Err(StorageError::Corrupt {
+                path: p,
+                offset,
+                what,
+            }) => {
+                assert_eq!((p, offset), (path.clone(), at), "round {round}");
+                assert!(
+                    what.contains(&format!("seq {seq} was acknowledged")),
+                    "{what}"
+                );
+            }
+            other => panic!("round {round}: damage to seq {seq} must be refused, got {other:?}"),
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            d,
+            "round {round}: nothing was cut"
+        );
+    }
+    // The very last record is in the last batch: a torn tail, cut.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(reference.path(), dir.path());
+    let (seq, at, _) = *recs.last().unwrap();
+    let path = dat_path(dir.path(), last);
+    let mut d = std::fs::read(&path).unwrap();
+    d[at as usize + 40] ^= 0x10;
+    std::fs::write(&path, &d).unwrap();
+    let (_, rec) = Log::open(dir.path(), cfg()).unwrap();
+    assert!(rec.torn_tail && rec.next_seq == seq, "{rec:?}");
 }

@@ -1,11 +1,13 @@
 //! `net-admin`: the operator's tool for a net data dir, offline.
 //!
 //! `verify` checks every segment of every shard and changes nothing; `dump` prints records as
-//! JSON lines; `repair` opens each shard's log so that recovery cuts a torn tail and rebuilds
-//! its index; `compact` rewrites each shard's log into full-size segments, atomically. The logic lives in `net_storage::verify`, so that tests call it directly; this
-//! file only parses arguments, prints, and maps outcomes to exit codes: 0 clean, 1 damage
-//! found (or left unrepaired), 2 usage or I/O errors. Arguments are parsed by hand: three
-//! subcommands with three options do not need a parser crate.
+//! JSON lines; `repair` opens each shard's log so that recovery does what a crash explains,
+//! and with `--accept-data-loss` also moves damage aside; `compact` rewrites each shard's log
+//! into full-size segments, atomically. The logic lives in `net_storage::verify` and its
+//! siblings, so that tests call it directly; this file only parses arguments, prints, and maps
+//! outcomes to exit codes: 0 clean, 1 damage found (or left unrepaired), 2 usage or I/O
+//! errors (a data dir in use included). Arguments are parsed by hand: four subcommands with a
+//! few options do not need a parser crate.
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -13,19 +15,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use net_storage::StorageError;
-use net_storage::verify::{self, DumpOptions, RepairOutcome};
+use net_storage::verify::{self, DumpOptions, RepairOptions, RepairOutcome};
 
 const USAGE: &str = "\
 usage: net-admin verify <data-dir>
        net-admin dump <data-dir> [--shard S] [--from SEQ] [--limit N]
-       net-admin repair <data-dir>
+       net-admin repair <data-dir> [--accept-data-loss]
        net-admin compact <data-dir> [--segment-bytes N]
 
 <data-dir> is a bus's data dir (holding shard-NNNN directories) or one shard directory.
 verify  checks every segment and changes nothing.
 dump    prints one JSON object per record, in (shard, seq) order; --from skips lower
         sequence numbers in every shard, --limit caps the records printed in all.
-repair  opens each shard's log (cutting a torn tail, rebuilding its index) and reports.
+repair  opens each shard's log (cutting a torn tail, rebuilding indexes) and verifies it;
+        exit 1 if damage remains. Damage a crash cannot explain (a missing segment, a
+        damaged acknowledged record) is refused unless --accept-data-loss is given: then
+        damaged files are moved or copied to <shard>/quarantine/, the events they held are
+        recorded as lost, and the log continues without them. Takes the data dir's lock.
 compact rewrites each shard's log into segments of N bytes (default 128 MiB), keeping every
         record; a crash leaves the old or the new set, never a mix. The bus must be stopped.
 Exit status: 0 clean, 1 damage found or left unrepaired, 2 usage or I/O error.";
@@ -39,7 +45,7 @@ const EXIT_USAGE: u8 = 2;
 enum Command {
     Verify(PathBuf),
     Dump(PathBuf, DumpOptions),
-    Repair(PathBuf),
+    Repair(PathBuf, RepairOptions),
     Compact(PathBuf, u64),
     Help,
 }
@@ -49,7 +55,7 @@ fn main() -> ExitCode {
     let code = match parse(&args) {
         Ok(Command::Verify(dir)) => run_verify(&dir),
         Ok(Command::Dump(dir, opts)) => run_dump(&dir, &opts),
-        Ok(Command::Repair(dir)) => run_repair(&dir),
+        Ok(Command::Repair(dir, opts)) => run_repair(&dir, opts),
         Ok(Command::Compact(dir, segment_bytes)) => run_compact(&dir, segment_bytes),
         Ok(Command::Help) => {
             println!("{USAGE}");
@@ -82,9 +88,18 @@ fn parse(args: &[OsString]) -> Result<Command, String> {
     match command {
         "dump" => Ok(Command::Dump(dir, parse_dump_options(&rest)?)),
         "compact" => Ok(Command::Compact(dir, parse_segment_bytes(&rest)?)),
+        "repair" => match rest.as_slice() {
+            [] => Ok(Command::Repair(dir, RepairOptions::default())),
+            [flag] if flag.to_str() == Some("--accept-data-loss") => Ok(Command::Repair(
+                dir,
+                RepairOptions {
+                    accept_data_loss: true,
+                },
+            )),
+            _ => Err(format!("repair: unexpected {:?}", rest[0])),
+        },
         _ if !rest.is_empty() => Err(format!("{command}: unexpected {:?}", rest[0])),
-        "verify" => Ok(Command::Verify(dir)),
-        _ => Ok(Command::Repair(dir)),
+        _ => Ok(Command::Verify(dir)),
     }
 }
 
@@ -223,8 +238,8 @@ fn run_dump(dir: &std::path::Path, opts: &DumpOptions) -> u8 {
     }
 }
 
-fn run_repair(dir: &std::path::Path) -> u8 {
-    let repairs = match verify::repair(dir) {
+fn run_repair(dir: &std::path::Path, opts: RepairOptions) -> u8 {
+    let repairs = match verify::repair(dir, opts) {
         Ok(repairs) => repairs,
         Err(e) => {
             eprintln!("net-admin repair: {e}");
@@ -235,10 +250,19 @@ fn run_repair(dir: &std::path::Path) -> u8 {
     let mut code = 0;
     for repair in &repairs {
         let _ = writeln!(out, "{repair}");
-        if let RepairOutcome::Failed(e) = &repair.outcome {
-            let io = matches!(e, StorageError::Io { .. } | StorageError::Uring(_));
-            code = code.max(if io { EXIT_USAGE } else { EXIT_DAMAGE });
-        }
+        code = code.max(match &repair.outcome {
+            RepairOutcome::Failed(e) if is_io(e) => EXIT_USAGE,
+            RepairOutcome::Failed(_) | RepairOutcome::Unrepaired(_) => EXIT_DAMAGE,
+            RepairOutcome::Recovered(_) | RepairOutcome::NoSegments => 0,
+        });
     }
     code
+}
+
+/// Whether an error is about reaching the files rather than what they hold.
+fn is_io(e: &StorageError) -> bool {
+    matches!(
+        e,
+        StorageError::Io { .. } | StorageError::Uring(_) | StorageError::Locked { .. }
+    )
 }
