@@ -17,6 +17,7 @@ mod ids;
 mod lane;
 mod poll;
 mod producer;
+mod ring;
 mod shard;
 mod stats;
 mod wake;
