@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, every crate's tests, and a smoke run of the two
-# README commands' binaries. CI (.ci/run) runs exactly this.
+# The whole test suite: formatting, lints, every crate's tests, the loom models of the engine's
+# ring, and a smoke run of the two README commands' binaries. CI (.ci/run) runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -16,6 +16,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace
+
+# loom model-checks the ring's protocols (engine/src/ring/loom_tests.rs). `--cfg loom` changes
+# every crate's build, so it gets its own target dir and never invalidates the normal one.
+loom_target="${CARGO_TARGET_DIR:-target}/loom"
+echo "== loom: RUSTFLAGS=\"--cfg loom\" CARGO_TARGET_DIR=$loom_target cargo test -p net-engine --release --lib ring::loom_tests"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$loom_target" \
+    cargo test -p net-engine --release --lib ring::loom_tests
 
 echo "== net-bench smoke (release)"
 cargo build --release -p net-bench

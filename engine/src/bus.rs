@@ -608,12 +608,10 @@ impl Bus {
     fn stop_and_account(&mut self, deadline: Duration) -> ShutdownReport {
         let lanes = self.stats.shared.lanes_snapshot();
         for lane in &lanes {
-            lane.closed.store(true, Ordering::SeqCst);
+            lane.close();
         }
         for lane in &lanes {
-            while lane.busy.load(Ordering::SeqCst) {
-                std::thread::yield_now();
-            }
+            lane.wait_writer_outside();
         }
         let deadline_ns =
             monotonic_ns().saturating_add(u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX));

@@ -1,41 +1,26 @@
-//! A lane: the bounded single-producer/single-consumer byte ring from one producer to one
-//! shard. Records are written in place, length-prefixed, so sending allocates nothing.
+//! A lane: the ring ([`crate::ring`]) from one producer to one shard, plus what only a lane
+//! has: its ids, the producer's counters, the durable position the shard publishes back, the
+//! producer-gone flag, and the shard's signal and state. Records are ring entries whose `aux`
+//! word is the producer's send timestamp; written in place, so sending allocates nothing.
 //!
-//! Layout: the ring is `capacity` bytes of 8-byte words. A record at position `p` (8-aligned)
-//! is a header word `len | KIND_RECORD`, a word holding the producer's send timestamp, and the
-//! payload padded to 8 bytes. A record never wraps: when it does not fit before the end of the
-//! ring, a pad word (`bytes | KIND_PAD`) fills the rest and the record starts at 0.
-//!
-//! Positions are monotonic u64 byte counters (`pos & mask` is the ring offset):
-//! - `head` (producer): end of the published records.
-//! - `claim` (shard, or producer when dropping): records below it are taken.
-//! - `tail`: space below it is free for the producer to overwrite.
-//!
-//! `tail <= claim <= head <= tail + capacity` always. The shard claims a run of records with
-//! one CAS on `claim`, copies them, then releases the space with `fetch_max` on `tail`. Under
-//! `drop_oldest` the producer may drop the oldest unclaimed record by the same CAS, and only
-//! when `claim == tail` (the shard is not copying), so it never overwrites bytes the shard
-//! reads. Both RMWs are shared by exactly two threads. Header words are atomics, so a shard
-//! that parses records a producer is dropping at the same moment reads stale values, never a
-//! data race; its CAS then fails and it parses again.
+//! The ring owns the data path's protocols (publish, claim/release, drop oldest, close, park);
+//! this module only counts. A producer counts an event ingested before the ring publishes it,
+//! so an observer that sees it persisted also sees it ingested (see `stats`). Every counter
+//! here has a single writer: plain stores, no RMW.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
+use crate::ring::{ENTRY_OVERHEAD_BYTES, Ring, RingReader, RingWriter, Taken};
 use crate::stats::ShardCounters;
 use crate::wake::ShardSignal;
 
 /// Bytes a lane spends per record besides the payload (header word and timestamp word).
-pub const RECORD_OVERHEAD_BYTES: usize = 16;
-const KIND_RECORD: u64 = 1 << 32;
-const KIND_PAD: u64 = 2 << 32;
-const LEN_MASK: u64 = 0xFFFF_FFFF;
-
-fn round8(n: usize) -> usize {
-    (n + 7) & !7
-}
+pub const RECORD_OVERHEAD_BYTES: usize = ENTRY_OVERHEAD_BYTES;
+/// The smallest lane the engine builds (configs allow far larger ones only).
+const LANE_BYTES_MIN: usize = 64;
 
 /// Counters a producer writes for one lane (single writer: plain stores, no RMW).
 #[derive(Debug, Default)]
@@ -51,22 +36,15 @@ pub(crate) struct LaneCounters {
 /// The shared state of one lane.
 #[derive(Debug)]
 pub(crate) struct Lane {
-    words: Box<[AtomicU64]>,
-    capacity: u64,
+    ring: Arc<Ring>,
     pub(crate) id: u64,
     pub(crate) shard: usize,
     pub(crate) signal: Arc<ShardSignal>,
-    head: CachePadded<AtomicU64>,
-    pub(crate) busy: CachePadded<AtomicBool>,
     /// Shared with the bus's registry, which keeps them after the lane is freed.
     pub(crate) counters: Arc<CachePadded<LaneCounters>>,
     /// The producer was dropped: once empty and durable, the shard retires the lane and its
     /// ring is freed.
     pub(crate) producer_gone: AtomicBool,
-    claim: CachePadded<AtomicU64>,
-    tail: CachePadded<AtomicU64>,
-    /// Set by the bus at shutdown; producers check it inside their `busy` window.
-    pub(crate) closed: AtomicBool,
     /// Lane position up to which records are durable under the fsync policy (written, for
     /// `never`) or were dropped; written by the shard, read by `send_durable` and flush.
     pub(crate) durable_pos: CachePadded<AtomicU64>,
@@ -83,55 +61,40 @@ impl Lane {
         shard_state: Arc<CachePadded<ShardCounters>>,
     ) -> Lane {
         assert!(
-            capacity.is_power_of_two() && capacity >= 64,
+            capacity.is_power_of_two() && capacity >= LANE_BYTES_MIN,
             "lane capacity"
         );
-        let words = (0..capacity / 8).map(|_| AtomicU64::new(0)).collect();
         Lane {
-            words,
-            capacity: capacity as u64,
+            ring: Arc::new(Ring::new(capacity)),
             id,
             shard,
             signal,
-            head: CachePadded::new(AtomicU64::new(0)),
-            busy: CachePadded::new(AtomicBool::new(false)),
             counters: Arc::new(CachePadded::new(LaneCounters::default())),
             producer_gone: AtomicBool::new(false),
-            claim: CachePadded::new(AtomicU64::new(0)),
-            tail: CachePadded::new(AtomicU64::new(0)),
-            closed: AtomicBool::new(false),
             durable_pos: CachePadded::new(AtomicU64::new(0)),
             shard_state,
         }
     }
 
-    fn word(&self, pos: u64) -> &AtomicU64 {
-        let i = usize::try_from((pos & (self.capacity - 1)) / 8).expect("within the ring");
-        &self.words[i]
-    }
-
-    fn base(&self) -> *mut u8 {
-        self.words.as_ptr().cast::<u8>().cast_mut()
-    }
-
-    /// Size in bytes of the entry (record or pad) whose header word is `w`.
-    fn entry_bytes(w: u64) -> u64 {
-        let len = w & LEN_MASK;
-        if w & !LEN_MASK == KIND_PAD {
-            len
-        } else {
-            (RECORD_OVERHEAD_BYTES + round8(len as usize)) as u64
-        }
-    }
-
     /// Published head (for flush snapshots and emptiness checks).
     pub(crate) fn head(&self) -> u64 {
-        self.head.load(Ordering::SeqCst)
+        self.ring.head()
     }
 
-    /// Whether published records wait to be claimed.
+    /// Whether published records wait to be claimed (the shard's check before parking).
     pub(crate) fn has_unclaimed(&self) -> bool {
-        self.claim.load(Ordering::SeqCst) != self.head.load(Ordering::SeqCst)
+        self.ring.has_unclaimed()
+    }
+
+    /// Shutdown, first half: a send that starts from now on fails with `Closed`.
+    pub(crate) fn close(&self) {
+        self.ring.close();
+    }
+
+    /// Shutdown, second half: waits until no send is in progress; after that no event can
+    /// enter the lane.
+    pub(crate) fn wait_writer_outside(&self) {
+        self.ring.wait_writer_outside();
     }
 }
 
@@ -139,8 +102,7 @@ impl Lane {
 #[derive(Debug)]
 pub(crate) struct LaneWriter {
     pub(crate) lane: Arc<Lane>,
-    head: u64,
-    tail_cache: u64,
+    ring: RingWriter,
     ingested: u64,
     dropped: u64,
     rejected: u64,
@@ -161,9 +123,8 @@ pub(crate) enum DropOldest {
 impl LaneWriter {
     pub(crate) fn new(lane: Arc<Lane>) -> LaneWriter {
         LaneWriter {
+            ring: RingWriter::new(lane.ring.clone()),
             lane,
-            head: 0,
-            tail_cache: 0,
             ingested: 0,
             dropped: 0,
             rejected: 0,
@@ -173,71 +134,54 @@ impl LaneWriter {
 
     /// Ring bytes needed to write a payload of `len` bytes at the current head.
     pub(crate) fn bytes_needed(&self, len: usize) -> u64 {
-        let rec = (RECORD_OVERHEAD_BYTES + round8(len)) as u64;
-        let off = self.head & (self.lane.capacity - 1);
-        if off + rec > self.lane.capacity {
-            self.lane.capacity - off + rec
-        } else {
-            rec
-        }
+        self.ring.bytes_needed(len)
     }
 
     /// Whether `need` bytes are free, refreshing the cached tail only when they seem not to be.
     pub(crate) fn has_room(&mut self, need: u64) -> bool {
-        if self.head + need - self.tail_cache <= self.lane.capacity {
-            return true;
-        }
-        self.tail_cache = self.lane.tail.load(Ordering::Acquire);
-        self.head + need - self.tail_cache <= self.lane.capacity
+        self.ring.has_room(need)
     }
 
     /// Position after the last record written.
     pub(crate) fn head(&self) -> u64 {
-        self.head
+        self.ring.head()
     }
 
     /// Bytes in use as last seen (for `sample`).
     pub(crate) fn fill_bytes(&mut self) -> u64 {
-        self.tail_cache = self.lane.tail.load(Ordering::Acquire);
-        self.head - self.tail_cache
+        self.ring.fill_bytes()
     }
 
     pub(crate) fn capacity(&self) -> u64 {
-        self.lane.capacity
+        self.ring.capacity_bytes()
+    }
+
+    /// Starts a send: until [`LaneWriter::leave_window`], shutdown waits for it. Check
+    /// [`LaneWriter::is_closed`] before writing.
+    pub(crate) fn enter_window(&self) {
+        self.ring.enter_window();
+    }
+
+    /// Whether the bus closed the lane (shutdown): no event may enter it any more.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.ring.is_closed()
+    }
+
+    /// Ends a send started with [`LaneWriter::enter_window`].
+    pub(crate) fn leave_window(&self) {
+        self.ring.leave_window();
     }
 
     /// Writes one record and publishes it. The caller checked `has_room(bytes_needed(..))`.
     pub(crate) fn write(&mut self, send_ns: u64, payload: &[u8]) {
-        let lane = &*self.lane;
-        let rec = (RECORD_OVERHEAD_BYTES + round8(payload.len())) as u64;
-        let off = self.head & (lane.capacity - 1);
-        if off + rec > lane.capacity {
-            let pad = lane.capacity - off;
-            lane.word(self.head)
-                .store(KIND_PAD | pad, Ordering::Relaxed);
-            self.head += pad;
-        }
-        debug_assert!(self.head + rec - self.tail_cache <= lane.capacity);
-        let len = u64::try_from(payload.len()).expect("payload below a quarter lane");
-        lane.word(self.head)
-            .store(KIND_RECORD | len, Ordering::Relaxed);
-        lane.word(self.head + 8).store(send_ns, Ordering::Relaxed);
-        let at = usize::try_from((self.head & (lane.capacity - 1)) + 16).expect("within the ring");
-        // SAFETY: [head, head + rec) lies inside the ring (a record never wraps) and below
-        // tail + capacity, so the shard neither reads nor owns these bytes until `head` is
-        // published below; we are the lane's only writer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(payload.as_ptr(), lane.base().add(at), payload.len())
-        };
-        self.head += rec;
         // Ingested is counted before the record becomes visible, so an observer that sees it
         // persisted also sees it ingested.
         self.ingested += 1;
-        lane.counters
+        self.lane
+            .counters
             .ingested
             .store(self.ingested, Ordering::Release);
-        // SeqCst: the store half of the park handshake (see `wake`).
-        lane.head.store(self.head, Ordering::SeqCst);
+        self.ring.write(send_ns, payload);
     }
 
     /// Counts an event the backpressure mode dropped at send.
@@ -265,32 +209,18 @@ impl LaneWriter {
 
     /// Tries to drop the oldest unclaimed entry to make room.
     pub(crate) fn drop_oldest(&mut self) -> DropOldest {
-        let lane = &*self.lane;
-        let c = lane.claim.load(Ordering::Acquire);
-        if c != lane.tail.load(Ordering::Acquire) || c == self.head {
-            return DropOldest::Busy;
+        match self.ring.take_oldest() {
+            Taken::Busy => DropOldest::Busy,
+            Taken::Pad => DropOldest::Pad,
+            Taken::Entry { .. } => {
+                self.dropped += 1;
+                self.lane
+                    .counters
+                    .dropped
+                    .store(self.dropped, Ordering::Release);
+                DropOldest::Record
+            }
         }
-        // We wrote this header word ourselves; the shard never writes the ring.
-        let w = lane.word(c).load(Ordering::Relaxed);
-        let size = Lane::entry_bytes(w);
-        assert!(
-            size > 0 && c + size <= self.head,
-            "lane entry header corrupt"
-        );
-        if lane
-            .claim
-            .compare_exchange(c, c + size, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return DropOldest::Busy;
-        }
-        lane.tail.fetch_max(c + size, Ordering::AcqRel);
-        if w & !LEN_MASK == KIND_PAD {
-            return DropOldest::Pad;
-        }
-        self.dropped += 1;
-        lane.counters.dropped.store(self.dropped, Ordering::Release);
-        DropOldest::Record
     }
 }
 
@@ -298,8 +228,7 @@ impl LaneWriter {
 #[derive(Debug)]
 pub(crate) struct LaneReader {
     pub(crate) lane: Arc<Lane>,
-    pos: u64,
-    claimed_end: u64,
+    ring: RingReader,
     /// Lane position up to which every record is persisted (or was dropped).
     pub(crate) persisted_pos: u64,
     durable_pos: u64,
@@ -308,9 +237,8 @@ pub(crate) struct LaneReader {
 impl LaneReader {
     pub(crate) fn new(lane: Arc<Lane>) -> LaneReader {
         LaneReader {
+            ring: RingReader::new(lane.ring.clone()),
             lane,
-            pos: 0,
-            claimed_end: 0,
             persisted_pos: 0,
             durable_pos: 0,
         }
@@ -331,12 +259,12 @@ impl LaneReader {
 
     /// Position after the last record handed to the shard.
     pub(crate) fn pos(&self) -> u64 {
-        self.pos
+        self.ring.pos()
     }
 
     /// Whether records are claimed but not yet handed over, or published but not claimed.
     pub(crate) fn is_empty(&self) -> bool {
-        self.pos == self.claimed_end && !self.lane.has_unclaimed()
+        self.ring.is_empty()
     }
 
     /// Whether the shard may drop this lane: its producer is gone and every record it sent is
@@ -344,91 +272,24 @@ impl LaneReader {
     pub(crate) fn retirable(&self) -> bool {
         self.lane.producer_gone.load(Ordering::Acquire)
             && self.is_empty()
-            && self.durable_pos >= self.pos
+            && self.durable_pos >= self.pos()
     }
 
-    /// Claims up to `events_max` records (about `bytes_max` lane bytes) past `pos`.
-    /// Returns false if there is nothing to claim.
-    fn claim_more(&mut self, events_max: usize, bytes_max: u64) -> bool {
-        let lane = &*self.lane;
-        loop {
-            let c = lane.claim.load(Ordering::Acquire);
-            // Records in [pos, c) were dropped by the producer (drop_oldest).
-            self.pos = self.pos.max(c);
-            self.claimed_end = self.pos;
-            let h = lane.head.load(Ordering::Acquire);
-            if c == h {
-                return false;
-            }
-            let (mut end, mut events) = (c, 0);
-            while end < h && events < events_max && end - c < bytes_max {
-                let w = lane.word(end).load(Ordering::Relaxed);
-                let size = Lane::entry_bytes(w);
-                if size == 0 || end + size > h {
-                    break; // a stale header of a record being dropped; the CAS below fails
-                }
-                events += usize::from(w & !LEN_MASK == KIND_RECORD);
-                end += size;
-            }
-            if end == c {
-                continue;
-            }
-            if lane
-                .claim
-                .compare_exchange(c, end, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                self.claimed_end = end;
-                return true;
-            }
-        }
-    }
-
-    /// Hands claimed records to `f(send_ns, payload)` until it returns false (batch full), the
-    /// budget is spent, or the lane is empty; then releases the consumed space. Returns the
-    /// number of records consumed.
+    /// Hands records to `f(send_ns, payload)` until it returns false (batch full), the budget
+    /// is spent, or the lane is empty; then releases the consumed space. Returns the number of
+    /// records consumed.
     pub(crate) fn drain(
         &mut self,
         events_max: usize,
         bytes_max: u64,
-        mut f: impl FnMut(u64, &[u8]) -> bool,
+        f: impl FnMut(u64, &[u8]) -> bool,
     ) -> usize {
-        let mut consumed = 0;
-        'outer: while consumed < events_max {
-            if self.pos == self.claimed_end && !self.claim_more(events_max - consumed, bytes_max) {
-                break;
-            }
-            let lane = &*self.lane;
-            while self.pos < self.claimed_end {
-                let w = lane.word(self.pos).load(Ordering::Relaxed);
-                let size = Lane::entry_bytes(w);
-                if w & !LEN_MASK == KIND_RECORD {
-                    let len = usize::try_from(w & LEN_MASK).expect("u32 length");
-                    let send_ns = lane.word(self.pos + 8).load(Ordering::Relaxed);
-                    let at =
-                        usize::try_from((self.pos & (lane.capacity - 1)) + 16).expect("in ring");
-                    // SAFETY: the record lies in [pos, claimed_end), which we claimed: the
-                    // producer published it (Acquire on head) and will not overwrite it
-                    // before we release it through `tail`.
-                    let payload = unsafe { std::slice::from_raw_parts(lane.base().add(at), len) };
-                    if !f(send_ns, payload) {
-                        break 'outer;
-                    }
-                    consumed += 1;
-                }
-                self.pos += size;
-            }
-        }
-        self.release();
-        consumed
-    }
-
-    fn release(&self) {
-        self.lane.tail.fetch_max(self.pos, Ordering::AcqRel);
+        self.ring.drain(events_max, bytes_max, f)
     }
 }
 
-#[cfg(test)]
+// Not under loom: a lane's signal and counters only work outside a loom model.
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

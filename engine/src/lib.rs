@@ -23,6 +23,7 @@ mod lane;
 mod poll;
 mod producer;
 mod reactor;
+mod ring;
 mod shard;
 mod stats;
 mod wake;

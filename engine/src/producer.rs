@@ -147,9 +147,9 @@ impl Producer {
         let send_ns = origin_ns.unwrap_or_else(monotonic_ns);
         let mode = self.mode;
         let w = &mut self.writers[shard];
-        w.lane.busy.store(true, Ordering::SeqCst);
+        w.enter_window();
         let result = send_in_window(w, mode, send_ns, payload);
-        w.lane.busy.store(false, Ordering::Release);
+        w.leave_window();
         if result == Ok(Sent::Queued) {
             w.lane.signal.wake_if_parked();
         }
@@ -163,7 +163,7 @@ fn send_in_window(
     send_ns: u64,
     payload: &[u8],
 ) -> Result<Sent, SendError> {
-    if w.lane.closed.load(Ordering::SeqCst) {
+    if w.is_closed() {
         return Err(SendError::Closed);
     }
     if let Backpressure::Sample { rate } = mode
@@ -225,7 +225,7 @@ fn wait_lane_durable(lane: &Lane, pos: u64) -> Result<Sent, SendError> {
 fn wait_for_room(w: &mut LaneWriter, need: u64) -> Result<(), SendError> {
     let backoff = Backoff::new();
     while !w.has_room(need) {
-        if w.lane.closed.load(Ordering::SeqCst) {
+        if w.is_closed() {
             return Err(SendError::Closed);
         }
         // A dead shard never drains: waiting for room would never end.
@@ -245,7 +245,7 @@ fn wait_for_room(w: &mut LaneWriter, need: u64) -> Result<(), SendError> {
 fn drop_until_room(w: &mut LaneWriter, need: u64) -> Result<(), SendError> {
     let backoff = Backoff::new();
     while !w.has_room(need) {
-        if w.lane.closed.load(Ordering::SeqCst) {
+        if w.is_closed() {
             return Err(SendError::Closed);
         }
         if w.drop_oldest() == DropOldest::Busy {

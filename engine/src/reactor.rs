@@ -107,7 +107,7 @@ impl Reactor {
         if self.doorbell_armed {
             return Ok(());
         }
-        let fd: RawFd = self.signal.fd();
+        let fd: RawFd = self.signal.doorbell().fd();
         let entry = opcode::Read::new(types::Fd(fd), (&raw mut *self.doorbell_buf).cast::<u8>(), 8)
             .build()
             .user_data((Source::Doorbell as u64) << SOURCE_SHIFT);

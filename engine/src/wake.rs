@@ -1,30 +1,40 @@
-//! Parking and waking a shard: an eventfd plus a `parked` flag, so that a parked shard uses no
-//! CPU and a busy shard costs producers no syscall.
+//! Parking and waking a shard: the ring's park/wake handshake ([`Parker`]) over an eventfd
+//! doorbell, so that a parked shard uses no CPU and a busy shard costs producers no syscall.
 //!
-//! The handshake is Dekker's, and both sides are `SeqCst` (the v0.10 mesh used `AcqRel` on one
-//! side, which only happens to work on x86):
-//! - shard: `parked = true`; check every component for work; wait on its ring (which holds a
-//!   read of the eventfd) only if there is none.
-//! - producer: publish `head`; then, if `parked`, write the eventfd.
-//!
-//! Either the shard's check sees the new head, or the producer's load sees `parked` and
-//! wakes it. A wake-up with nothing to do is harmless (the counter is drained on wake).
+//! The handshake (the `parked` flag and its SeqCst orderings) lives in `ring` and is
+//! model-checked there; this module is only the doorbell: ringing writes the eventfd. A
+//! running shard does not poll the eventfd itself: its reactor keeps a read of it outstanding
+//! in the shard's io_uring, so a ring arrives as a completion while the shard waits on the
+//! ring for I/O and deadlines too (`reactor.rs`). `Doorbell::wait` (a `poll` with a timeout)
+//! serves anything that parks without a ring.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use crossbeam_utils::CachePadded;
+use crate::ring::{Doorbell, Parker};
 
 /// The wake-up channel of one shard.
-#[derive(Debug)]
-pub(crate) struct ShardSignal {
-    parked: CachePadded<AtomicBool>,
-    fd: OwnedFd,
-}
+pub(crate) type ShardSignal = Parker<EventFd>;
 
 impl ShardSignal {
     pub(crate) fn new() -> io::Result<ShardSignal> {
+        Ok(Parker::with_doorbell(EventFd::new()?))
+    }
+}
+
+/// A non-blocking eventfd used as a doorbell.
+#[derive(Debug)]
+pub(crate) struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    /// The descriptor a reactor reads to be woken.
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn new() -> io::Result<EventFd> {
         // SAFETY: eventfd takes no pointers; a negative return is an error.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
@@ -32,41 +42,31 @@ impl ShardSignal {
         }
         // SAFETY: fd is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(ShardSignal {
-            parked: CachePadded::new(AtomicBool::new(false)),
-            fd,
-        })
+        Ok(EventFd { fd })
     }
+}
 
-    /// The eventfd the shard's reactor keeps a read on.
-    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
-        self.fd.as_raw_fd()
-    }
-
-    /// Producer side, after publishing: wake the shard if it parked.
-    #[inline]
-    pub(crate) fn wake_if_parked(&self) {
-        if self.parked.load(Ordering::SeqCst) {
-            self.wake();
-        }
-    }
-
-    /// Wakes the shard unconditionally (control messages).
-    pub(crate) fn wake(&self) {
+impl Doorbell for EventFd {
+    fn ring(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our eventfd. EAGAIN (counter saturated)
         // means a wake-up is already pending, which is all we want.
         unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
     }
 
-    /// Shard side: announce the intent to park. Follow with the emptiness checks, then
-    /// [`ShardSignal::park`] or [`ShardSignal::unpark`].
-    pub(crate) fn prepare_park(&self) {
-        self.parked.store(true, Ordering::SeqCst);
-    }
-
-    /// Shard side: work was found after `prepare_park`.
-    pub(crate) fn unpark(&self) {
-        self.parked.store(false, Ordering::SeqCst);
+    fn wait(&self, timeout_us: u64) {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout_ms = i32::try_from(timeout_us.div_ceil(1000))
+            .unwrap_or(i32::MAX)
+            .max(1);
+        // SAFETY: one valid pollfd; EINTR and timeouts simply end the wait.
+        unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        let mut buf = 0u64;
+        // SAFETY: reads at most 8 bytes into a valid u64; the fd is non-blocking.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut buf).cast(), 8) };
     }
 }
