@@ -1,6 +1,6 @@
-//! The raw-disk baselines that `storage` measures in the same run, on the same file system as
-//! RedEX: sequential `O_DIRECT` writes and reads in the log's batch size, and the latency of
-//! one 4 KiB write followed by `fdatasync`.
+//! The raw-disk baselines that `storage` and `latency` measure in the same run, on the same
+//! file system as RedEX: sequential `O_DIRECT` writes and reads in the log's batch size, and
+//! the latency of one 4 KiB write, alone or followed by `fdatasync`.
 //!
 //! Each is the cheapest way to move those bytes from one thread: plain positioned syscalls
 //! (`pwrite`/`pread` through `FileExt`, `fdatasync` through `sync_data`), one at a time, from a
@@ -19,10 +19,10 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Bytes of each write of the fsync-latency baseline: one disk block.
+/// Bytes of each write of the write- and fsync-latency baselines: one disk block.
 pub const SYNC_WRITE_BYTES: usize = BLOCK_BYTES;
 
-/// Synced writes made before the fsync-latency samples are taken: the first ones also
+/// Writes made before the write- and fsync-latency samples are taken: the first ones also
 /// allocate the file's first extent and warm the journal.
 const SYNC_WARMUP_WRITES: u64 = 16;
 
@@ -133,13 +133,27 @@ pub fn read_sequential(path: &Path, block: usize) -> io::Result<Transfer> {
 /// Latency of `samples` appends of one 4 KiB block to a new file at `path`, each followed by
 /// `fdatasync`, in nanoseconds (write and sync together); a few unrecorded appends come first.
 pub fn sync_latency(path: &Path, samples: u64) -> io::Result<(Histogram<u64>, bool)> {
+    append_latency(path, samples, true)
+}
+
+/// Latency of `samples` appends of one 4 KiB block to a new file at `path`, without any sync,
+/// in nanoseconds: what one `O_DIRECT` write costs (where the file system refuses `O_DIRECT`,
+/// a copy into the page cache). A few unrecorded appends come first.
+pub fn write_latency(path: &Path, samples: u64) -> io::Result<(Histogram<u64>, bool)> {
+    append_latency(path, samples, false)
+}
+
+/// The appends of `sync_latency` (`sync`: each followed by `fdatasync`) and `write_latency`.
+fn append_latency(path: &Path, samples: u64, sync: bool) -> io::Result<(Histogram<u64>, bool)> {
     let (file, direct) = open_direct(path, true)?;
     let buf = filled_buffer(SYNC_WRITE_BYTES);
     let mut latency = crate::workload::latency_histogram();
     for i in 0..SYNC_WARMUP_WRITES + samples {
         let start = Instant::now();
         file.write_all_at(buf.as_slice(), i * SYNC_WRITE_BYTES as u64)?;
-        file.sync_data()?;
+        if sync {
+            file.sync_data()?;
+        }
         if i >= SYNC_WARMUP_WRITES {
             let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
             latency.saturating_record(ns);
@@ -195,5 +209,15 @@ mod tests {
         assert_eq!(latency.len(), 5);
         let len = std::fs::metadata(&path).unwrap().len();
         assert_eq!(len, (SYNC_WARMUP_WRITES + 5) * SYNC_WRITE_BYTES as u64);
+    }
+
+    #[test]
+    fn write_latency_records_one_sample_per_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("write.dat");
+        let (latency, _) = write_latency(&path, 7).unwrap();
+        assert_eq!(latency.len(), 7);
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(len, (SYNC_WARMUP_WRITES + 7) * SYNC_WRITE_BYTES as u64);
     }
 }

@@ -256,7 +256,11 @@ pub fn spawn_paced_producer(
 
 /// Waits until the bus's `persisted + dropped` reaches `events` (counted over the bus's life);
 /// fails if a producer gave up or if nothing moved for `STALL_TIMEOUT`.
-fn watch(totals: &dyn Fn() -> Totals, events: u64, failed: &AtomicBool) -> Result<Totals, Failure> {
+pub fn watch(
+    totals: &dyn Fn() -> Totals,
+    events: u64,
+    failed: &AtomicBool,
+) -> Result<Totals, Failure> {
     let mut last_settled = 0;
     let mut last_progress = Instant::now();
     loop {

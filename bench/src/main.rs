@@ -12,6 +12,7 @@ mod disk;
 mod durable;
 mod feed;
 mod ingest;
+mod latency;
 mod ledger;
 mod pace;
 mod payload;
@@ -46,6 +47,8 @@ enum Scenario {
     Demo(demo::Args),
     /// Ingest-to-persisted throughput and latency of net against a tokio + mutex baseline.
     Ingest(ingest::Args),
+    /// Durable, visible and ingest latency of one paced shard against the raw disk.
+    Latency(latency::Args),
     /// RedEX append and read throughput and net's durable ingest against the raw disk.
     Storage(storage::Args),
     /// Write events to a data dir and print each one acknowledged durable (for crash tests).
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
     let outcome = match &cli.scenario {
         Scenario::Demo(args) => demo::run(args),
         Scenario::Ingest(args) => ingest::run(args),
+        Scenario::Latency(args) => latency::run(args),
         Scenario::Storage(args) => storage::run(args),
         Scenario::Write(args) => writer::run(args),
     };

@@ -93,7 +93,7 @@ pub fn read_from(
 }
 
 /// Fails on a poll that names failed shards or skipped events.
-fn check_response(response: &PollResponse) -> Result<(), Failure> {
+pub fn check_response(response: &PollResponse) -> Result<(), Failure> {
     if !response.failed_shards.is_empty() {
         let failed = &response.failed_shards;
         return Err(Failure::Engine(format!("poll: shards failed: {failed:?}")));

@@ -25,7 +25,7 @@ use net_storage::Log;
 use std::path::{Path, PathBuf};
 
 /// Where the scratch directory goes without `--dir`: on the disk, not tmpfs.
-const DIR_DEFAULT: &str = "/var/tmp";
+pub const DIR_DEFAULT: &str = "/var/tmp";
 
 /// Runs of each side of the append comparison; the medians are compared.
 const APPEND_RUNS: usize = 3;
