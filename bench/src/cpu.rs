@@ -7,6 +7,32 @@
 
 use std::time::Duration;
 
+/// Pins the calling thread to the CPUs the bus's pinned shards leave free (the first
+/// `shards` CPUs this process may use are the shards'), so that a load generator or a
+/// consumer competes with the shards for nothing but the disk. Does nothing when no CPU is
+/// left (one-CPU machines) or the shards are unpinned; returns whether it pinned.
+pub fn pin_off_shards(shards: usize) -> bool {
+    let mut cpus: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    cpus.sort_unstable();
+    let free = cpus.get(shards..).unwrap_or_default();
+    if free.is_empty() {
+        return false;
+    }
+    // SAFETY: an all-zero cpu_set_t is an empty set; CPU_SET indexes within it (the ids come
+    // from this process's own affinity mask, below CPU_SETSIZE); sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in free {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
 /// Ticks per second of `/proc/<pid>/stat` times (Linux's USER_HZ).
 const USER_HZ: u64 = 100;
 

@@ -3,7 +3,8 @@
 //! measured in the same run on the same file system.
 //!
 //! Every phase runs one shard (pinned, as the default config pins) fed by one producer thread
-//! with `--rate` events/s on `pace`'s open-loop schedule. The producer sleeps while no event is
+//! with `--rate` events/s on `pace`'s open-loop schedule; the producer and the consumer are
+//! pinned to the CPUs the shard leaves free (the shard owns its core, as in production). The producer sleeps while no event is
 //! due (`pace::send_sleeping`; wake-ups at least `--wake-us` apart, each sending every event
 //! due by then): a spinning or yielding producer would hold the core that the kernel's I/O
 //! workers need on a 2-core machine. Each event is stamped with its own intended send time,
@@ -19,7 +20,8 @@
 //!    before.
 //! 2. Ingest: fsync `never` and no consumer; ingest-to-persisted (written) latency.
 //! 3. Visible: fsync `never` and a consumer thread that follows the tail from the start of the
-//!    phase with `Bus::poll`, flat out (it polls again at once when it has caught up). Visible
+//!    phase with `Bus::poll`, flat out (it polls again at once when it has caught up, giving
+//!    its core back with `sched_yield` between empty polls). Visible
 //!    latency runs from an event's intended send time to the return of the poll that read it,
 //!    against one 4 KiB `O_DIRECT` write (`disk::write_latency`) measured before phase 2. This
 //!    phase's ingest latency, against phase 2's, is the poll stall: what a busy consumer costs
@@ -338,6 +340,7 @@ fn spawn_producer(
     thread::Builder::new()
         .name("net-latency-producer".to_owned())
         .spawn(move || {
+            crate::cpu::pin_off_shards(SHARDS);
             let sent = send_all(&mut producer, plan, &pace, &start_line);
             if sent.is_err() {
                 failed.store(true, Ordering::Release);
@@ -385,6 +388,7 @@ fn follow_tail(
     start_line: &StartLine,
     failed: &AtomicBool,
 ) -> Result<Histogram<u64>, Failure> {
+    crate::cpu::pin_off_shards(SHARDS);
     let read = read_all(bus, plan, pace, start_line, failed);
     if read.is_err() {
         failed.store(true, Ordering::Release);
@@ -422,6 +426,10 @@ fn read_all(
                     plan.events
                 )));
             }
+            // Flat out, but a busy consumer gives its core back between empty polls, as a
+            // well-behaved one does: spinning through them would starve the kernel's own work
+            // on that core (disk completions, io workers) and measure the machine, not net.
+            std::thread::yield_now();
             continue;
         }
         for event in &response.events {

@@ -303,8 +303,8 @@ pub struct Log {
     pub(crate) open: usize,
     pub(crate) open_events: usize,
     pub(crate) open_record_bytes: usize,
-    /// Stage offset and payload CRC of the open batch's first record (for its stamp).
-    pub(crate) open_first: Option<(usize, u32)>,
+    /// Stage offset of the open batch's first record (for its stamp).
+    pub(crate) open_first: Option<usize>,
     pub(crate) batches: VecDeque<Batch>,
     pub(crate) done: VecDeque<Batch>,
     /// Stage of the batch last handed out by `pop_completed`, freed at the next call.
@@ -460,9 +460,9 @@ impl Log {
             flags: if first { FLAG_BATCH_FIRST } else { 0 },
             committed: 0,
         };
-        let crc = stage.append_with(rec, |dst| record::encode(dst, &meta, payload));
+        stage.append_with(rec, |dst| record::encode(dst, &meta, payload));
         if first {
-            self.open_first = Some((at, crc));
+            self.open_first = Some(at);
         }
         let len = u32::try_from(rec).expect("bounded by payload_bytes_max");
         self.index_record(seq, offset, len);
@@ -564,11 +564,11 @@ impl Log {
         };
         let committed = acked.saturating_sub(self.active.base);
         let committed = u32::try_from(committed).expect("a segment's records fit u32");
-        let (at, crc) = self
+        let at = self
             .open_first
             .take()
             .expect("a non-empty batch has a first record");
-        record::restamp(self.stages[self.open].bytes_mut(at), committed, crc);
+        record::restamp(self.stages[self.open].bytes_mut(at), committed);
     }
 
     /// Makes a free stage the open one, carrying the partial block after `prev`.

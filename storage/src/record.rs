@@ -99,13 +99,12 @@ pub const fn record_bytes(payload_len: usize) -> usize {
     RECORD_HEADER_BYTES + payload_len
 }
 
-/// Encodes one record at the start of `dst` and returns the CRC-32C of its payload alone
-/// (what [`restamp`] needs to re-seal the header without reading the payload again).
+/// Encodes one record at the start of `dst`.
 ///
 /// # Panics
 /// If `dst` is shorter than the record or the payload exceeds [`RECORD_PAYLOAD_BYTES_MAX`]
 /// (callers size their buffers and check payloads first).
-pub fn encode(dst: &mut [u8], meta: &RecordMeta, payload: &[u8]) -> u32 {
+pub fn encode(dst: &mut [u8], meta: &RecordMeta, payload: &[u8]) {
     assert!(
         payload.len() <= RECORD_PAYLOAD_BYTES_MAX,
         "payload over the record maximum"
@@ -117,17 +116,16 @@ pub fn encode(dst: &mut [u8], meta: &RecordMeta, payload: &[u8]) -> u32 {
     dst[0..4].copy_from_slice(&len.to_le_bytes());
     write_meta(dst, meta);
     dst[RECORD_HEADER_BYTES..total].copy_from_slice(payload);
-    let payload_crc = crc32c::crc32c(payload);
-    seal(dst, payload_crc, payload.len());
-    payload_crc
+    seal(dst, total);
 }
 
-/// Rewrites the `committed` stamp of the encoded record at the start of `dst` and its checksum,
-/// given the payload's CRC that [`encode`] returned; the payload is not read again.
-pub fn restamp(dst: &mut [u8], committed: u32, payload_crc: u32) {
+/// Rewrites the `committed` stamp of the encoded record at the start of `dst` and its
+/// checksum (once per batch: the payload is checksummed again, which for the batch's first
+/// record costs less than carrying a partial CRC through every record would).
+pub fn restamp(dst: &mut [u8], committed: u32) {
     let len = usize::try_from(u32_at(dst, 0)).expect("a u32 fits usize");
     dst[12..16].copy_from_slice(&committed.to_le_bytes());
-    seal(dst, payload_crc, len);
+    seal(dst, record_bytes(len));
 }
 
 fn write_meta(dst: &mut [u8], meta: &RecordMeta) {
@@ -137,10 +135,12 @@ fn write_meta(dst: &mut [u8], meta: &RecordMeta) {
     dst[24..32].copy_from_slice(&meta.ts_ns.to_le_bytes());
 }
 
-/// Writes the checksum of header bytes 8..32 followed by a payload whose own CRC is given.
-fn seal(dst: &mut [u8], payload_crc: u32, payload_len: usize) {
-    let head = crc32c::crc32c(&dst[8..RECORD_HEADER_BYTES]);
-    let crc = crc32c::crc32c_combine(head, payload_crc, payload_len);
+/// Writes the checksum of header bytes 8..32 and the payload of the record in `dst[..total]`.
+fn seal(dst: &mut [u8], total: usize) {
+    let crc = checksum(
+        &dst[8..RECORD_HEADER_BYTES],
+        &dst[RECORD_HEADER_BYTES..total],
+    );
     dst[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -222,8 +222,7 @@ mod tests {
             let mut buf = vec![0u8; record_bytes(payload.len())];
             let flags = if first { FLAG_BATCH_FIRST } else { 0 };
             let m = RecordMeta { seq, ts_ns: ts, flags, committed };
-            let crc = encode(&mut buf, &m, &payload);
-            prop_assert_eq!(crc, crc32c::crc32c(&payload));
+            encode(&mut buf, &m, &payload);
             let h = decode(&buf).unwrap();
             prop_assert_eq!((h.seq, h.ts_ns, h.len as usize), (seq, ts, payload.len()));
             prop_assert_eq!((h.flags, h.committed, h.is_batch_first()), (flags, committed, first));
@@ -235,8 +234,8 @@ mod tests {
                                              payload in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut buf = vec![0u8; record_bytes(payload.len())];
             let m = RecordMeta { seq: 5, ts_ns: 6, flags: FLAG_BATCH_FIRST, committed: 0 };
-            let crc = encode(&mut buf, &m, &payload);
-            restamp(&mut buf, committed, crc);
+            encode(&mut buf, &m, &payload);
+            restamp(&mut buf, committed);
             let h = decode(&buf).unwrap();
             prop_assert_eq!(h.committed, committed);
             let mut fresh = vec![0u8; buf.len()];
