@@ -174,14 +174,29 @@ impl LaneWriter {
 
     /// Writes one record and publishes it. The caller checked `has_room(bytes_needed(..))`.
     pub(crate) fn write(&mut self, send_ns: u64, payload: &[u8]) {
-        // Ingested is counted before the record becomes visible, so an observer that sees it
-        // persisted also sees it ingested.
+        self.count_ingested();
+        self.ring.write(send_ns, payload);
+    }
+
+    /// Writes one record without publishing it (see [`LaneWriter::publish`]).
+    pub(crate) fn stage(&mut self, send_ns: u64, payload: &[u8]) {
+        self.count_ingested();
+        self.ring.stage(send_ns, payload);
+    }
+
+    /// Ingested is counted before the record becomes visible, so an observer that sees it
+    /// persisted also sees it ingested.
+    fn count_ingested(&mut self) {
         self.ingested += 1;
         self.lane
             .counters
             .ingested
             .store(self.ingested, Ordering::Release);
-        self.ring.write(send_ns, payload);
+    }
+
+    /// Publishes the records staged so far to the shard.
+    pub(crate) fn publish(&mut self) {
+        self.ring.publish();
     }
 
     /// Counts an event the backpressure mode dropped at send.

@@ -40,5 +40,5 @@ pub use error::{Error, SendError};
 pub use ids::{EventId, Seq, ShardId};
 pub use net_storage::{AppendedBatch, AppendedRecord, LogView, ReadBatch, Reader, StorageError};
 pub use poll::{Event, PollResponse};
-pub use producer::{Producer, Sent, shard_for_hash, shard_for_key};
+pub use producer::{BatchSent, Producer, Sent, shard_for_hash, shard_for_key};
 pub use stats::{ShardFailure, ShardStats, Stats, StatsHandle, Totals};

@@ -29,10 +29,24 @@ pub enum Sent {
     Dropped,
 }
 
+/// What [`Producer::send_batch`] did with a batch.
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchSent {
+    /// Events written into their lanes.
+    pub queued: usize,
+    /// Events the backpressure mode dropped (ingested, counted as dropped).
+    pub dropped: usize,
+    /// Events refused (not ingested): their index in the batch and why.
+    pub refused: Vec<(usize, SendError)>,
+}
+
 /// A handle that sends events into the bus. See the module docs.
 #[derive(Debug)]
 pub struct Producer {
     writers: Vec<LaneWriter>,
+    /// Per shard: whether the batch being sent staged records in that lane.
+    touched: Vec<bool>,
     home: usize,
     mode: Backpressure,
     payload_bytes_max: usize,
@@ -66,6 +80,7 @@ impl Producer {
         payload_bytes_max: usize,
     ) -> Producer {
         Producer {
+            touched: vec![false; writers.len()],
             writers,
             home,
             mode,
@@ -132,6 +147,47 @@ impl Producer {
         self.send_to_stamped(shard, payload, Some(origin_ns))
     }
 
+    /// Sends many `(key, payload)` events: each goes to the shard its key maps to, as with
+    /// [`Producer::send`] (same order per key, same backpressure), but each lane touched is
+    /// published to its shard once for the whole batch (one release store and at most one
+    /// wake-up per shard, not per event). Refused events are listed by their index in
+    /// `events` with the reason; they were not ingested. Allocates only to list refusals.
+    pub fn send_batch<'a, I>(&mut self, events: I) -> BatchSent
+    where
+        I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    {
+        let mut out = BatchSent::default();
+        let send_ns = monotonic_ns();
+        let (mode, n) = (self.mode, self.writers.len());
+        for (i, (key, payload)) in events.into_iter().enumerate() {
+            if payload.len() > self.payload_bytes_max {
+                let max = self.payload_bytes_max;
+                let len = payload.len();
+                out.refused.push((i, SendError::TooLarge { len, max }));
+                continue;
+            }
+            let shard = shard_for_key(key, n);
+            let w = &mut self.writers[shard];
+            if !self.touched[shard] {
+                w.enter_window();
+                self.touched[shard] = true;
+            }
+            match send_in_window(w, mode, send_ns, payload, Publish::Later) {
+                Ok(Sent::Queued) => out.queued += 1,
+                Ok(Sent::Dropped) => out.dropped += 1,
+                Err(e) => out.refused.push((i, e)),
+            }
+        }
+        for (w, touched) in self.writers.iter_mut().zip(self.touched.iter_mut()) {
+            if std::mem::take(touched) {
+                w.publish();
+                w.leave_window();
+                w.lane.signal.wake_if_parked();
+            }
+        }
+        out
+    }
+
     fn send_to_stamped(
         &mut self,
         shard: usize,
@@ -148,7 +204,7 @@ impl Producer {
         let mode = self.mode;
         let w = &mut self.writers[shard];
         w.enter_window();
-        let result = send_in_window(w, mode, send_ns, payload);
+        let result = send_in_window(w, mode, send_ns, payload, Publish::Now);
         w.leave_window();
         if result == Ok(Sent::Queued) {
             w.lane.signal.wake_if_parked();
@@ -157,11 +213,21 @@ impl Producer {
     }
 }
 
+/// How a send hands its record to the lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    /// Publish it at once (one send).
+    Now,
+    /// Stage it; the caller publishes the lane once for many (a batch).
+    Later,
+}
+
 fn send_in_window(
     w: &mut LaneWriter,
     mode: Backpressure,
     send_ns: u64,
     payload: &[u8],
+    publish: Publish,
 ) -> Result<Sent, SendError> {
     if w.is_closed() {
         return Err(SendError::Closed);
@@ -177,6 +243,11 @@ fn send_in_window(
     }
     let need = w.bytes_needed(payload.len());
     if !w.has_room(need) {
+        if publish == Publish::Later {
+            // What this batch staged must reach the shard before anyone waits for room.
+            w.publish();
+            w.lane.signal.wake_if_parked();
+        }
         match mode {
             Backpressure::Fail => {
                 w.count_rejected();
@@ -190,7 +261,10 @@ fn send_in_window(
             Backpressure::DropOldest => drop_until_room(w, need)?,
         }
     }
-    w.write(send_ns, payload);
+    match publish {
+        Publish::Now => w.write(send_ns, payload),
+        Publish::Later => w.stage(send_ns, payload),
+    }
     Ok(Sent::Queued)
 }
 

@@ -239,8 +239,10 @@ pub(crate) enum Taken {
 #[derive(Debug)]
 pub(crate) struct RingWriter {
     ring: Arc<Ring>,
-    /// Position after the last entry written (published as soon as written).
+    /// Position after the last entry written.
     head: u64,
+    /// Position after the last entry published (`head` once `publish` ran).
+    published: u64,
     /// `tail` as last loaded: room is rechecked only when this says there is none.
     tail_cache: u64,
 }
@@ -253,6 +255,7 @@ impl RingWriter {
         RingWriter {
             ring,
             head,
+            published: head,
             tail_cache,
         }
     }
@@ -296,6 +299,21 @@ impl RingWriter {
 
     /// Writes one entry and publishes it. The caller checked `has_room(bytes_needed(..))`.
     pub(crate) fn write(&mut self, aux: u64, payload: &[u8]) {
+        self.stage(aux, payload);
+        self.publish();
+    }
+
+    /// Publishes every entry staged so far, in one store (SeqCst: it publishes the entries
+    /// (Release) and is the store half of the park handshake).
+    pub(crate) fn publish(&mut self) {
+        self.ring.head.store(self.head, Ordering::SeqCst);
+        self.published = self.head;
+    }
+
+    /// Writes one entry without publishing it: the reader sees it with the next
+    /// [`RingWriter::publish`] (a batch of entries costs one publication). The caller checked
+    /// `has_room(bytes_needed(..))`.
+    pub(crate) fn stage(&mut self, aux: u64, payload: &[u8]) {
         let ring = &*self.ring;
         let size = entry_bytes(payload.len());
         let off = ring.offset(self.head);
@@ -314,13 +332,15 @@ impl RingWriter {
             .store(aux, Ordering::Relaxed);
         ring.copy_in(self.head + ENTRY_OVERHEAD_BYTES as u64, payload);
         self.head += size;
-        // SeqCst: publishes the entry (Release) and is the store half of the park handshake.
-        ring.head.store(self.head, Ordering::SeqCst);
     }
 
     /// Takes (drops) the oldest unclaimed entry or pad to make room, if the reader holds no
     /// claim.
     pub(crate) fn take_oldest(&mut self) -> Taken {
+        assert_eq!(
+            self.published, self.head,
+            "publish staged entries before taking any"
+        );
         let ring = &*self.ring;
         let c = ring.claim.load(Ordering::Acquire);
         if c != ring.tail.load(Ordering::Acquire) || c == self.head {
