@@ -94,10 +94,15 @@ fn send_batch_under_fail_reports_what_a_full_lane_refused() {
     assert!(!bus.shutdown(Duration::from_secs(5)).lossy);
 }
 
+/// Records as (seq, payload).
+type Records = Vec<(u64, Vec<u8>)>;
+/// A forwarded batch: its first seq and its records.
+type Forwarded = (u64, Records);
+
 /// A consumer that forwards each batch's records to its own thread through a bounded
 /// channel, and refuses a batch when the channel is full.
 struct Forward {
-    tx: SyncSender<(u64, Vec<(u64, Vec<u8>)>)>,
+    tx: SyncSender<Forwarded>,
 }
 
 impl BatchConsumer for Forward {
@@ -114,10 +119,10 @@ impl BatchConsumer for Forward {
 }
 
 /// The consumer's thread: takes forwarded batches and fills every gap from the log.
-fn consume(bus: &Bus, rx: Receiver<(u64, Vec<(u64, Vec<u8>)>)>, total: u64) -> Vec<(u64, Vec<u8>)> {
+fn consume(bus: &Bus, rx: Receiver<Forwarded>, total: u64) -> Records {
     let mut reader = bus.shard_reader(ShardId(0)).unwrap();
-    let mut got: Vec<(u64, Vec<u8>)> = Vec::new();
-    let catch_up = |got: &mut Vec<(u64, Vec<u8>)>, reader: &mut net_engine::Reader, to: u64| {
+    let mut got: Records = Vec::new();
+    let catch_up = |got: &mut Records, reader: &mut net_engine::Reader, to: u64| {
         while (got.len() as u64) < to {
             let next = got.len() as u64;
             let batch = reader.read(next, (to - next) as usize, 1 << 20).unwrap();
