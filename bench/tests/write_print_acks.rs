@@ -44,17 +44,14 @@ fn writer(dir: &Path, rate_per_s: Option<u64>) -> Child {
         .expect("the net-bench binary starts")
 }
 
-/// Parses one ack line, `{"shard":S,"seq":N,"crc32":C}`.
-fn parse_ack(line: &str) -> ((u16, u64), u32) {
-    let v: serde_json::Value = serde_json::from_str(line).expect("an ack line is JSON");
-    let field = |name: &str| {
-        v[name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{name} in {line}"))
-    };
-    let shard = u16::try_from(field("shard")).expect("a u16 shard");
-    let crc = u32::try_from(field("crc32")).expect("a u32 CRC");
-    ((shard, field("seq")), crc)
+/// Parses one ack line, `{"shard":S,"seq":N,"crc32":C}`; `None` if it is not one (the last
+/// line of a killed writer may be cut short).
+fn parse_ack(line: &str) -> Option<((u16, u64), u32)> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let field = |name: &str| v[name].as_u64();
+    let shard = u16::try_from(field("shard")?).ok()?;
+    let crc = u32::try_from(field("crc32")?).ok()?;
+    Some(((shard, field("seq")?), crc))
 }
 
 /// Reads ack lines on a thread, signalling the first one; joins to every line read.
@@ -62,9 +59,15 @@ fn read_acks(stdout: ChildStdout) -> (mpsc::Receiver<()>, std::thread::JoinHandl
     let (first, first_rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut acks = Acks::new();
+        let mut cut: Option<String> = None;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            let (id, crc) = parse_ack(&line);
+            // Only the very last line may be cut short by the kill.
+            assert!(cut.is_none(), "a malformed ack line before others: {cut:?}");
+            let Some((id, crc)) = parse_ack(&line) else {
+                cut = Some(line);
+                continue;
+            };
             assert!(acks.insert(id, crc).is_none(), "{id:?} acknowledged twice");
             let _ = first.send(());
         }
