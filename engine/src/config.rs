@@ -469,7 +469,7 @@ impl Config {
             "storage.segment_bytes",
             self.storage.segment_bytes,
             segment_min,
-            1 << 40,
+            net_storage::segment::SEGMENT_BYTES_MAX,
         )?;
         let r = &self.storage.retention;
         for (field, value) in [
