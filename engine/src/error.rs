@@ -82,6 +82,14 @@ pub enum SendError {
     /// The shard stopped (shutdown past its deadline) before the event became durable.
     #[error("shard {0} stopped before the event became durable")]
     Stopped(ShardId),
+    /// `send_to` named a shard this bus does not have.
+    #[error("shard {shard} does not exist on this bus ({shards} shards)")]
+    NoSuchShard {
+        /// The index given.
+        shard: usize,
+        /// Shards of this bus.
+        shards: usize,
+    },
     /// The payload is larger than a lane or a batch can hold.
     #[error("payload of {len} bytes exceeds the maximum of {max} bytes")]
     TooLarge {

@@ -25,7 +25,7 @@ use crate::config::FsyncPolicy;
 use crate::consumer::Consumers;
 use crate::control::ShardShared;
 use crate::lane::LaneReader;
-use crate::reactor::Queue;
+use crate::reactor::{Component, Cx, Queue, Source};
 use crate::stats::ShardFailure;
 
 /// How often retention re-checks ages when no segment rolled.
@@ -58,6 +58,28 @@ struct LaneState {
     reader: LaneReader,
     /// `(batch number, lane position)` of recent submissions, indexed by batch % MARKS.
     marks: [(u64, u64); MARKS],
+}
+
+impl Component for Ingest {
+    fn source(&self) -> Source {
+        Source::Log
+    }
+
+    fn work(&mut self, cx: &mut Cx<'_>) -> bool {
+        self.step(&mut cx.io, cx.stopping)
+    }
+
+    fn complete(&mut self, cx: &mut Cx<'_>, tag: u64, res: i32) {
+        self.on_completion(&mut cx.io, tag, res, cx.consumers);
+    }
+
+    fn ready(&self) -> bool {
+        self.has_work()
+    }
+
+    fn deadline_ns(&self) -> Option<u64> {
+        self.next_deadline_ns()
+    }
 }
 
 /// The lanes → batch → log component.
@@ -149,7 +171,7 @@ impl Ingest {
     }
 
     /// Drains lanes and moves batches along; returns whether it made progress.
-    pub(crate) fn work(&mut self, io: &mut Queue<'_>, stopping: bool) -> bool {
+    fn step(&mut self, io: &mut Queue<'_>, stopping: bool) -> bool {
         let drained = if self.paused { 0 } else { self.drain(io) };
         let mut busy = drained > 0;
         busy |= self.submit_due(io, drained == 0 || stopping);
@@ -162,7 +184,7 @@ impl Ingest {
     }
 
     /// Whether there is work that needs no completion to proceed (checked before parking).
-    pub(crate) fn ready(&self) -> bool {
+    fn has_work(&self) -> bool {
         let lanes = !self.paused
             && !self.blocked
             && self.lanes.iter().any(|l| l.reader.lane.has_unclaimed());
@@ -170,7 +192,7 @@ impl Ingest {
     }
 
     /// The next time something is due without a completion (an interval sync), if any.
-    pub(crate) fn deadline_ns(&self) -> Option<u64> {
+    fn next_deadline_ns(&self) -> Option<u64> {
         let interval = match self.s.fsync {
             FsyncPolicy::IntervalMs(ms) if self.log.durable_end() < self.log.written_end() => {
                 Some(self.last_sync_ns.saturating_add(ms * 1_000_000))
@@ -364,13 +386,7 @@ impl Ingest {
     }
 
     /// Handles one of the log's completions, then every batch it completed.
-    pub(crate) fn complete(
-        &mut self,
-        io: &mut Queue<'_>,
-        tag: u64,
-        res: i32,
-        consumers: &mut Consumers,
-    ) {
+    fn on_completion(&mut self, io: &mut Queue<'_>, tag: u64, res: i32, consumers: &mut Consumers) {
         self.blocked = false;
         if let Err(e) = self.log.complete(io, tag, res)
             && self.failure.is_none()

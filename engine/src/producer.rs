@@ -125,11 +125,15 @@ impl Producer {
         self.send_to(self.home, payload)
     }
 
-    /// Sends an event to shard `shard` (`0..shards`).
-    ///
-    /// # Panics
-    /// If `shard` is not a shard of this bus.
+    /// Sends an event to shard `shard` (`0..shards`; another index is
+    /// `SendError::NoSuchShard`).
     pub fn send_to(&mut self, shard: usize, payload: &[u8]) -> Result<Sent, SendError> {
+        if shard >= self.writers.len() {
+            return Err(SendError::NoSuchShard {
+                shard,
+                shards: self.writers.len(),
+            });
+        }
         self.send_to_stamped(shard, payload, None)
     }
 

@@ -201,6 +201,29 @@ impl Reactor {
     }
 }
 
+/// What a component gets for one step of the duty cycle: its view of the ring, the batch
+/// consumers completed batches go to, and whether the shard is stopping.
+pub(crate) struct Cx<'a> {
+    pub(crate) io: Queue<'a>,
+    pub(crate) consumers: &'a mut crate::consumer::Consumers,
+    pub(crate) stopping: bool,
+}
+
+/// One part of a shard's work (Aeron's agent): the shard owns the ring and the loop, a
+/// component owns its state. Adding a capability (the mesh, a sink feed) adds a component.
+pub(crate) trait Component {
+    /// The routing byte of its completions.
+    fn source(&self) -> Source;
+    /// Does what is due now; returns whether it made progress.
+    fn work(&mut self, cx: &mut Cx<'_>) -> bool;
+    /// Handles one of its completions (`tag` as it pushed it).
+    fn complete(&mut self, cx: &mut Cx<'_>, tag: u64, res: i32);
+    /// Whether it has work that needs no completion to proceed (checked before parking).
+    fn ready(&self) -> bool;
+    /// The next time it needs the shard without a completion (monotonic ns), if any.
+    fn deadline_ns(&self) -> Option<u64>;
+}
+
 /// A component's view of the ring: pushes stamp its routing byte.
 pub(crate) struct Queue<'a> {
     reactor: &'a mut Reactor,

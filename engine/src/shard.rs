@@ -18,7 +18,7 @@ use crate::config::{IdleConfig, IdleStrategy};
 use crate::consumer::Consumers;
 use crate::control::{Control, ShardShared};
 use crate::ingest::Ingest;
-use crate::reactor::{Reactor, Source};
+use crate::reactor::{Component, Cx, Reactor, Source};
 
 /// Why a shard's thread ended other than cleanly.
 #[derive(Debug)]
@@ -83,10 +83,7 @@ impl Shard {
             {
                 break;
             }
-            let stopping = self.stop_deadline_ns.is_some();
-            busy |= self
-                .ingest
-                .work(&mut self.reactor.queue(Source::Log), stopping);
+            busy |= self.work();
             self.reactor.flush().map_err(ShardExit::Ring)?;
             if busy {
                 self.idle_since_ns = None;
@@ -97,22 +94,58 @@ impl Shard {
         self.finish()
     }
 
+    /// The components of the duty cycle, in the order they run.
+    fn components(ingest: &mut Ingest) -> [&mut dyn Component; 1] {
+        [ingest]
+    }
+
+    /// Lets every component do what is due; returns whether any made progress.
+    fn work(&mut self) -> bool {
+        let stopping = self.stop_deadline_ns.is_some();
+        let mut busy = false;
+        for c in Self::components(&mut self.ingest) {
+            let mut cx = Cx {
+                io: self.reactor.queue(c.source()),
+                consumers: &mut self.consumers,
+                stopping,
+            };
+            busy |= c.work(&mut cx);
+        }
+        busy
+    }
+
     /// Hands every ready completion to its component; returns whether there were any.
     fn reap(&mut self) -> bool {
         let n = self.reactor.reap().len();
+        let stopping = self.stop_deadline_ns.is_some();
         for i in 0..n {
-            let c = self.reactor.completion(i);
-            match c.source {
-                Some(Source::Log) => self.ingest.complete(
-                    &mut self.reactor.queue(Source::Log),
-                    c.tag,
-                    c.res,
-                    &mut self.consumers,
-                ),
-                Some(Source::Doorbell) | None => {}
+            let done = self.reactor.completion(i);
+            for c in Self::components(&mut self.ingest) {
+                if done.source != Some(c.source()) {
+                    continue;
+                }
+                let mut cx = Cx {
+                    io: self.reactor.queue(c.source()),
+                    consumers: &mut self.consumers,
+                    stopping,
+                };
+                c.complete(&mut cx, done.tag, done.res);
             }
         }
         n > 0
+    }
+
+    /// Whether a component has work that needs no completion.
+    fn ready(&mut self) -> bool {
+        Self::components(&mut self.ingest).iter().any(|c| c.ready())
+    }
+
+    /// The earliest deadline of any component.
+    fn deadline_ns(&mut self) -> Option<u64> {
+        Self::components(&mut self.ingest)
+            .iter()
+            .filter_map(|c| c.deadline_ns())
+            .min()
     }
 
     fn handle_control(&mut self) -> bool {
@@ -154,14 +187,13 @@ impl Shard {
     /// Announces the park, checks for work, and waits on the ring until something completes,
     /// a producer rings, or the next deadline.
     fn park(&mut self, now: u64) -> Result<(), ShardExit> {
-        let signal = &self.shared.signal;
-        signal.prepare_park();
-        if self.shared.has_pending() || self.ingest.ready() {
-            signal.unpark();
+        self.shared.signal.prepare_park();
+        if self.shared.has_pending() || self.ready() {
+            self.shared.signal.unpark();
             return Ok(());
         }
         let max = now.saturating_add(self.idle.park_max_us.saturating_mul(1000));
-        let until = self.ingest.deadline_ns().map_or(max, |d| d.min(max));
+        let until = self.deadline_ns().map_or(max, |d| d.min(max));
         let wait = self.reactor.wait(Some(until.saturating_sub(now).max(1)));
         self.shared.signal.unpark();
         wait.map_err(ShardExit::Ring)

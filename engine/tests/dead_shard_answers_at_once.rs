@@ -150,6 +150,13 @@ fn valid_input_never_panics() {
         Err(Error::NoSuchShard { .. })
     ));
     assert!(bus.shard_reader(ShardId(7)).is_err());
+    assert_eq!(
+        p.send_to(2, b"x"),
+        Err(SendError::NoSuchShard {
+            shard: 2,
+            shards: 2
+        })
+    );
     // Every shard id a cursor can carry: at most SHARDS_MAX of them, refused beyond.
     let mut c = Cursor::start();
     for s in 0..net_engine::config::SHARDS_MAX as u16 {
