@@ -14,10 +14,10 @@ use crate::feed::{self, Paced, Window};
 use crate::pace::Pace;
 use crate::readback::{self, ReadBack};
 use crate::workload::Workload;
-use crate::{Failure, disk, payload};
+use crate::{Failure, disk, payload, redex};
 use hdrhistogram::Histogram;
 use net_engine::{Bus, Config, FsyncPolicy};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Time the bus gets to drain at shutdown; everything is persisted by then, so it is a bound.
@@ -74,12 +74,44 @@ impl Durable {
         self.paced.elapsed.as_secs_f64() * 1e6 / per_shard.max(1.0)
     }
 
-    /// Record bytes (32-byte header and payload) that the read-back moved per second, GB.
-    pub fn poll_gb_per_s(&self) -> f64 {
+    /// Record bytes (32-byte header and payload) that the read-back returned.
+    pub fn poll_bytes(&self) -> u64 {
         let r = &self.readback;
-        let bytes = r.payload_bytes + r.events * net_storage::record::RECORD_HEADER_BYTES as u64;
-        crate::report::per_s(bytes, r.polling) / 1e9
+        r.payload_bytes + r.events * net_storage::record::RECORD_HEADER_BYTES as u64
     }
+
+    /// Record bytes that the read-back moved per second of `Bus::poll`, GB.
+    pub fn poll_gb_per_s(&self) -> f64 {
+        crate::report::per_s(self.poll_bytes(), self.readback.polling) / 1e9
+    }
+
+    /// Record bytes per second of the read-back's wall time (the visitor's included), GB.
+    pub fn poll_wall_gb_per_s(&self) -> f64 {
+        crate::report::per_s(self.poll_bytes(), self.readback.wall) / 1e9
+    }
+}
+
+/// The `.dat` files of every shard of the bus whose data dir is `dir`, shard by shard, each
+/// shard's in sequence order: the files its read-back polls.
+pub fn dat_files(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
+    let listing = std::fs::read_dir(dir).map_err(Failure::io(format!("listing {}", dir.display())));
+    let mut shards = Vec::new();
+    for entry in listing? {
+        let entry = entry.map_err(Failure::io(format!("listing {}", dir.display())))?;
+        let name = entry.file_name();
+        let shard = name
+            .to_str()
+            .and_then(net_storage::verify::parse_shard_dir_name);
+        if let Some(shard) = shard {
+            shards.push((shard, entry.path()));
+        }
+    }
+    shards.sort_unstable();
+    let mut files = Vec::new();
+    for (_, shard_dir) in shards {
+        files.extend(redex::dat_files(&shard_dir)?);
+    }
+    Ok(files)
 }
 
 /// Batches written so far, over all shards.
@@ -131,4 +163,32 @@ pub fn measure(dir: &Path, plan: Plan) -> Result<Durable, Failure> {
         readback,
         cache_dropped,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use net_storage::segment::dat_path;
+
+    #[test]
+    fn dat_files_lists_every_shard_in_order_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s0, s1) = (dir.path().join("shard-0000"), dir.path().join("shard-0001"));
+        for shard in [&s0, &s1, &dir.path().join("other")] {
+            std::fs::create_dir(shard).unwrap();
+        }
+        for path in [dat_path(&s1, 0), dat_path(&s0, 7), dat_path(&s0, 0)] {
+            std::fs::write(path, b"").unwrap();
+        }
+        std::fs::write(
+            dir.path()
+                .join("other")
+                .join(dat_path(&s0, 0).file_name().unwrap()),
+            b"",
+        )
+        .unwrap();
+        std::fs::write(s0.join("notes.txt"), b"").unwrap();
+        let want = vec![dat_path(&s0, 0), dat_path(&s0, 7), dat_path(&s1, 0)];
+        assert_eq!(dat_files(dir.path()).unwrap(), want);
+    }
 }

@@ -5,7 +5,10 @@
 //! acknowledges what it reads).
 //!
 //! Only the time spent inside `Bus::poll` is charged to net: the visitor's work and the empty
-//! polls that wait for the shards (the last one only confirms the end) are not.
+//! polls that wait for the shards (the last one only confirms the end) are not. The loop polls
+//! again as soon as the visitor is done, so a reader's read-ahead is never left idle by the
+//! harness; what it reads ahead while the visitor runs is not charged, and `wall` (which
+//! counts the visitor too) bounds what that is worth.
 
 use crate::Failure;
 use net_engine::{Bus, Cursor, Event, PollResponse};
@@ -27,6 +30,9 @@ pub struct ReadBack {
     pub payload_bytes: u64,
     /// Time spent inside `Bus::poll` only.
     pub polling: Duration,
+    /// From the first poll to the end of the last one that returned events: the polls and
+    /// what happens between them (the visitor's work, dropping each response).
+    pub wall: Duration,
 }
 
 /// Polls from the start of every shard until `expected` events were read, passing each to
@@ -56,14 +62,17 @@ pub fn read_from(
         events: 0,
         payload_bytes: 0,
         polling: Duration::ZERO,
+        wall: Duration::ZERO,
     };
-    let mut last_progress = Instant::now();
+    let begun = Instant::now();
+    let mut last_progress = begun;
     loop {
         let started = Instant::now();
         let response = bus
             .poll(&cursor, POLL_LIMIT)
             .map_err(|e| Failure::engine("poll", e))?;
-        let took = started.elapsed();
+        let done = Instant::now();
+        let took = done - started;
         check_response(&response)?;
         if response.events.is_empty() {
             if response.next != cursor {
@@ -79,6 +88,7 @@ pub fn read_from(
             continue;
         }
         read.polling += took;
+        read.wall = done - begun;
         take(&response.events)?;
         let bytes: usize = response.events.iter().map(|e| e.payload.len()).sum();
         read.payload_bytes += bytes as u64;

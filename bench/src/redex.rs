@@ -16,7 +16,7 @@ use crate::{Failure, payload};
 use net_engine::Config;
 use net_storage::record::record_bytes;
 use net_storage::{Log, LogConfig};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Distinct payloads the append phase cycles through.
@@ -105,6 +105,18 @@ pub fn append(dir: &Path, events: u64, payloads: &Payloads) -> Result<Appended, 
         elapsed: start.elapsed(),
         file_bytes: dir_bytes(dir)?,
     })
+}
+
+/// The `.dat` files of the log in `dir`, in sequence order.
+pub fn dat_files(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
+    let inventory = net_storage::segment::inventory(dir);
+    let bases = inventory
+        .map_err(Failure::storage("listing a log's segments"))?
+        .dats;
+    Ok(bases
+        .into_iter()
+        .map(|base| net_storage::segment::dat_path(dir, base))
+        .collect())
 }
 
 fn dir_bytes(dir: &Path) -> Result<u64, Failure> {
@@ -200,6 +212,11 @@ mod tests {
             appended.file_bytes > appended.bytes,
             "plus .idx and headers"
         );
+        let files = dat_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 1, "one segment");
+        let dat_bytes = std::fs::metadata(&files[0]).unwrap().len();
+        let header = net_storage::BLOCK_BYTES as u64;
+        assert_eq!(dat_bytes, header + appended.bytes, "cut at the data end");
         let (mut log, _) = Log::open(dir.path(), log_config()).unwrap();
         let read = read(&mut log, 70_000, &payloads).unwrap();
         assert_eq!((read.events, read.bytes), (70_000, appended.bytes));

@@ -8,10 +8,16 @@
 //!    medians are compared: alternating spreads the shared machine's drift over both.
 //! 2. Sequential read: the last appended log is reopened and read back in full, first from the
 //!    disk (page cache dropped, when running as root) and then warm, against an `O_DIRECT`
-//!    read of the raw baseline's file.
+//!    read of the raw baseline's file, and against a cold `O_DIRECT` read of the log's own
+//!    `.dat` files in the reader's chunk size (`SEGMENT_READ_BYTES`).
 //! 3. Durable ingest (`durable`): a bus under `every_batch`; closed-loop durable events/s,
 //!    paced CO-corrected ingest-to-durable latency, and its read-back through `Bus::poll`,
-//!    against the latency of one raw 4 KiB write + `fdatasync` measured just before.
+//!    against the latency of one raw 4 KiB write + `fdatasync` measured just before. Once the
+//!    bus is shut down, its shards' `.dat` files (those the read-back polled) are read cold
+//!    with `O_DIRECT` in `SEGMENT_READ_BYTES` reads: the raw side of `poll_raw_ratio`.
+//!
+//! The raw reads of segment files read whole files (each segment's 4 KiB header too), the log
+//! and the bus return record bytes: both byte counts are reported, and the ratios are of GB/s.
 //!
 //! Ratios (net / raw) are the figures to quote; the disks here are shared and virtual.
 
@@ -29,6 +35,10 @@ pub const DIR_DEFAULT: &str = "/var/tmp";
 
 /// Runs of each side of the append comparison; the medians are compared.
 const APPEND_RUNS: usize = 3;
+
+/// Bytes of each raw read of a log's own segment files: the chunk the log's reader reads, so
+/// that both sides read the same files in reads of the same size.
+const SEGMENT_READ_BYTES: usize = net_storage::READ_CHUNK_BYTES;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -63,10 +73,43 @@ pub struct Args {
 struct Sequential {
     raw: Vec<Transfer>,
     log: Vec<Appended>,
+    /// The raw baseline's own file, read in the log's batch size (not the log's files).
     raw_read: Transfer,
+    /// The last appended log's `.dat` files, read raw and cold.
+    raw_log_files: SegmentFiles,
     cold: Read,
     warm: Read,
     cache_dropped: bool,
+}
+
+/// A cold raw `O_DIRECT` read of a log's (or a bus's) segment files.
+#[derive(Debug)]
+struct SegmentFiles {
+    files: usize,
+    read: Transfer,
+    /// Whether the page cache was dropped just before.
+    cache_dropped: bool,
+}
+
+impl SegmentFiles {
+    /// Drops the page cache, then reads `files` one after the other with `O_DIRECT` in
+    /// `SEGMENT_READ_BYTES` reads (`what` names them in errors).
+    fn read_cold(files: &[PathBuf], what: &str) -> Result<SegmentFiles, Failure> {
+        if files.is_empty() {
+            return Err(Failure::Storage(format!("{what}: no .dat file to read")));
+        }
+        let cache_dropped = disk::drop_page_cache();
+        let read = disk::read_files_sequential(files, SEGMENT_READ_BYTES);
+        Ok(SegmentFiles {
+            files: files.len(),
+            read: read.map_err(Failure::io(format!("raw O_DIRECT read of {what}")))?,
+            cache_dropped,
+        })
+    }
+
+    fn gb_per_s(&self) -> f64 {
+        self.read.gb_per_s()
+    }
 }
 
 impl Sequential {
@@ -83,6 +126,13 @@ impl Sequential {
         let last = self.log.last().expect("at least one append run");
         last.file_bytes as f64 / last.bytes as f64
     }
+}
+
+/// The durable phases and the raw read of the files their read-back polled.
+#[derive(Debug)]
+struct BusRun {
+    durable: Durable,
+    raw_files: SegmentFiles,
 }
 
 /// The raw sync baseline.
@@ -110,17 +160,20 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         producers: usize::try_from(args.producers).expect("producer count fits usize"),
         rate_per_s: args.durable_rate,
     };
-    let durable = durable::measure(&scratch.path().join("bus"), plan)?;
+    let bus_dir = scratch.path().join("bus");
+    let durable = durable::measure(&bus_dir, plan)?;
+    // After the shutdown: every shard closed its log, which cut the active segment's reserved
+    // tail, so the files hold the polled records and their segments' headers, nothing more.
+    let bus_files = durable::dat_files(&bus_dir)?;
+    let raw_poll_files = SegmentFiles::read_cold(&bus_files, "the bus's segment files")?;
     scratch
         .close()
         .map_err(Failure::io("removing the scratch directory"))?;
-    print_report(
-        args,
-        &base,
-        &sequential,
-        &Sync { latency, direct },
-        &durable,
-    );
+    let bus = BusRun {
+        durable,
+        raw_files: raw_poll_files,
+    };
+    print_report(args, &base, &sequential, &Sync { latency, direct }, &bus);
     Ok(())
 }
 
@@ -144,6 +197,10 @@ fn measure_sequential(args: &Args, dir: &Path, payloads: &Payloads) -> Result<Se
     let raw_read = disk::read_sequential(&raw_path, block)
         .map_err(Failure::io("raw O_DIRECT read baseline"))?;
     remove_file(&raw_path)?;
+    // Before reopening: opening reserves the active segment's full size again, and the raw
+    // read would then read its unwritten tail as well.
+    let log_files = redex::dat_files(&log_dir)?;
+    let raw_log_files = SegmentFiles::read_cold(&log_files, "the log's segment files")?;
     // Opening scans the active segment: the cache is dropped after it, before the read.
     let opened = Log::open(&log_dir, redex::log_config());
     let (mut opened, _) = opened.map_err(Failure::storage("reopening the log"))?;
@@ -156,6 +213,7 @@ fn measure_sequential(args: &Args, dir: &Path, payloads: &Payloads) -> Result<Se
         raw,
         log,
         raw_read,
+        raw_log_files,
         cold,
         warm,
         cache_dropped,
@@ -183,11 +241,11 @@ fn ratio(net: f64, raw: f64) -> f64 {
     if raw > 0.0 { net / raw } else { 0.0 }
 }
 
-fn print_report(args: &Args, base: &Path, seq: &Sequential, sync: &Sync, bus: &Durable) {
+fn print_report(args: &Args, base: &Path, seq: &Sequential, sync: &Sync, bus: &BusRun) {
     let command = command(args);
     print!("{}", throughput_table(args, base, seq, bus).render());
-    print!("{}", latency_table(args, sync, bus).render());
-    let (paced, raw_sync) = (paced(bus), Percentiles::from_ns(&sync.latency));
+    print!("{}", latency_table(args, sync, &bus.durable).render());
+    let (paced, raw_sync) = (paced(&bus.durable), Percentiles::from_ns(&sync.latency));
     println!(
         "  durable p99 / raw write+fdatasync p99: {:.2}x",
         ratio(paced.p99_us, raw_sync.p99_us)
@@ -201,7 +259,7 @@ fn print_report(args: &Args, base: &Path, seq: &Sequential, sync: &Sync, bus: &D
     }
 }
 
-fn throughput_table(args: &Args, base: &Path, seq: &Sequential, bus: &Durable) -> Table {
+fn throughput_table(args: &Args, base: &Path, seq: &Sequential, bus: &BusRun) -> Table {
     let title = format!(
         "storage: {} records x {} B against the raw disk, under {}",
         report::format_count(args.events as f64),
@@ -210,7 +268,7 @@ fn throughput_table(args: &Args, base: &Path, seq: &Sequential, bus: &Durable) -
     );
     let mut t = Table::new(&title, &["net", "raw disk", "net / raw"]);
     sequential_rows(&mut t, seq);
-    bus_rows(&mut t, args, bus, seq.raw_read.mb_per_s() / 1e3);
+    bus_rows(&mut t, args, bus);
     t
 }
 
@@ -252,8 +310,23 @@ fn sequential_rows(t: &mut Table, seq: &Sequential) {
     )
     .heading(&format!("sequential read, page cache {dropped}:"))
     .row(
-        "log read GB/s, cold",
-        three(seq.cold.gb_per_s(), seq.raw_read.mb_per_s() / 1e3, 2),
+        &format!(
+            "log read GB/s, cold (raw: raw.dat, {} MiB reads)",
+            redex::log_config().batch_bytes_max >> 20
+        ),
+        three(seq.cold.gb_per_s(), seq.raw_read.gb_per_s(), 2),
+    )
+    .row(
+        &format!(
+            "log read GB/s, cold (raw: its {} .dat files, {} MiB reads)",
+            seq.raw_log_files.files,
+            SEGMENT_READ_BYTES >> 20
+        ),
+        three(seq.cold.gb_per_s(), seq.raw_log_files.gb_per_s(), 2),
+    )
+    .row(
+        "  bytes read (net: records, raw: whole files)",
+        bytes_read(seq.cold.bytes, seq.raw_log_files.read.bytes),
     )
     .row(
         "log read GB/s, warm",
@@ -261,7 +334,17 @@ fn sequential_rows(t: &mut Table, seq: &Sequential) {
     );
 }
 
-fn bus_rows(t: &mut Table, args: &Args, bus: &Durable, raw_read_gb_per_s: f64) {
+/// The bytes each side of a read moved, and net's share of the raw side's.
+fn bytes_read(net: u64, raw: u64) -> Vec<String> {
+    vec![
+        report::format_count(net as f64),
+        report::format_count(raw as f64),
+        format!("{:.3}", ratio(net as f64, raw as f64)),
+    ]
+}
+
+fn bus_rows(t: &mut Table, args: &Args, run: &BusRun) {
+    let (bus, raw) = (&run.durable, &run.raw_files);
     t.heading(&format!(
         "bus, fsync every_batch, {} shards, {} producers:",
         bus.shards, args.producers
@@ -283,8 +366,20 @@ fn bus_rows(t: &mut Table, args: &Args, bus: &Durable, raw_read_gb_per_s: f64) {
         alone(format!("{:.0}", bus.paced_batch_period_us())),
     )
     .row(
-        "bus poll GB/s, cold",
-        three(bus.poll_gb_per_s(), raw_read_gb_per_s, 2),
+        &format!(
+            "bus poll GB/s, cold (raw: its {} .dat files, {} MiB reads)",
+            raw.files,
+            SEGMENT_READ_BYTES >> 20
+        ),
+        three(bus.poll_gb_per_s(), raw.gb_per_s(), 2),
+    )
+    .row(
+        "  the same over the read-back's wall time",
+        three(bus.poll_wall_gb_per_s(), raw.gb_per_s(), 2),
+    )
+    .row(
+        "  bytes read (net: records, raw: whole files)",
+        bytes_read(bus.poll_bytes(), raw.read.bytes),
     );
 }
 
@@ -320,17 +415,31 @@ fn paced(bus: &Durable) -> Percentiles {
     Percentiles::from_ns(&bus.paced_latency)
 }
 
+/// Whether every drop of the page cache before a cold read succeeded.
+fn all_cache_dropped(seq: &Sequential, bus: &BusRun) -> bool {
+    seq.cache_dropped
+        && seq.raw_log_files.cache_dropped
+        && bus.durable.cache_dropped
+        && bus.raw_files.cache_dropped
+}
+
+/// Whether every raw baseline bypassed the page cache.
+fn all_direct(seq: &Sequential, sync: &Sync, bus: &BusRun) -> bool {
+    seq.raw_read.direct && seq.raw_log_files.read.direct && bus.raw_files.read.direct && sync.direct
+}
+
 /// Lines under the tables: anything that weakens a figure.
-fn notes(args: &Args, seq: &Sequential, sync: &Sync, bus: &Durable) -> Vec<String> {
+fn notes(args: &Args, seq: &Sequential, sync: &Sync, run: &BusRun) -> Vec<String> {
+    let bus = &run.durable;
     let mut notes = Vec::new();
-    if !seq.cache_dropped || !bus.cache_dropped {
+    if !all_cache_dropped(seq, run) {
         notes.push(
             "warning: the page cache could not be dropped (not root?): cold reads may \
                     come from memory"
                 .to_owned(),
         );
     }
-    if !seq.raw_read.direct || !sync.direct {
+    if !all_direct(seq, sync, run) {
         notes.push("warning: the file system refused O_DIRECT: raw baselines are buffered".into());
     }
     let closed = bus.closed_events_per_s();
@@ -351,9 +460,20 @@ fn notes(args: &Args, seq: &Sequential, sync: &Sync, bus: &Durable) -> Vec<Strin
     notes
 }
 
-fn json(args: &Args, seq: &Sequential, sync: &Sync, bus: &Durable, command: String) -> String {
+/// The JSON line. `poll_gb_s`/`poll_ratio` are the standalone log's cold read against
+/// `raw_read_gb_s`, a read of the raw append baseline's own file (other bytes, in 4 MiB
+/// reads), kept as they were; `log_read_raw_ratio` compares the same log read with a raw read
+/// of that log's own `.dat` files (`raw_log_files_gb_s`), and `poll_raw_ratio` the bus's
+/// `Bus::poll` read-back (`bus_poll_gb_s`) with a raw read of the bus's own `.dat` files
+/// (`raw_poll_files_gb_s`). Net's side counts record bytes, the raw side whole files
+/// (segment headers too): the `*_bytes` fields give both. The log read's time includes its
+/// byte-for-byte check of every payload; the bus's counts only the time inside `Bus::poll`
+/// (`bus_poll_wall_gb_s` counts the read-back's checks and drops between polls too).
+fn json(args: &Args, seq: &Sequential, sync: &Sync, run: &BusRun, command: String) -> String {
+    let bus = &run.durable;
     let (paced, raw_sync) = (paced(bus), Percentiles::from_ns(&sync.latency));
-    let raw_gb = seq.raw_read.mb_per_s() / 1e3;
+    let raw_gb = seq.raw_read.gb_per_s();
+    let (log_files, poll_files) = (&seq.raw_log_files, &run.raw_files);
     let mut json = JsonLine::default();
     json.field("scenario", "storage")
         .field("events", args.events)
@@ -402,8 +522,33 @@ fn json(args: &Args, seq: &Sequential, sync: &Sync, bus: &Durable, command: Stri
             report::round_to(ratio(seq.cold.gb_per_s(), raw_gb), 3),
         )
         .field("bus_poll_gb_s", report::round_to(bus.poll_gb_per_s(), 3))
-        .field("cache_dropped", seq.cache_dropped && bus.cache_dropped)
-        .field("direct_io", seq.raw_read.direct && sync.direct)
+        .field(
+            "bus_poll_wall_gb_s",
+            report::round_to(bus.poll_wall_gb_per_s(), 3),
+        )
+        .field("bus_poll_bytes", bus.poll_bytes())
+        .field(
+            "raw_poll_files_gb_s",
+            report::round_to(poll_files.gb_per_s(), 3),
+        )
+        .field("raw_poll_files_bytes", poll_files.read.bytes)
+        .field("raw_poll_files", poll_files.files)
+        .field(
+            "poll_raw_ratio",
+            report::round_to(ratio(bus.poll_gb_per_s(), poll_files.gb_per_s()), 3),
+        )
+        .field("log_read_bytes", seq.cold.bytes)
+        .field(
+            "raw_log_files_gb_s",
+            report::round_to(log_files.gb_per_s(), 3),
+        )
+        .field("raw_log_files_bytes", log_files.read.bytes)
+        .field(
+            "log_read_raw_ratio",
+            report::round_to(ratio(seq.cold.gb_per_s(), log_files.gb_per_s()), 3),
+        )
+        .field("cache_dropped", all_cache_dropped(seq, run))
+        .field("direct_io", all_direct(seq, sync, run))
         .field("command", command);
     json.render()
 }
@@ -439,6 +584,7 @@ mod tests {
         assert_eq!(ratio(3.0, 2.0), 1.5);
         assert_eq!(ratio(3.0, 0.0), 0.0);
         assert_eq!(three(1.0, 2.0, 1), vec!["1.0", "2.0", "0.500"]);
+        assert_eq!(bytes_read(1_000, 2_000), vec!["1,000", "2,000", "0.500"]);
     }
 
     #[test]
