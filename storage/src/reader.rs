@@ -88,6 +88,9 @@ struct Slot {
     offset: u64,
     buf: AlignedBuf,
     len: usize,
+    /// Bytes of the read below the segment's data end when it was submitted: the rest of its
+    /// last block may be rewritten since, and is not used.
+    valid: usize,
     result: Option<i32>,
     visible: u64,
 }
@@ -101,7 +104,12 @@ struct Stream {
     seq: u64,
     cur: Option<Chunk>,
     pending: VecDeque<Slot>,
+    /// Where the next read starts (block-aligned) and the end of the data already asked for.
+    /// At the tail the next read starts again at the block the last one ended inside, so a
+    /// consumer following the writer reads each new byte about once, not from an index
+    /// entry back.
     submit_at: u64,
+    covered: u64,
 }
 
 /// Reads a log from any thread; see the module docs. Keep one per consumer: its read-ahead
@@ -111,6 +119,7 @@ pub struct Reader {
     ring: Option<IoUring>,
     stream: Option<Stream>,
     next_id: u64,
+    bytes_read: u64,
 }
 
 impl std::fmt::Debug for Reader {
@@ -135,7 +144,14 @@ impl Reader {
             ring: None,
             stream: None,
             next_id: 0,
+            bytes_read: 0,
         }
+    }
+
+    /// Bytes this reader has asked the disk for so far (its read amplification, against the
+    /// record bytes it returned).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
     }
 
     /// The log this reader reads.
@@ -270,6 +286,7 @@ impl Reader {
             cur: None,
             pending: VecDeque::new(),
             submit_at: align_down_u64(pos),
+            covered: align_down_u64(pos),
         });
     }
 
@@ -381,11 +398,13 @@ impl Reader {
                     .cur
                     .as_ref()
                     .expect("advanced");
-                if c.offset != next_at {
+                // A chunk that starts inside the last one's final block (re-read at the tail)
+                // repeats what was already taken.
+                if c.offset > next_at || c.end() <= next_at {
                     return Ok(None);
                 }
                 visible = visible.min(c.visible);
-                used = 0;
+                used = usize::try_from(next_at - c.offset).expect("within a block");
             }
             let c = self
                 .stream
@@ -430,7 +449,7 @@ impl Reader {
             return Ok(false);
         };
         let slot = self.wait_for(slot)?;
-        let len = slot.len;
+        let len = slot.len.min(slot.valid);
         let chunk = Chunk {
             offset: slot.offset,
             bytes: Bytes::from_owner(slot.buf).slice(..len),
@@ -442,7 +461,8 @@ impl Reader {
         Ok(len > 0)
     }
 
-    /// Submits reads until [`READ_DEPTH`] are pending, up to the segment's visible data.
+    /// Submits reads until [`READ_DEPTH`] are pending, up to the segment's data end (its
+    /// written, visible bytes).
     fn fill_pipeline(&mut self) -> std::result::Result<(), Retry> {
         if self.ring.is_none() {
             let ring = IoUring::new(RING_ENTRIES).map_err(|e| Retry::Io(StorageError::Uring(e)))?;
@@ -450,11 +470,15 @@ impl Reader {
         }
         let visible = self.view.visible_end();
         let s = self.stream.as_mut().expect("positioned");
-        let limit = align_up_u64(s.seg.data_end.load(Ordering::Acquire));
+        // Loaded after `visible`: it covers every record below it.
+        let data_end = s.seg.data_end.load(Ordering::Acquire);
+        let limit = align_up_u64(data_end);
         let mut submitted = false;
-        while s.pending.len() < READ_DEPTH && s.submit_at < limit {
+        while s.pending.len() < READ_DEPTH && s.covered < data_end {
             let len = usize::try_from((limit - s.submit_at).min(READ_CHUNK_BYTES as u64))
                 .expect("below a chunk");
+            let valid =
+                usize::try_from((data_end - s.submit_at).min(len as u64)).expect("below a chunk");
             let buf = AlignedBuf::new(len);
             let id = self.next_id;
             self.next_id += 1;
@@ -476,10 +500,15 @@ impl Reader {
                 offset: s.submit_at,
                 buf,
                 len,
+                valid,
                 result: None,
                 visible,
             });
-            s.submit_at += len as u64;
+            self.bytes_read += len as u64;
+            let end = s.submit_at + valid as u64;
+            s.covered = end;
+            // A read that ends inside a block: the next one reads that block again.
+            s.submit_at = align_down_u64(end);
             submitted = true;
         }
         if submitted {

@@ -103,6 +103,43 @@ fn a_follower_sees_every_record_once_in_order_while_it_is_written() {
     assert!(log.segments() > 3, "the follower crossed segment rolls");
 }
 
+/// A reader at the tail of a log written in small batches reads each new byte about once: the
+/// next read starts at the block the last one ended in, not at an index entry far behind
+/// (which made a following consumer read the disk many times over and starve the writer).
+#[test]
+fn a_follower_at_the_tail_reads_each_byte_about_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), cfg(64 << 20)).unwrap();
+    let mut reader = log.view().reader();
+    let (rounds, per_round) = (2_000u64, 20u64);
+    let mut next = 0u64;
+    let mut record_bytes = 0u64;
+    for round in 0..rounds {
+        for i in 0..per_round {
+            let seq = round * per_round + i;
+            log.append(seq, &small(seq)).unwrap();
+        }
+        log.flush(false).unwrap();
+        let batch = reader.read(next, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(batch.records.len() as u64, per_round, "round {round}");
+        for r in &batch.records {
+            assert_eq!(r.seq, next);
+            assert_eq!(&r.payload[..], &small(r.seq)[..]);
+            record_bytes += r.payload.len() as u64 + 32;
+            next += 1;
+        }
+    }
+    // Each round may read again the block the previous one ended in (and the new data's
+    // blocks round up): at most two blocks per round beyond the records themselves.
+    let bound = record_bytes + rounds * 2 * net_storage::BLOCK_BYTES as u64;
+    assert!(
+        reader.bytes_read() <= bound,
+        "read {} bytes from disk for {record_bytes} record bytes in {rounds} rounds",
+        reader.bytes_read()
+    );
+    log.close().unwrap();
+}
+
 fn small(seq: u64) -> Vec<u8> {
     vec![seq as u8; (seq % 300) as usize + 1]
 }
