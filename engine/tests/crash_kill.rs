@@ -61,6 +61,9 @@ fn child_writer() {
         });
     }
     let mut out = std::io::stdout().lock();
+    // libtest has printed `test child_writer ... ` without a newline: end that line, or the
+    // first acknowledgement would be glued to it and never checked.
+    writeln!(out).unwrap();
     loop {
         // Under every_batch a poll serves only records whose fdatasync completed.
         let resp = bus.poll(&cursor, 4096).unwrap();
