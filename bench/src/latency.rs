@@ -20,8 +20,10 @@
 //!    before.
 //! 2. Ingest: fsync `never` and no consumer; ingest-to-persisted (written) latency.
 //! 3. Visible: fsync `never` and a consumer thread that follows the tail from the start of the
-//!    phase with `Bus::poll`, flat out (it polls again at once when it has caught up, giving
-//!    its core back with `sched_yield` between empty polls). Visible
+//!    phase with `Bus::poll_wait`: it polls again at once while there is more, and sleeps
+//!    until the shard publishes when it has caught up. (A consumer that spins instead, even
+//!    yielding between empty polls, starves the kernel worker that completes the shard's
+//!    writes on its core: on 2 cores that stalled the shard ~0.4 s at a time.) Visible
 //!    latency runs from an event's intended send time to the return of the poll that read it,
 //!    against one 4 KiB `O_DIRECT` write (`disk::write_latency`) measured before phase 2. This
 //!    phase's ingest latency, against phase 2's, is the poll stall: what a busy consumer costs
@@ -58,6 +60,9 @@ const PRODUCER_ID: u32 = 0;
 
 /// Events the consumer asks for per poll.
 const POLL_LIMIT: usize = 1_000;
+
+/// Longest sleep of one `poll_wait` (the consumer re-checks whether the phase failed).
+const POLL_WAIT: Duration = Duration::from_millis(100);
 
 /// How long the consumer's polls may return nothing before the phase is declared stuck.
 const POLL_STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -414,8 +419,11 @@ fn read_all(
             let msg = "the consumer stopped: another thread of the phase failed";
             return Err(Failure::Engine(msg.to_owned()));
         }
+        // Sleeps until the shard publishes (or the stall timeout): a consumer that spins, even
+        // one yielding between empty polls, holds the core on which the kernel completes the
+        // shard's writes, and on a 2-core machine stalled the shard for ~0.4 s at a time.
         let response = bus
-            .poll(&cursor, POLL_LIMIT)
+            .poll_wait(&cursor, POLL_LIMIT, POLL_WAIT)
             .map_err(|e| Failure::engine("poll", e))?;
         let read_ns = monotonic_ns();
         readback::check_response(&response)?;
@@ -426,10 +434,6 @@ fn read_all(
                     plan.events
                 )));
             }
-            // Flat out, but a busy consumer gives its core back between empty polls, as a
-            // well-behaved one does: spinning through them would starve the kernel's own work
-            // on that core (disk completions, io workers) and measure the machine, not net.
-            std::thread::yield_now();
             continue;
         }
         for event in &response.events {

@@ -83,6 +83,8 @@ pub struct Bus {
     next_lane_id: AtomicU64,
     next_home: AtomicU64,
     producer_lock: Mutex<()>,
+    /// Signalled by every shard when it published events (`poll_wait` sleeps on it).
+    visible: Arc<crate::notify::Notify>,
     shut_down: bool,
     /// The data dir's lock, held until every shard thread has ended.
     dir_lock: Option<net_storage::DirLock>,
@@ -173,6 +175,7 @@ impl Bus {
             next_lane_id: AtomicU64::new(0),
             next_home: AtomicU64::new(0),
             producer_lock: Mutex::new(()),
+            visible: Arc::new(crate::notify::Notify::default()),
             shut_down: false,
             dir_lock: Some(dir_lock),
         };
@@ -216,7 +219,11 @@ impl Bus {
             what: format!("eventfd: {e}"),
         })?);
         let counters = self.stats.shared.shards[shard].clone();
-        let shared = Arc::new(ShardShared::new(signal.clone(), counters.clone()));
+        let shared = Arc::new(ShardShared::new(
+            signal.clone(),
+            counters.clone(),
+            self.visible.clone(),
+        ));
         let c = &self.config;
         let log_cfg = LogConfig {
             shard: id,
@@ -461,6 +468,34 @@ impl Bus {
         Ok(resp)
     }
 
+    /// Like [`Bus::poll`], but when no event is there yet it sleeps until a shard publishes
+    /// some (or one fails), up to `timeout`, instead of returning empty at once. The way to
+    /// follow the tail: a consumer that polls in a loop keeps a core busy, and on a machine
+    /// with few cores that starves the kernel work completing the shards' writes (see
+    /// `docs/architecture.md`). Returns the first non-empty response, one reporting a failed
+    /// shard or skipped events, or an empty one when `timeout` passes.
+    pub fn poll_wait(
+        &self,
+        cursor: &Cursor,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<PollResponse, Error> {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            let seen = self.visible.epoch();
+            let resp = self.poll(cursor, limit)?;
+            let left = remaining(deadline);
+            if !resp.events.is_empty()
+                || !resp.failed_shards.is_empty()
+                || resp.skipped
+                || left.is_zero()
+            {
+                return Ok(resp);
+            }
+            self.visible.wait(seen, left);
+        }
+    }
+
     /// Waits until every event ingested before this call is durable under the fsync policy
     /// (or dropped). Events sent after the call cannot satisfy it: it snapshots each lane's
     /// head at entry. A shard that failed or died makes it return its failure at once.
@@ -683,6 +718,14 @@ impl Bus {
 /// message are visible at once, the control queue closes (pending requests disconnect), and
 /// the thread ends normally so the bus joins it.
 fn run_guarded(shard: Shard, shared: &ShardShared) -> Result<(), ShardExit> {
+    // However the shard ends, consumers sleeping in `poll_wait` wake to see it.
+    struct WakeConsumers<'a>(&'a ShardShared);
+    impl Drop for WakeConsumers<'_> {
+        fn drop(&mut self) {
+            self.0.visible.notify();
+        }
+    }
+    let _wake = WakeConsumers(shared);
     match std::panic::catch_unwind(AssertUnwindSafe(|| shard.run())) {
         Ok(result) => result,
         Err(payload) => {

@@ -73,6 +73,8 @@ struct Queue {
 pub(crate) struct ShardShared {
     pub(crate) signal: Arc<ShardSignal>,
     pub(crate) counters: Arc<CachePadded<ShardCounters>>,
+    /// The bus's "events became visible" signal, shared by every shard.
+    pub(crate) visible: Arc<crate::notify::Notify>,
     queue: Mutex<Queue>,
     pending: CachePadded<AtomicBool>,
 }
@@ -81,10 +83,12 @@ impl ShardShared {
     pub(crate) fn new(
         signal: Arc<ShardSignal>,
         counters: Arc<CachePadded<ShardCounters>>,
+        visible: Arc<crate::notify::Notify>,
     ) -> ShardShared {
         ShardShared {
             signal,
             counters,
+            visible,
             queue: Mutex::new(Queue::default()),
             pending: CachePadded::new(AtomicBool::new(false)),
         }

@@ -180,6 +180,13 @@ impl Ingest {
             self.resolve_flushes();
         }
         self.sweep_retention(io);
+        if !busy && !stopping && self.failure.is_none() {
+            // Idle: write zeros ahead of the writer (see net_storage's `warm`).
+            if let Err(e) = self.log.warm(io) {
+                self.failure = Some(e);
+                self.fail();
+            }
+        }
         busy
     }
 
@@ -394,9 +401,14 @@ impl Ingest {
             self.failure = Some(e);
             self.fail();
         }
+        let mut published = false;
         while let Some(c) = self.log.pop_completed() {
             self.on_completed(c.first_seq, c.end_seq);
             consumers.deliver(&self.log.appended(&c));
+            published = true;
+        }
+        if published {
+            self.shared.visible.notify();
         }
         let c = &self.shared.counters;
         c.durable_end

@@ -20,6 +20,7 @@ mod ids;
 mod ingest;
 mod json;
 mod lane;
+mod notify;
 mod poll;
 mod producer;
 mod reactor;

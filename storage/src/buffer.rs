@@ -29,6 +29,8 @@ pub struct AlignedBuf {
 
 // SAFETY: AlignedBuf exclusively owns its allocation, like a Vec<u8>.
 unsafe impl Send for AlignedBuf {}
+// SAFETY: a shared AlignedBuf only hands out `&[u8]`, like a shared Vec<u8>.
+unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
     /// Allocates `len` (rounded up to a block) zeroed bytes.

@@ -32,6 +32,7 @@ mod stage;
 mod uring;
 pub mod verify;
 mod view;
+mod warm;
 
 pub use buffer::{AlignedBuf, BLOCK_BYTES};
 pub use error::{Result, StorageError};

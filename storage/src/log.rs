@@ -70,6 +70,8 @@ pub(crate) mod op {
     pub(crate) const MANIFEST_WRITE: u64 = 8;
     pub(crate) const MANIFEST_SYNC: u64 = 9;
     pub(crate) const DIR_SYNC_RETENTION: u64 = 10;
+    pub(crate) const WARM_WRITE: u64 = 11;
+    pub(crate) const WARM_SYNC: u64 = 12;
 
     pub(crate) fn tag(kind: u64, id: u64) -> u64 {
         kind | (id << 8)
@@ -327,6 +329,7 @@ pub struct Log {
     pub(crate) dir_sync_queued: bool,
     pub(crate) retention: Option<crate::retention::Pending>,
     pub(crate) reader: Option<crate::Reader>,
+    pub(crate) warm: crate::warm::Warm,
 }
 
 impl Log {
@@ -443,7 +446,8 @@ impl Log {
             // Roll only once every batch of this segment completed (written, and synced when
             // it asked to be): a crash then never leaves a hole between the segment and the
             // next one, whose first write could otherwise land while this one's last did not.
-            let settled = self.batches.is_empty() && self.active.dir_synced;
+            let settled =
+                self.batches.is_empty() && self.active.dir_synced && self.warm.in_flight.is_none();
             if self.open_events > 0 || self.sealing.is_some() || !settled {
                 return Ok(Push::Full);
             }
@@ -491,10 +495,13 @@ impl Log {
 
     /// Whether [`Log::submit`] can take the open batch now.
     pub fn can_submit(&self) -> bool {
+        let stage = &self.stages[self.open];
+        let write_end = stage.start + crate::buffer::align_up(stage.fill) as u64;
         self.open_events > 0
             && !self.write_in_flight
             && self.poisoned.is_none()
             && self.stage_free.iter().any(|&f| f)
+            && !self.warm.overlaps(stage.start, write_end)
     }
 
     /// Whether a sync slot is free (a batch with `sync` needs one).
@@ -633,6 +640,7 @@ impl Log {
             op::SYNC => self.on_sync(op::id(tag), res),
             op::DIR_SYNC => self.on_dir_sync(res),
             op::DIR_SYNC_RETENTION => Ok(()),
+            op::WARM_WRITE | op::WARM_SYNC => self.on_warm(tag, res),
             op::MANIFEST_WRITE | op::MANIFEST_SYNC => self.on_manifest(tag, res),
             _ => self.on_seal_op(tag, res),
         };

@@ -220,6 +220,7 @@ fn assemble(
         dir_sync_queued: false,
         retention: None,
         reader: None,
+        warm: crate::warm::Warm::new(),
     }
 }
 

@@ -271,6 +271,7 @@ impl Log {
             chain: None,
         });
         self.dir_sync_queued = true;
+        self.warm.reset();
         let map = self.view.map();
         let mut segments = map.segments.clone();
         segments.push(handle);
