@@ -196,23 +196,48 @@ fn spawn_producer(
         .spawn(move || {
             let events = payload::share(work.events, work.producers, producer);
             let mut lag = pace.as_ref().map(|_| workload::latency_histogram());
+            if pace.is_some() {
+                // Best effort, as close to net's producers as the baseline can be.
+                let _ = pace::tighten_timer_slack();
+            }
             start_line.wait();
             let schedule = pace.map(|pace| pace.schedule());
-            for counter in 0..events {
-                // A conventional producer owns each event as a fresh buffer it can hand over.
+            // A conventional producer owns each event as a fresh buffer it can hand over.
+            let send = |counter: u64, origin_ns: u64| {
                 let mut bytes = vec![0u8; work.payload_bytes];
                 payload::fill(&mut bytes, id, counter);
                 let shard = workload::shard_of(&payload::key(id, counter), work.shards);
-                let origin_ns = match (&schedule, &mut lag) {
-                    (Some(schedule), Some(lag)) => pace::due(schedule, counter, lag),
-                    _ => monotonic_ns(),
-                };
                 let message = Message {
                     origin_ns,
                     payload: bytes,
                 };
-                if senders[shard].blocking_send(message).is_err() {
-                    break; // the consumer failed; `run` reports its error
+                // An error means the consumer failed; `run` reports it.
+                senders[shard].blocking_send(message).map_err(|_| ())
+            };
+            match (&schedule, &mut lag) {
+                // Paced like net's producers: sleeping while no event is due.
+                (Some(schedule), Some(lag)) => {
+                    let wake_ns = pace::WAKE_PERIOD_US_DEFAULT * 1_000;
+                    let paced = |counter: u64, intended_ns: u64, now_ns: u64| {
+                        lag.saturating_record(now_ns.saturating_sub(intended_ns));
+                        send(counter, intended_ns)
+                    };
+                    let clock = monotonic_ns;
+                    let _ = pace::send_sleeping(
+                        schedule,
+                        events,
+                        wake_ns,
+                        clock,
+                        pace::sleep_until,
+                        paced,
+                    );
+                }
+                _ => {
+                    for counter in 0..events {
+                        if send(counter, monotonic_ns()).is_err() {
+                            break;
+                        }
+                    }
                 }
             }
             lag

@@ -235,20 +235,40 @@ pub fn spawn_paced_producer(
             let events = payload::share(work.events, work.producers, index);
             let mut buf = vec![0u8; work.payload_bytes];
             let mut lag = workload::latency_histogram();
+            let slack = pace::tighten_timer_slack();
             start_line.wait();
             let schedule = pace.schedule();
-            for counter in 0..events {
+            // Sleeps while no event is due (a spinning producer would hold a core the shard's
+            // kernel-side write completions need).
+            let send = |counter: u64, intended_ns: u64, now_ns: u64| {
                 payload::fill(&mut buf, id, counter);
-                let intended_ns = pace::due(&schedule, counter, &mut lag);
+                lag.saturating_record(now_ns.saturating_sub(intended_ns));
                 let key = payload::key(id, counter);
                 // The shard measures from `intended_ns`, not from the call: the time an event
                 // waited behind a slow predecessor counts (coordinated omission).
-                if let Err(e) = producer.send_stamped(&key, &buf, intended_ns) {
-                    failed.store(true, Ordering::Release);
-                    return Err(format!(
-                        "producer {index} failed to send paced event {counter}: {e}"
-                    ));
-                }
+                producer
+                    .send_stamped(&key, &buf, intended_ns)
+                    .map(|_| ())
+                    .map_err(|e| {
+                        format!("producer {index} failed to send paced event {counter}: {e}")
+                    })
+            };
+            let wake_ns = pace::WAKE_PERIOD_US_DEFAULT * 1_000;
+            let sent = slack
+                .map_err(|e| format!("cutting producer {index}'s timer slack: {e}"))
+                .and_then(|()| {
+                    pace::send_sleeping(
+                        &schedule,
+                        events,
+                        wake_ns,
+                        monotonic_ns,
+                        pace::sleep_until,
+                        send,
+                    )
+                });
+            if let Err(e) = sent {
+                failed.store(true, Ordering::Release);
+                return Err(e);
             }
             Ok(lag)
         })

@@ -6,13 +6,14 @@
 //! the events that were never sent during a stall (Gil Tene, "How NOT to measure latency";
 //! wrk2). Here producer k of n sends its i-th event at the intended time
 //! `start + i * n / rate` seconds, computed from `start` rather than from the previous send so
-//! the schedule never drifts; it waits until then (spinning close to the due time, yielding
-//! its core before), and when it is already late it sends at
+//! the schedule never drifts; it sleeps until then, and when it is already late it sends at
 //! once and skips nothing. Latency is measured from the intended time, so the time an event
 //! spent waiting behind a slow predecessor is counted, as it would be for a real client.
 //!
-//! `send_sleeping` is the same schedule for a producer that must leave its core free (the
-//! `latency` scenario, where the kernel's I/O workers need it): it sleeps until the next event
+//! `send_sleeping` runs that schedule for every paced producer (net's and the baseline's): a
+//! producer that spins or yields holds a core the kernel's I/O workers need (on 2 cores a
+//! spinning thread kept the worker completing a shard's write off the CPU for ~0.4 s). It
+//! sleeps until the next event
 //! is due (`clock_nanosleep` on an absolute `CLOCK_MONOTONIC` deadline, with the thread's timer
 //! slack cut to `SLEEP_TIMER_SLACK_NS`) and, each time it wakes, sends every event whose
 //! intended time has passed, each stamped with its own intended time. Wake-ups are at least a
@@ -22,8 +23,6 @@
 //! All times are `net_engine::monotonic_ns` (CLOCK_MONOTONIC ns), the clock net's shards stamp
 //! persistence with; the clock is a parameter so that the arithmetic can be tested with a fake.
 
-use hdrhistogram::Histogram;
-use net_engine::monotonic_ns;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,37 +147,6 @@ impl Schedule {
     pub fn due_range(&self, next: u64, events: u64, now_ns: u64) -> Range<u64> {
         next..self.due_by(now_ns).clamp(next, events.max(next))
     }
-}
-
-/// Below this much time to wait a producer spins; above it, it yields its core.
-pub const YIELD_ABOVE_NS: u64 = 1_000;
-
-/// Waits until `clock()` reaches `intended_ns` and returns the reading that did; a late
-/// caller gets its first reading back at once. Far from the due time it yields the core
-/// instead of spinning: on a machine with as many busy threads as cores (2 producers and 2
-/// shards here), spinning producers would starve the very shards being measured.
-pub fn wait_until(intended_ns: u64, clock: impl Fn() -> u64) -> u64 {
-    loop {
-        let now_ns = clock();
-        if now_ns >= intended_ns {
-            return now_ns;
-        }
-        if intended_ns - now_ns > YIELD_ABOVE_NS {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-}
-
-/// Waits until event `i` is due on `schedule`, records in `lag` how many ns late the wait
-/// ended (zero unless the producer is behind), and returns the intended time: the origin
-/// every latency of this event is measured from.
-pub fn due(schedule: &Schedule, i: u64, lag: &mut Histogram<u64>) -> u64 {
-    let intended_ns = schedule.intended_ns(i);
-    let now_ns = wait_until(intended_ns, monotonic_ns);
-    lag.saturating_record(now_ns - intended_ns);
-    intended_ns
 }
 
 /// Timer slack of a sleeping producer, ns: how much later than asked the kernel may wake it
@@ -440,20 +408,5 @@ mod tests {
         );
         assert_eq!(result, Err(3));
         assert_eq!(sent, 4);
-    }
-
-    #[test]
-    fn waits_spin_until_due_and_late_callers_go_at_once() {
-        let now = Cell::new(100);
-        let tick = || {
-            now.set(now.get() + 10);
-            now.get()
-        };
-        assert_eq!(wait_until(150, tick), 150);
-        assert_eq!(
-            wait_until(100, tick),
-            160,
-            "late: the first reading is returned"
-        );
     }
 }

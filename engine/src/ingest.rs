@@ -80,6 +80,10 @@ impl Component for Ingest {
     fn deadline_ns(&self) -> Option<u64> {
         self.next_deadline_ns()
     }
+
+    fn completes_soon(&self) -> bool {
+        self.log.write_in_flight()
+    }
 }
 
 /// The lanes → batch → log component.

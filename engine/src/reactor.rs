@@ -222,6 +222,10 @@ pub(crate) trait Component {
     fn ready(&self) -> bool;
     /// The next time it needs the shard without a completion (monotonic ns), if any.
     fn deadline_ns(&self) -> Option<u64>;
+    /// Whether an operation of it is in flight whose completion is due shortly (a disk
+    /// write, not a socket read that waits for a peer): the shard then waits for it without
+    /// asking producers to ring. Must be false for operations that may never complete.
+    fn completes_soon(&self) -> bool;
 }
 
 /// A component's view of the ring: pushes stamp its routing byte.
