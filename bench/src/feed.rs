@@ -233,45 +233,61 @@ pub fn spawn_paced_producer(
         .name(format!("net-paced-{index}"))
         .spawn(move || {
             let events = payload::share(work.events, work.producers, index);
-            let mut buf = vec![0u8; work.payload_bytes];
-            let mut lag = workload::latency_histogram();
-            let slack = pace::tighten_timer_slack();
-            start_line.wait();
-            let schedule = pace.schedule();
-            // Sleeps while no event is due (a spinning producer would hold a core the shard's
-            // kernel-side write completions need).
-            let send = |counter: u64, intended_ns: u64, now_ns: u64| {
-                payload::fill(&mut buf, id, counter);
-                lag.saturating_record(now_ns.saturating_sub(intended_ns));
-                let key = payload::key(id, counter);
-                // The shard measures from `intended_ns`, not from the call: the time an event
-                // waited behind a slow predecessor counts (coordinated omission).
-                producer
-                    .send_stamped(&key, &buf, intended_ns)
-                    .map(|_| ())
-                    .map_err(|e| {
-                        format!("producer {index} failed to send paced event {counter}: {e}")
-                    })
+            let plan = PacedSends {
+                id,
+                events,
+                payload_bytes: work.payload_bytes,
+                wake_ns: pace::WAKE_PERIOD_US_DEFAULT * 1_000,
             };
-            let wake_ns = pace::WAKE_PERIOD_US_DEFAULT * 1_000;
-            let sent = slack
-                .map_err(|e| format!("cutting producer {index}'s timer slack: {e}"))
-                .and_then(|()| {
-                    pace::send_sleeping(
-                        &schedule,
-                        events,
-                        wake_ns,
-                        monotonic_ns,
-                        pace::sleep_until,
-                        send,
-                    )
-                });
-            if let Err(e) = sent {
+            let sent = send_paced(&mut producer, plan, &pace, &start_line);
+            if sent.is_err() {
                 failed.store(true, Ordering::Release);
-                return Err(e);
             }
-            Ok(lag)
+            sent
         })
+}
+
+/// What one paced producer sends: events `0..events` of producer `id`, `payload_bytes` each,
+/// waking at most once per `wake_ns`.
+#[derive(Debug, Clone, Copy)]
+pub struct PacedSends {
+    pub id: u32,
+    pub events: u64,
+    pub payload_bytes: usize,
+    pub wake_ns: u64,
+}
+
+/// Sends `plan` on `pace`'s schedule from the calling thread, sleeping while no event is due
+/// (`pace::send_sleeping`: a spinning producer would hold a core the shard's kernel-side
+/// write completions need), each event stamped with its own intended time; returns how late
+/// its sends were (ns).
+pub fn send_paced(
+    producer: &mut Producer,
+    plan: PacedSends,
+    pace: &Pace,
+    start_line: &StartLine,
+) -> Result<Histogram<u64>, String> {
+    let id = plan.id;
+    let slack = pace::tighten_timer_slack();
+    let mut buf = vec![0u8; plan.payload_bytes];
+    let mut lag = workload::latency_histogram();
+    start_line.wait();
+    slack.map_err(|e| format!("cutting producer {id}'s timer slack: {e}"))?;
+    let schedule = pace.schedule();
+    let send = |counter: u64, intended_ns: u64, now_ns: u64| {
+        payload::fill(&mut buf, id, counter);
+        lag.saturating_record(now_ns.saturating_sub(intended_ns));
+        let key = payload::key(id, counter);
+        // The shard measures from `intended_ns`, not from the call: the time an event waited
+        // for a late wake-up or a slow predecessor counts (coordinated omission).
+        producer
+            .send_stamped(&key, &buf, intended_ns)
+            .map(|_| ())
+            .map_err(|e| format!("producer {id} failed to send paced event {counter}: {e}"))
+    };
+    let (clock, sleep) = (monotonic_ns, pace::sleep_until);
+    pace::send_sleeping(&schedule, plan.events, plan.wake_ns, clock, sleep, send)?;
+    Ok(lag)
 }
 
 /// Waits until the bus's `persisted + dropped` reaches `events` (counted over the bus's life);

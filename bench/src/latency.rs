@@ -346,7 +346,13 @@ fn spawn_producer(
         .name("net-latency-producer".to_owned())
         .spawn(move || {
             crate::cpu::pin_off_shards(SHARDS);
-            let sent = send_all(&mut producer, plan, &pace, &start_line);
+            let sends = feed::PacedSends {
+                id: PRODUCER_ID,
+                events: plan.events,
+                payload_bytes: plan.payload_bytes,
+                wake_ns: plan.wake_period_us.saturating_mul(1_000),
+            };
+            let sent = feed::send_paced(&mut producer, sends, &pace, &start_line);
             if sent.is_err() {
                 failed.store(true, Ordering::Release);
             }
@@ -354,37 +360,9 @@ fn spawn_producer(
         })
 }
 
-fn send_all(
-    producer: &mut Producer,
-    plan: Plan,
-    pace: &Pace,
-    start_line: &StartLine,
-) -> Result<Histogram<u64>, String> {
-    let slack = pace::tighten_timer_slack();
-    let mut buf = vec![0u8; plan.payload_bytes];
-    let mut lag = workload::latency_histogram();
-    start_line.wait();
-    slack.map_err(|e| format!("cutting the producer's timer slack: {e}"))?;
-    let schedule = pace.schedule();
-    let send = |counter: u64, intended_ns: u64, now_ns: u64| {
-        payload::fill(&mut buf, PRODUCER_ID, counter);
-        lag.saturating_record(now_ns.saturating_sub(intended_ns));
-        let key = payload::key(PRODUCER_ID, counter);
-        // The shard measures from `intended_ns`, not from the call: the time an event waited
-        // for a late wake-up or a slow predecessor counts (coordinated omission).
-        match producer.send_stamped(&key, &buf, intended_ns) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(format!("the producer failed to send event {counter}: {e}")),
-        }
-    };
-    let wake_period_ns = plan.wake_period_us.saturating_mul(1_000);
-    let (clock, sleep) = (monotonic_ns, pace::sleep_until);
-    pace::send_sleeping(&schedule, plan.events, wake_period_ns, clock, sleep, send)?;
-    Ok(lag)
-}
-
-/// The consumer: polls from the start of the bus, flat out, until it has read `plan.events`
-/// events, each checked to be the next one sent; returns each event's visible latency (ns).
+/// The consumer: follows the bus from its start with `poll_wait` (sleeping whenever it has
+/// caught up) until it has read `plan.events` events, each checked to be the next one sent;
+/// returns each event's visible latency (ns).
 /// Gives up when another thread of the phase failed.
 fn follow_tail(
     bus: &Bus,

@@ -718,15 +718,7 @@ impl Bus {
 /// message are visible at once, the control queue closes (pending requests disconnect), and
 /// the thread ends normally so the bus joins it.
 fn run_guarded(shard: Shard, shared: &ShardShared) -> Result<(), ShardExit> {
-    // However the shard ends, consumers sleeping in `poll_wait` wake to see it.
-    struct WakeConsumers<'a>(&'a ShardShared);
-    impl Drop for WakeConsumers<'_> {
-        fn drop(&mut self) {
-            self.0.visible.notify();
-        }
-    }
-    let _wake = WakeConsumers(shared);
-    match std::panic::catch_unwind(AssertUnwindSafe(|| shard.run())) {
+    let exit = match std::panic::catch_unwind(AssertUnwindSafe(|| shard.run())) {
         Ok(result) => result,
         Err(payload) => {
             let msg = panic_message(payload.as_ref());
@@ -737,7 +729,10 @@ fn run_guarded(shard: Shard, shared: &ShardShared) -> Result<(), ShardExit> {
             shared.close();
             Err(ShardExit::Panicked(msg))
         }
-    }
+    };
+    // However the shard ended, consumers sleeping in `poll_wait` wake to see it.
+    shared.visible.notify();
+    exit
 }
 
 impl Drop for Bus {

@@ -181,9 +181,9 @@ impl Shard {
             IdleStrategy::Yield => std::thread::yield_now(),
             // A completion due shortly will wake the shard: wait for it at once rather than
             // spin through the core the producers (and the kernel's workers) need.
-            IdleStrategy::Park if soon => self.park(now)?,
+            IdleStrategy::Park if soon => self.park(now, true)?,
             IdleStrategy::Park if now - since < self.idle.spin_us * 1000 => std::hint::spin_loop(),
-            IdleStrategy::Park => self.park(now)?,
+            IdleStrategy::Park => self.park(now, false)?,
         }
         Ok(())
     }
@@ -197,12 +197,12 @@ impl Shard {
 
     /// Checks for work and waits on the ring until something completes, a producer rings, or
     /// the next deadline. The park is announced (so that producers ring the doorbell) only
-    /// when no completion is due shortly: while a write is in flight the shard could not
+    /// when no completion is due shortly (`soon`, from `completes_soon`): while a write is in flight the shard could not
     /// submit what a producer sends anyway, and it drains the lanes when the write completes.
     /// Ringing for every few events instead cost the producers a syscall each (an eventfd
     /// write) and the shard a wake-up each, and halved ingest throughput.
-    fn park(&mut self, now: u64) -> Result<(), ShardExit> {
-        let announce = !self.completes_soon();
+    fn park(&mut self, now: u64, soon: bool) -> Result<(), ShardExit> {
+        let announce = !soon;
         if announce {
             self.shared.signal.prepare_park();
         }

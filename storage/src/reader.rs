@@ -384,20 +384,13 @@ impl Reader {
                 joined.truncate(need);
                 return Ok(Some((Bytes::from(joined), visible)));
             }
-            let s = self.stream.as_ref().expect("positioned");
-            let c = s.cur.as_ref().expect("cur");
+            let c = self.cur_chunk();
             if used == c.bytes.len() {
                 let next_at = c.end();
                 if !self.advance()? {
                     return Ok(None);
                 }
-                let c = self
-                    .stream
-                    .as_ref()
-                    .expect("positioned")
-                    .cur
-                    .as_ref()
-                    .expect("advanced");
+                let c = self.cur_chunk();
                 // A chunk that starts inside the last one's final block (re-read at the tail)
                 // repeats what was already taken.
                 if c.offset > next_at || c.end() <= next_at {
@@ -406,17 +399,17 @@ impl Reader {
                 visible = visible.min(c.visible);
                 used = usize::try_from(next_at - c.offset).expect("within a block");
             }
-            let c = self
-                .stream
-                .as_ref()
-                .expect("positioned")
-                .cur
-                .as_ref()
-                .expect("cur");
+            let c = self.cur_chunk();
             let take = (need - joined.len()).min(c.bytes.len() - used);
             joined.extend_from_slice(&c.bytes[used..used + take]);
             used += take;
         }
+    }
+
+    /// The chunk being decoded (there is one once `take_record` ensured it).
+    fn cur_chunk(&self) -> &Chunk {
+        let s = self.stream.as_ref().expect("positioned");
+        s.cur.as_ref().expect("a current chunk")
     }
 
     /// Makes the current chunk the one holding `pos`; false when the readable data ends

@@ -377,13 +377,7 @@ impl Log {
             return Ok(());
         }
         let s = self.sealing.take().expect("sealing");
-        s.handle.data_end.store(s.data_end, Ordering::Release);
-        self.sealed.push(SealedSegment {
-            base: s.base,
-            end: s.end_seq,
-            dat_bytes: s.data_end,
-            last_ts_ns: s.last_ts_ns,
-        });
+        self.sealed_done(&s);
         Ok(())
     }
 
@@ -428,6 +422,13 @@ impl Log {
         std::fs::write(&idx_path, &bytes)
             .and_then(|()| File::open(&idx_path)?.sync_all())
             .map_err(io_err("write", &idx_path))?;
+        self.sealed_done(&s);
+        Ok(())
+    }
+
+    /// The old segment is sealed (truncated, synced, indexed): readers see its final data
+    /// end, and it joins the sealed list.
+    fn sealed_done(&mut self, s: &Sealing) {
         s.handle.data_end.store(s.data_end, Ordering::Release);
         self.sealed.push(SealedSegment {
             base: s.base,
@@ -435,7 +436,6 @@ impl Log {
             dat_bytes: s.data_end,
             last_ts_ns: s.last_ts_ns,
         });
-        Ok(())
     }
 }
 

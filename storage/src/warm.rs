@@ -143,9 +143,9 @@ impl Log {
         if res != 0 {
             return Err(crate::log::op_error("fdatasync", path(), res, 0));
         }
-        if at == self.warm.to {
-            self.warm.to = at + len;
-        }
+        // Warming writes at `to` and nothing moves `to` while one is in flight.
+        debug_assert_eq!(at, self.warm.to);
+        self.warm.to = at + len;
         Ok(())
     }
 }

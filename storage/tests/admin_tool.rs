@@ -6,7 +6,7 @@
 #![allow(clippy::cast_possible_truncation)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use base64::Engine as _;
 use net_storage::index::{INDEX_ENTRY_BYTES, IndexEntry};
@@ -18,6 +18,14 @@ use proptest::prelude::*;
 const SEGMENT_BYTES: u64 = 64 << 10;
 /// Records written per shard by [`build`]: enough for several 64 KiB segments.
 const SHARD_RECORDS: [(u16, u64); 2] = [(0, 1500), (1, 800)];
+
+/// Runs the `net-admin` binary with `args`.
+fn net_admin<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_net-admin"))
+        .args(args)
+        .output()
+        .unwrap()
+}
 
 fn cfg(shard: u16) -> LogConfig {
     LogConfig {
@@ -383,11 +391,7 @@ fn a_deleted_or_renamed_newest_segment_is_refused() {
     std::fs::remove_file(segment::dat_path(&dir, 0)).unwrap();
     let err = Log::open(&dir, cfg(0)).unwrap_err().to_string();
     assert!(err.contains("no segment is left"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_net-admin"))
-        .arg("verify")
-        .arg(root.path())
-        .output()
-        .unwrap();
+    let out = net_admin(["verify".as_ref(), root.path().as_os_str()]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -400,29 +404,20 @@ fn a_deleted_or_renamed_newest_segment_is_refused() {
 /// cut below its header made it exit 2 (I/O) instead of 1 (damage).
 #[test]
 fn repair_reports_damage_it_leaves_and_exits_1() {
-    let bin = env!("CARGO_BIN_EXE_net-admin");
     let root = build();
     let bases = segments(root.path(), 0);
     let dat = segment::dat_path(&shard_dir(root.path(), 0), bases[0]);
     let mut bytes = std::fs::read(&dat).unwrap();
     bytes[5000..5400].fill(0);
     std::fs::write(&dat, &bytes).unwrap();
-    let out = Command::new(bin)
-        .arg("repair")
-        .arg(root.path())
-        .output()
-        .unwrap();
+    let out = net_admin(["repair".as_ref(), root.path().as_os_str()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let shard0 = stdout.lines().find(|l| l.starts_with("shard 0")).unwrap();
     assert!(shard0.contains("problem(s) remain"), "{stdout}");
     let f = std::fs::OpenOptions::new().write(true).open(&dat).unwrap();
     f.set_len(1000).unwrap();
-    let out = Command::new(bin)
-        .arg("repair")
-        .arg(root.path())
-        .output()
-        .unwrap();
+    let out = net_admin(["repair".as_ref(), root.path().as_os_str()]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -434,15 +429,10 @@ fn repair_reports_damage_it_leaves_and_exits_1() {
 /// Hardening: repair and compact take the data dir's lock; verify and dump read without it.
 #[test]
 fn repair_and_compact_refuse_a_data_dir_in_use() {
-    let bin = env!("CARGO_BIN_EXE_net-admin");
     let root = build();
     let _held = net_storage::DirLock::acquire(root.path()).unwrap();
     for cmd in ["repair", "compact"] {
-        let out = Command::new(bin)
-            .arg(cmd)
-            .arg(root.path())
-            .output()
-            .unwrap();
+        let out = net_admin([cmd.as_ref(), root.path().as_os_str()]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
         assert!(
@@ -456,11 +446,7 @@ fn repair_and_compact_refuse_a_data_dir_in_use() {
         Err(StorageError::Locked { .. })
     ));
     for cmd in ["verify", "dump"] {
-        let out = Command::new(bin)
-            .arg(cmd)
-            .arg(root.path())
-            .output()
-            .unwrap();
+        let out = net_admin([cmd.as_ref(), root.path().as_os_str()]);
         assert_eq!(out.status.code(), Some(0), "{cmd} reads without the lock");
     }
 }
@@ -730,8 +716,7 @@ proptest! {
 
 #[test]
 fn the_binary_exits_0_clean_1_damaged_2_on_usage_errors() {
-    let bin = env!("CARGO_BIN_EXE_net-admin");
-    let run = |args: &[&std::ffi::OsStr]| Command::new(bin).args(args).output().unwrap();
+    let run = |args: &[&std::ffi::OsStr]| net_admin(args);
     let root = build_crashed();
     let dir = root.path().as_os_str();
 
@@ -799,12 +784,12 @@ fn compact_merges_segments_and_keeps_every_record() {
     let root = build();
     let before = dump_records(root.path(), DumpOptions::default()).0;
     let segments_before = segments(root.path(), 0).len();
-    let out = Command::new(env!("CARGO_BIN_EXE_net-admin"))
-        .args(["compact"])
-        .arg(root.path())
-        .args(["--segment-bytes", "1048576"])
-        .output()
-        .unwrap();
+    let out = net_admin([
+        "compact".as_ref(),
+        root.path().as_os_str(),
+        "--segment-bytes".as_ref(),
+        "1048576".as_ref(),
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -822,12 +807,12 @@ fn compact_merges_segments_and_keeps_every_record() {
         "every record kept"
     );
     assert_eq!(verify::verify(root.path()).unwrap().problems().count(), 0);
-    let bad = Command::new(env!("CARGO_BIN_EXE_net-admin"))
-        .args(["compact"])
-        .arg(root.path())
-        .args(["--segment-bytes", "10"])
-        .output()
-        .unwrap();
+    let bad = net_admin([
+        "compact".as_ref(),
+        root.path().as_os_str(),
+        "--segment-bytes".as_ref(),
+        "10".as_ref(),
+    ]);
     assert_eq!(
         bad.status.code(),
         Some(2),
