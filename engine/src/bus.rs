@@ -27,7 +27,7 @@ use hdrhistogram::Histogram;
 use net_storage::{Ack, Log, LogConfig, LogView, Reader, StorageError};
 
 use crate::clock::monotonic_ns;
-use crate::config::{Config, FsyncPolicy};
+use crate::config::{Config, FsyncPolicy, MeshConfig};
 use crate::consumer::{BatchConsumer, ConsumerCounters, Consumers};
 use crate::control::{Control, ShardShared};
 use crate::cursor::Cursor;
@@ -36,6 +36,8 @@ use crate::executor;
 use crate::ids::{EventId, Seq, ShardId};
 use crate::ingest::{Ingest, IngestSettings, LATENCY_NS_MAX};
 use crate::lane::{Lane, LaneWriter};
+use crate::mesh::{Inbox, MeshShard, MeshStats, Peer, PeerLink};
+use crate::mesh_shard::{Mesh, MeshControl, MeshSetup};
 use crate::poll::{Event, PollResponse, merge};
 use crate::producer::Producer;
 use crate::reactor::Reactor;
@@ -88,6 +90,124 @@ pub struct Bus {
     shut_down: bool,
     /// The data dir's lock, held until every shard thread has ended.
     dir_lock: Option<net_storage::DirLock>,
+    /// The mesh, when configured.
+    mesh: Option<MeshBus>,
+}
+
+/// The bus's side of the mesh.
+#[derive(Debug)]
+struct MeshBus {
+    identity_public: [u8; 32],
+    node_id: net_transport::identity::NodeId,
+    shards: Vec<Arc<MeshShard>>,
+    inbox: Mutex<Option<Inbox>>,
+    message_bytes_max: usize,
+    peer_queue_bytes: usize,
+}
+
+/// Reads the mesh's identity and PSK and binds every shard's socket; returns the setups the
+/// shards are built from.
+fn mesh_setup(
+    config: &Config,
+    mesh: &MeshConfig,
+    n: usize,
+) -> Result<(MeshBus, Vec<MeshSetup>), Error> {
+    use net_transport::endpoint::{Endpoint, EndpointConfig};
+    use net_transport::identity::{Identity, Psk};
+    let bad = |field: &str, what: String| Error::Config {
+        field: field.into(),
+        what,
+    };
+    let identity_path = mesh
+        .identity_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("mesh").join("identity"));
+    if let Some(dir) = identity_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            bad(
+                "mesh.identity_file",
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        })?;
+    }
+    let identity = Identity::load_or_generate(&identity_path)
+        .map_err(|e| bad("mesh.identity_file", e.to_string()))?;
+    let psk = match (&mesh.psk, &mesh.psk_file) {
+        (Some(hex), _) => {
+            Psk::from_hex(hex).ok_or_else(|| bad("mesh.psk", "must be 64 hex digits".into()))?
+        }
+        (None, Some(path)) => Psk::load(path).map_err(|e| bad("mesh.psk_file", e.to_string()))?,
+        (None, None) => return Err(bad("mesh.psk", "a PSK is required".into())),
+    };
+    let sockets = net_transport::udp::bind_group(mesh.listen, n, mesh.socket_buffer_bytes)
+        .map_err(|e| bad("mesh.listen", e.to_string()))?;
+    let ms = |v: u64| v.saturating_mul(1_000_000);
+    let ep_cfg = EndpointConfig {
+        heartbeat_ns: ms(mesh.heartbeat_ms),
+        session_timeout_ns: ms(mesh.session_timeout_ms),
+        rekey_after_ns: ms(mesh.rekey_after_ms),
+        rekey_after_messages: mesh.rekey_after_messages,
+        handshake_retry_ns: ms(mesh.handshake_retry_ms),
+        handshake_retry_max_ns: ms(mesh.handshake_retry_max_ms),
+        handshake_timeout_ns: ms(mesh.handshake_timeout_ms),
+        handshakes_per_sec: mesh.handshakes_per_sec,
+        handshake_burst: mesh.handshake_burst,
+        pacer_sources: mesh.pacer_sources,
+        peers_max: mesh.peers_max,
+        allow_key_rotation: mesh.rotation_ids(),
+        message_bytes_max: mesh.datagram_bytes_max - net_transport::codec::DATA_OVERHEAD,
+    };
+    let wall_offset = i128::from(crate::clock::realtime_ns()) - i128::from(monotonic_ns());
+    let notify = Arc::new(crate::notify::Notify::default());
+    let mut shards = Vec::with_capacity(n);
+    let mut readers = Vec::with_capacity(n);
+    let mut setups = Vec::with_capacity(n);
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let shared = Arc::new(MeshShard {
+            local_addr: socket.local_addr(),
+            peers_max: mesh.peers_max,
+            counters: Arc::new(Default::default()),
+            peers: Mutex::new(Vec::new()),
+            inbox_dropped: AtomicU64::new(0),
+            unsent_dropped: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            socket_failed: Mutex::new(None),
+        });
+        let endpoint = Endpoint::new(
+            u8::try_from(i).expect("mesh shards <= 256 (config checks it)"),
+            identity.clone(),
+            psk.clone(),
+            ep_cfg.clone(),
+            wall_offset,
+        );
+        let shared = Arc::new(MeshShard {
+            counters: endpoint.counters().clone(),
+            ..Arc::into_inner(shared).expect("not shared yet")
+        });
+        let ring = Arc::new(crate::ring::Ring::new(mesh.inbox_bytes));
+        readers.push(crate::ring::RingReader::new(ring.clone()));
+        setups.push(MeshSetup {
+            socket,
+            endpoint,
+            inbox: crate::ring::RingWriter::new(ring),
+            notify: notify.clone(),
+            shared: shared.clone(),
+            packet_buffers: mesh.packet_buffers,
+            datagram_bytes_max: mesh.datagram_bytes_max,
+        });
+        shards.push(shared);
+    }
+    Ok((
+        MeshBus {
+            identity_public: identity.public_key(),
+            node_id: identity.node_id(),
+            shards,
+            inbox: Mutex::new(Some(Inbox::new(readers, notify))),
+            message_bytes_max: ep_cfg.message_bytes_max,
+            peer_queue_bytes: mesh.peer_queue_bytes,
+        },
+        setups,
+    ))
 }
 
 /// Refuses to start with fewer shards than the data dir holds logs for: their events would
@@ -159,6 +279,13 @@ impl Bus {
         })?;
         let dir_lock = net_storage::DirLock::acquire(&config.data_dir).map_err(Error::DataDir)?;
         check_no_orphan_shards(&config.data_dir, n)?;
+        let (mesh, mut mesh_setups) = match &config.mesh {
+            Some(m) => {
+                let (bus, setups) = mesh_setup(&config, m, n)?;
+                (Some(bus), setups.into_iter().map(Some).collect())
+            }
+            None => (None, (0..n).map(|_| None).collect::<Vec<_>>()),
+        };
         let mut bus = Bus {
             config: config.clone(),
             shards: Vec::with_capacity(n),
@@ -178,11 +305,12 @@ impl Bus {
             visible: Arc::new(crate::notify::Notify::default()),
             shut_down: false,
             dir_lock: Some(dir_lock),
+            mesh,
         };
         let mut starting = Vec::with_capacity(n);
         for shard in 0..n {
             let cpu = config.pin.then(|| cores[shard % cores.len()]);
-            match bus.spawn(shard, cpu) {
+            match bus.spawn(shard, cpu, mesh_setups[shard].take()) {
                 Ok(started) => starting.push(started),
                 Err(e) => return Err(bus.abort_start(e)),
             }
@@ -212,6 +340,7 @@ impl Bus {
         &mut self,
         shard: usize,
         cpu: Option<usize>,
+        mesh: Option<MeshSetup>,
     ) -> Result<(Arc<ShardShared>, executor::StartSignal<LogView>), Error> {
         let id = u16::try_from(shard).expect("shards <= SHARDS_MAX");
         let signal = Arc::new(ShardSignal::new().map_err(|e| Error::Start {
@@ -263,7 +392,16 @@ impl Bus {
             let view = log.view().clone();
             let consumers = Consumers::new(ShardId(id), counters.appended_payload_bytes.clone());
             let ingest = Ingest::new(settings, log, thread_shared.clone());
-            let shard = Shard::new(id, idle, reactor, ingest, consumers, thread_shared.clone());
+            let mesh = mesh.map(Mesh::new);
+            let shard = Shard::new(
+                id,
+                idle,
+                reactor,
+                ingest,
+                mesh,
+                consumers,
+                thread_shared.clone(),
+            );
             Ok((view, move || run_guarded(shard, &thread_shared)))
         })?;
         self.threads.push(Some(handle));
@@ -293,6 +431,129 @@ impl Bus {
                 shard,
                 shards: self.shards.len(),
             })
+    }
+
+    fn mesh(&self) -> Result<&MeshBus, Error> {
+        self.mesh.as_ref().ok_or_else(|| Error::Mesh {
+            what: "this bus runs no mesh (the config has no `mesh` section)".into(),
+        })
+    }
+
+    /// The address the mesh listens on (the actual port when `mesh.listen` asked for 0).
+    pub fn mesh_addr(&self) -> Option<std::net::SocketAddr> {
+        Some(self.mesh.as_ref()?.shards.first()?.local_addr)
+    }
+
+    /// This node's mesh identity: its node id and static public key.
+    pub fn mesh_identity(&self) -> Option<(net_transport::identity::NodeId, [u8; 32])> {
+        let m = self.mesh.as_ref()?;
+        Some((m.node_id, m.identity_public))
+    }
+
+    /// A handle for sending messages to the node at `addr` whose static public key is
+    /// `peer_public_key` (its shard starts a handshake at once, if it has no session). The
+    /// shard is chosen by the key, so every handle to one node shares its session. Waits
+    /// only for the shard to register the handle.
+    pub fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+        peer_public_key: [u8; 32],
+    ) -> Result<Peer, Error> {
+        let mesh = self.mesh()?;
+        let hash = xxhash_rust::xxh3::xxh3_64(&peer_public_key);
+        let shard = crate::producer::shard_for_hash(hash, self.shards.len());
+        self.register_peer(shard, |link, reply| MeshControl::Connect {
+            addr,
+            key: peer_public_key,
+            link,
+            reply,
+        })
+        .map(|link| {
+            Peer::new(
+                ShardId(shard_u16(shard)),
+                link,
+                self.shards[shard].shared.signal.clone(),
+                mesh.message_bytes_max,
+            )
+        })
+    }
+
+    /// A handle for answering node `node` on the session it has with shard `shard` (as told
+    /// by [`crate::MeshMessage`]).
+    pub fn peer(
+        &self,
+        shard: ShardId,
+        node: net_transport::identity::NodeId,
+    ) -> Result<Peer, Error> {
+        let mesh = self.mesh()?;
+        self.shard(shard)?;
+        let i = usize::from(shard.0);
+        self.register_peer(i, |link, reply| MeshControl::Attach { node, link, reply })
+            .map(|link| {
+                Peer::new(
+                    shard,
+                    link,
+                    self.shards[i].shared.signal.clone(),
+                    mesh.message_bytes_max,
+                )
+            })
+    }
+
+    fn register_peer(
+        &self,
+        shard: usize,
+        msg: impl FnOnce(Arc<PeerLink>, mpsc::SyncSender<Result<(), String>>) -> MeshControl,
+    ) -> Result<Arc<PeerLink>, Error> {
+        let mesh = self.mesh()?;
+        let id = ShardId(shard_u16(shard));
+        self.check_alive(id)?;
+        let link = Arc::new(PeerLink::new(mesh.peer_queue_bytes));
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.shards[shard]
+            .shared
+            .send(Control::Mesh(msg(link.clone(), tx)))
+            .map_err(|_| self.dead_error(id))?;
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(link),
+            Ok(Err(what)) => Err(Error::Mesh { what }),
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout {
+                what: format!("shard {shard} to register a mesh peer"),
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(self.dead_error(id)),
+        }
+    }
+
+    /// The inbox every peer's messages arrive in. There is one per bus: the second call
+    /// fails.
+    pub fn mesh_inbox(&self) -> Result<Inbox, Error> {
+        self.mesh()?
+            .inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| Error::Mesh {
+                what: "the inbox was already taken (one per bus)".into(),
+            })
+    }
+
+    /// The mesh's counters, per shard and per peer (`None` without a mesh).
+    pub fn mesh_stats(&self) -> Option<MeshStats> {
+        let m = self.mesh.as_ref()?;
+        let mut shards = Vec::with_capacity(m.shards.len());
+        let mut peers = Vec::new();
+        let mut total = net_transport::stats::CountersSnapshot::default();
+        for (i, s) in m.shards.iter().enumerate() {
+            let (st, p) = s.snapshot(ShardId(shard_u16(i)));
+            total.add(&st.traffic);
+            shards.push(st);
+            peers.extend(p);
+        }
+        Some(MeshStats {
+            node_id: m.node_id,
+            shards,
+            peers,
+            total,
+        })
     }
 
     /// A new producer with one lane per shard. Producers are `Send`, not `Sync`: one per
@@ -742,4 +1003,8 @@ impl Drop for Bus {
             self.shut_down = true;
         }
     }
+}
+
+fn shard_u16(shard: usize) -> u16 {
+    u16::try_from(shard).expect("shards <= SHARDS_MAX")
 }

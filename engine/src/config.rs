@@ -56,6 +56,228 @@ pub struct Config {
     pub executor: Option<serde_json::Value>,
     /// Consumer polls.
     pub poll: PollConfig,
+    /// The encrypted UDP mesh; absent means this node runs no mesh.
+    pub mesh: Option<MeshConfig>,
+}
+
+/// The encrypted UDP mesh (see the README's mesh section). Durations are milliseconds; none
+/// may be zero.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    /// Address every shard's socket binds (`SO_REUSEPORT`); port 0 picks one
+    /// ([`crate::Bus::mesh_addr`] tells which).
+    pub listen: std::net::SocketAddr,
+    /// The node's identity file (node id and static key; created 0600 if missing). Absent:
+    /// `<data_dir>/mesh/identity`.
+    pub identity_file: Option<PathBuf>,
+    /// The mesh's pre-shared key as 64 hex digits; or:
+    pub psk: Option<String>,
+    /// a file holding it (mode 0600). Exactly one of `psk` and `psk_file` is required.
+    pub psk_file: Option<PathBuf>,
+    /// A keepalive goes out on a session that sent nothing for this long.
+    pub heartbeat_ms: u64,
+    /// A session on which nothing arrived for this long is closed.
+    pub session_timeout_ms: u64,
+    /// A session this old is replaced by a new handshake...
+    pub rekey_after_ms: u64,
+    /// ...as is one that sent this many packets.
+    pub rekey_after_messages: u64,
+    /// First handshake retry after this long, doubling per attempt...
+    pub handshake_retry_ms: u64,
+    /// ...up to this (at most 5000).
+    pub handshake_retry_max_ms: u64,
+    /// A handshake round is given up after this long; messages queued for it are dropped
+    /// and counted.
+    pub handshake_timeout_ms: u64,
+    /// Handshake initiations accepted per second from one source address...
+    pub handshakes_per_sec: u32,
+    /// ...and at once.
+    pub handshake_burst: u32,
+    /// Source addresses the handshake pacer tracks (beyond them, new sources share one
+    /// bucket).
+    pub pacer_sources: usize,
+    /// Peers one shard keeps.
+    pub peers_max: usize,
+    /// Node ids (16 hex digits) allowed to present a new static key for their id.
+    pub allow_key_rotation: Vec<String>,
+    /// `SO_RCVBUF`/`SO_SNDBUF` of each shard's socket (forced past the system cap when
+    /// running as root).
+    pub socket_buffer_bytes: usize,
+    /// Packet buffers in each shard's pool (allocated once at start).
+    pub packet_buffers: usize,
+    /// Largest datagram sent or accepted; a message may be 32 bytes less. 1472 fits an
+    /// Ethernet MTU without IP fragmentation.
+    pub datagram_bytes_max: usize,
+    /// Bytes of the ring from each shard to the application's mesh inbox (a power of two).
+    pub inbox_bytes: usize,
+    /// Bytes of each peer handle's ring to its shard (a power of two).
+    pub peer_queue_bytes: usize,
+}
+
+impl Default for MeshConfig {
+    fn default() -> MeshConfig {
+        MeshConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7440)),
+            identity_file: None,
+            psk: None,
+            psk_file: None,
+            heartbeat_ms: 1000,
+            session_timeout_ms: 10_000,
+            rekey_after_ms: 120_000,
+            rekey_after_messages: 1 << 48,
+            handshake_retry_ms: 250,
+            handshake_retry_max_ms: 5000,
+            handshake_timeout_ms: 30_000,
+            handshakes_per_sec: 20,
+            handshake_burst: 10,
+            pacer_sources: 4096,
+            peers_max: 1024,
+            allow_key_rotation: Vec::new(),
+            socket_buffer_bytes: 8 << 20,
+            packet_buffers: 4096,
+            datagram_bytes_max: 1472,
+            inbox_bytes: 8 << 20,
+            peer_queue_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Bounds of `mesh.datagram_bytes_max` (the largest UDP payload over IPv4).
+pub const DATAGRAM_BYTES_MIN: usize = 128;
+pub const DATAGRAM_BYTES_MAX: usize = 65_507;
+/// Upper bound of the handshake retry interval.
+pub const HANDSHAKE_RETRY_MAX_MS: u64 = 5000;
+/// The mesh steers datagrams to shards by one byte.
+pub const MESH_SHARDS_MAX: usize = 256;
+
+impl MeshConfig {
+    /// Checks every mesh value; the error names the first bad field.
+    pub fn validate(&self) -> Result<(), Error> {
+        for (field, value) in [
+            ("mesh.heartbeat_ms", self.heartbeat_ms),
+            ("mesh.session_timeout_ms", self.session_timeout_ms),
+            ("mesh.rekey_after_ms", self.rekey_after_ms),
+            ("mesh.rekey_after_messages", self.rekey_after_messages),
+            ("mesh.handshake_retry_ms", self.handshake_retry_ms),
+            ("mesh.handshake_retry_max_ms", self.handshake_retry_max_ms),
+            ("mesh.handshake_timeout_ms", self.handshake_timeout_ms),
+            (
+                "mesh.handshakes_per_sec",
+                u64::from(self.handshakes_per_sec),
+            ),
+            ("mesh.handshake_burst", u64::from(self.handshake_burst)),
+            ("mesh.pacer_sources", as_u64(self.pacer_sources)),
+            ("mesh.peers_max", as_u64(self.peers_max)),
+            ("mesh.socket_buffer_bytes", as_u64(self.socket_buffer_bytes)),
+            ("mesh.packet_buffers", as_u64(self.packet_buffers)),
+        ] {
+            if value == 0 {
+                reject(field, "must not be 0")?;
+            }
+        }
+        let day = 86_400_000;
+        in_range("mesh.heartbeat_ms", self.heartbeat_ms, 1, day)?;
+        if self.session_timeout_ms <= self.heartbeat_ms || self.session_timeout_ms > day {
+            reject(
+                "mesh.session_timeout_ms",
+                format!(
+                    "{} must exceed mesh.heartbeat_ms ({}) and be at most a day",
+                    self.session_timeout_ms, self.heartbeat_ms
+                ),
+            )?;
+        }
+        in_range("mesh.rekey_after_ms", self.rekey_after_ms, 1, 30 * day)?;
+        if self.handshake_retry_max_ms < self.handshake_retry_ms
+            || self.handshake_retry_max_ms > HANDSHAKE_RETRY_MAX_MS
+        {
+            reject(
+                "mesh.handshake_retry_max_ms",
+                format!(
+                    "{} must be at least mesh.handshake_retry_ms ({}) and at most \
+                     {HANDSHAKE_RETRY_MAX_MS}",
+                    self.handshake_retry_max_ms, self.handshake_retry_ms
+                ),
+            )?;
+        }
+        in_range(
+            "mesh.handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            1,
+            day,
+        )?;
+        in_range("mesh.peers_max", as_u64(self.peers_max), 1, 16_000)?;
+        in_range("mesh.pacer_sources", as_u64(self.pacer_sources), 1, 1 << 20)?;
+        in_range(
+            "mesh.socket_buffer_bytes",
+            as_u64(self.socket_buffer_bytes),
+            4096,
+            1 << 30,
+        )?;
+        in_range(
+            "mesh.packet_buffers",
+            as_u64(self.packet_buffers),
+            256,
+            1 << 20,
+        )?;
+        in_range(
+            "mesh.datagram_bytes_max",
+            as_u64(self.datagram_bytes_max),
+            as_u64(DATAGRAM_BYTES_MIN),
+            as_u64(DATAGRAM_BYTES_MAX),
+        )?;
+        for (field, bytes) in [
+            ("mesh.inbox_bytes", self.inbox_bytes),
+            ("mesh.peer_queue_bytes", self.peer_queue_bytes),
+        ] {
+            if bytes < 4 * self.datagram_bytes_max || bytes > 1 << 30 {
+                reject(
+                    field,
+                    format!(
+                        "{bytes} must be at least 4 x mesh.datagram_bytes_max ({}) and at most \
+                         1 GiB",
+                        4 * self.datagram_bytes_max
+                    ),
+                )?;
+            }
+            if !bytes.is_power_of_two() {
+                reject(field, format!("{bytes} is not a power of two"))?;
+            }
+        }
+        match (&self.psk, &self.psk_file) {
+            (None, None) => reject(
+                "mesh.psk",
+                "a PSK is required: set mesh.psk or mesh.psk_file",
+            )?,
+            (Some(_), Some(_)) => reject("mesh.psk", "set mesh.psk or mesh.psk_file, not both")?,
+            (Some(hex), None) => {
+                if net_transport::identity::Psk::from_hex(hex).is_none() {
+                    reject("mesh.psk", "must be 64 hex digits")?;
+                }
+            }
+            (None, Some(_)) => {}
+        }
+        for id in &self.allow_key_rotation {
+            if id.len() != 16 || u64::from_str_radix(id, 16).is_err() {
+                reject(
+                    "mesh.allow_key_rotation",
+                    format!(
+                        "`{}` is not a node id of 16 hex digits",
+                        crate::json::clip(id)
+                    ),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The node ids allowed to rotate keys (validated).
+    pub(crate) fn rotation_ids(&self) -> Vec<u64> {
+        self.allow_key_rotation
+            .iter()
+            .filter_map(|id| u64::from_str_radix(id, 16).ok())
+            .collect()
+    }
 }
 
 /// One lane is a bounded SPSC ring from one producer to one shard.
@@ -316,6 +538,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             executor: None,
             poll: PollConfig::default(),
+            mesh: None,
         }
     }
 }
@@ -389,7 +612,11 @@ fn as_u64(n: usize) -> u64 {
 impl Config {
     /// Parses and validates a JSON document.
     pub fn from_json(text: &str) -> Result<Config, Error> {
-        let template = serde_json::to_value(Config::default()).expect("the default serialises");
+        let template = serde_json::to_value(Config {
+            mesh: Some(MeshConfig::default()),
+            ..Config::default()
+        })
+        .expect("the default serialises");
         let tree = crate::json::read_object(text, &template).map_err(|r| Error::Config {
             field: r.field,
             what: r.what,
@@ -508,6 +735,19 @@ impl Config {
             4096,
             1 << 30,
         )?;
+        if let Some(mesh) = &self.mesh {
+            mesh.validate()?;
+            if let Some(n) = self.shards
+                && n > MESH_SHARDS_MAX
+            {
+                reject(
+                    "shards",
+                    format!(
+                        "{n} shards with a mesh; the mesh steers datagrams to at most {MESH_SHARDS_MAX}"
+                    ),
+                )?;
+            }
+        }
         Ok(())
     }
 

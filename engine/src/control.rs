@@ -44,6 +44,7 @@ pub(crate) enum Control {
     Stop {
         deadline_ns: u64,
     },
+    Mesh(crate::mesh_shard::MeshControl),
 }
 
 impl std::fmt::Debug for Control {
@@ -57,6 +58,7 @@ impl std::fmt::Debug for Control {
             Control::Pause(_) => "Pause",
             Control::InjectPanic => "InjectPanic",
             Control::Stop { .. } => "Stop",
+            Control::Mesh(_) => "Mesh",
         };
         f.write_str(name)
     }

@@ -54,6 +54,13 @@ pub enum Error {
     /// The bus is shut down or a shard has stopped.
     #[error("the bus is shut down")]
     Closed,
+    /// The mesh could not do what was asked (no mesh configured, an unknown peer, a bound
+    /// reached); the message says which.
+    #[error("mesh: {what}")]
+    Mesh {
+        /// What was wrong.
+        what: String,
+    },
     /// A shard's thread panicked.
     #[error("shard {shard} panicked: {message}")]
     ShardPanicked {

@@ -20,6 +20,8 @@ mod ids;
 mod ingest;
 mod json;
 mod lane;
+mod mesh;
+mod mesh_shard;
 mod notify;
 mod poll;
 mod producer;
@@ -33,13 +35,16 @@ pub use bus::{Bus, ShutdownReport};
 pub use clock::{TimestampGenerator, monotonic_ns, realtime_ns};
 pub use config::{
     Backpressure, BatchConfig, Config, FsyncPolicy, IdleConfig, IdleStrategy, LaneConfig,
-    PollConfig, RetentionConfig, StorageConfig,
+    MeshConfig, PollConfig, RetentionConfig, StorageConfig,
 };
 pub use consumer::{BatchConsumer, ConsumerStats};
 pub use cursor::Cursor;
 pub use error::{Error, SendError};
 pub use ids::{EventId, Seq, ShardId};
+pub use mesh::{Inbox, MeshMessage, MeshShardStats, MeshStats, Peer, PeerSendError, PeerStats};
 pub use net_storage::{AppendedBatch, AppendedRecord, LogView, ReadBatch, Reader, StorageError};
+pub use net_transport::identity::{Identity, NodeId, Psk};
+pub use net_transport::stats::{CountersSnapshot as MeshCounters, DropCause};
 pub use poll::{Event, PollResponse};
 pub use producer::{BatchSent, Producer, Sent, shard_for_hash, shard_for_key};
 pub use stats::{ShardFailure, ShardStats, Stats, StatsHandle, Totals};

@@ -37,6 +37,8 @@ pub(crate) enum Source {
     Log = 1,
     /// The doorbell read.
     Doorbell = 2,
+    /// The shard's mesh socket (readiness polls).
+    Mesh = 3,
 }
 
 const _: () = assert!(LOG_TAG_LIMIT <= 1 << SOURCE_SHIFT);
@@ -177,6 +179,7 @@ impl Reactor {
             let ud = cqe.user_data();
             let source = match ud >> SOURCE_SHIFT {
                 1 => Some(Source::Log),
+                3 => Some(Source::Mesh),
                 2 => {
                     doorbell = true;
                     continue;

@@ -18,6 +18,7 @@ use crate::config::{IdleConfig, IdleStrategy};
 use crate::consumer::Consumers;
 use crate::control::{Control, ShardShared};
 use crate::ingest::Ingest;
+use crate::mesh_shard::Mesh;
 use crate::reactor::{Component, Cx, Reactor, Source};
 
 /// Why a shard's thread ended other than cleanly.
@@ -36,6 +37,7 @@ pub(crate) struct Shard {
     idle: IdleConfig,
     reactor: Reactor,
     ingest: Ingest,
+    mesh: Option<Mesh>,
     consumers: Consumers,
     shared: Arc<ShardShared>,
     stop_deadline_ns: Option<u64>,
@@ -56,6 +58,7 @@ impl Shard {
         idle: IdleConfig,
         reactor: Reactor,
         ingest: Ingest,
+        mesh: Option<Mesh>,
         consumers: Consumers,
         shared: Arc<ShardShared>,
     ) -> Shard {
@@ -64,6 +67,7 @@ impl Shard {
             idle,
             reactor,
             ingest,
+            mesh,
             consumers,
             shared,
             stop_deadline_ns: None,
@@ -95,15 +99,19 @@ impl Shard {
     }
 
     /// The components of the duty cycle, in the order they run.
-    fn components(ingest: &mut Ingest) -> [&mut dyn Component; 1] {
-        [ingest]
+    fn components<'a>(
+        ingest: &'a mut Ingest,
+        mesh: &'a mut Option<Mesh>,
+    ) -> impl Iterator<Item = &'a mut dyn Component> {
+        std::iter::once(ingest as &mut dyn Component)
+            .chain(mesh.as_mut().map(|m| m as &mut dyn Component))
     }
 
     /// Lets every component do what is due; returns whether any made progress.
     fn work(&mut self) -> bool {
         let stopping = self.stop_deadline_ns.is_some();
         let mut busy = false;
-        for c in Self::components(&mut self.ingest) {
+        for c in Self::components(&mut self.ingest, &mut self.mesh) {
             let mut cx = Cx {
                 io: self.reactor.queue(c.source()),
                 consumers: &mut self.consumers,
@@ -120,7 +128,7 @@ impl Shard {
         let stopping = self.stop_deadline_ns.is_some();
         for i in 0..n {
             let done = self.reactor.completion(i);
-            for c in Self::components(&mut self.ingest) {
+            for c in Self::components(&mut self.ingest, &mut self.mesh) {
                 if done.source != Some(c.source()) {
                     continue;
                 }
@@ -137,13 +145,12 @@ impl Shard {
 
     /// Whether a component has work that needs no completion.
     fn ready(&mut self) -> bool {
-        Self::components(&mut self.ingest).iter().any(|c| c.ready())
+        Self::components(&mut self.ingest, &mut self.mesh).any(|c| c.ready())
     }
 
     /// The earliest deadline of any component.
     fn deadline_ns(&mut self) -> Option<u64> {
-        Self::components(&mut self.ingest)
-            .iter()
+        Self::components(&mut self.ingest, &mut self.mesh)
             .filter_map(|c| c.deadline_ns())
             .min()
     }
@@ -162,6 +169,11 @@ impl Shard {
                 }
                 Control::Pause(p) => self.ingest.set_paused(p),
                 Control::InjectPanic => panic!("injected panic in shard {}", self.id),
+                Control::Mesh(msg) => {
+                    if let Some(mesh) = &mut self.mesh {
+                        mesh.control(msg);
+                    }
+                }
                 Control::Stop { deadline_ns } => {
                     self.stop_deadline_ns = Some(deadline_ns);
                     self.ingest.set_paused(false);
@@ -190,9 +202,7 @@ impl Shard {
 
     /// Whether a component has an operation in flight whose completion is due shortly.
     fn completes_soon(&mut self) -> bool {
-        Self::components(&mut self.ingest)
-            .iter()
-            .any(|c| c.completes_soon())
+        Self::components(&mut self.ingest, &mut self.mesh).any(|c| c.completes_soon())
     }
 
     /// Checks for work and waits on the ring until something completes, a producer rings, or
@@ -231,6 +241,9 @@ impl Shard {
         {
             self.reactor.flush().map_err(ShardExit::Ring)?;
             self.drive_until_idle()?;
+        }
+        if let Some(mesh) = &mut self.mesh {
+            mesh.close();
         }
         let result = self.ingest.finish().map_err(ShardExit::Storage);
         self.shared.counters.stopped.store(true, Ordering::Release);

@@ -95,3 +95,23 @@ impl Drop for SmallFs {
             .status();
     }
 }
+
+/// A PSK shared by the mesh tests' nodes.
+pub const MESH_PSK: &str = "6d657368207465737420707368206b6579206f662033322062797465732121aa";
+
+/// `config` plus a mesh on 127.0.0.1 (a port the kernel picks) with short timers.
+pub fn mesh_config(dir: &Path, shards: usize) -> Config {
+    let mut c = config(dir, shards);
+    let mut m = net_engine::MeshConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        psk: Some(MESH_PSK.into()),
+        ..Default::default()
+    };
+    m.heartbeat_ms = 200;
+    m.session_timeout_ms = 2000;
+    m.handshake_retry_ms = 50;
+    m.handshake_retry_max_ms = 400;
+    m.handshake_timeout_ms = 5000;
+    c.mesh = Some(m);
+    c
+}

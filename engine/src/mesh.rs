@@ -1,0 +1,362 @@
+//! The mesh as the application sees it: a [`Peer`] handle to send datagram messages to one
+//! remote node, the [`Inbox`] that messages from every peer arrive in, and [`MeshStats`].
+//!
+//! Nothing here touches a socket. A peer handle owns one SPSC ring into the shard that owns
+//! the session (the engine's lane ring, written in place: sending allocates nothing); the
+//! shard seals and sends what it drains, in batches. Each shard writes the messages it
+//! receives into its own SPSC ring to the inbox. While a handshake is under way the handle's
+//! ring is the queue: the shard drains it only once it has a session, so a full ring pushes
+//! back on the sender ([`PeerSendError::Full`]) instead of anything being dropped silently;
+//! if a handshake round gives up, the shard drops what was queued for it and counts it in
+//! [`PeerStats::unsent_dropped`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use net_transport::identity::NodeId;
+use net_transport::stats::{Counters, CountersSnapshot};
+
+use crate::ids::ShardId;
+use crate::notify::Notify;
+use crate::ring::{Ring, RingReader, RingWriter};
+use crate::wake::ShardSignal;
+
+/// State shared by a peer handle and the shard that serves it.
+#[derive(Debug)]
+pub(crate) struct PeerLink {
+    pub(crate) ring: Arc<Ring>,
+    /// The remote node's id once a handshake told it (0 before).
+    pub(crate) node: AtomicU64,
+    /// The transport's counters of this peer (set when the shard registers the handle).
+    pub(crate) counters: OnceLock<Arc<Counters>>,
+    /// Messages dropped because the handshake round for them gave up.
+    pub(crate) unsent_dropped: AtomicU64,
+    /// The handle was dropped; the shard forgets the link once it drained it.
+    pub(crate) gone: AtomicBool,
+}
+
+impl PeerLink {
+    pub(crate) fn new(ring_bytes: usize) -> PeerLink {
+        PeerLink {
+            ring: Arc::new(Ring::new(ring_bytes)),
+            node: AtomicU64::new(0),
+            counters: OnceLock::new(),
+            unsent_dropped: AtomicU64::new(0),
+            gone: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Why [`Peer::send`] did not take a message. The caller still owns it.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerSendError {
+    /// The handle's queue to its shard is full (the peer is slow, or a handshake is under
+    /// way): retry later.
+    #[error("the queue to shard {0} is full")]
+    Full(ShardId),
+    /// Larger than the mesh's largest message.
+    #[error("message of {len} bytes exceeds the mesh's maximum of {max} bytes")]
+    TooLarge {
+        /// The message's length.
+        len: usize,
+        /// The largest message (`mesh.datagram_bytes_max` less 32).
+        max: usize,
+    },
+    /// The bus is shut down.
+    #[error("the bus is shut down")]
+    Closed,
+}
+
+/// A handle for sending datagram messages to one remote node (from [`crate::Bus::connect`]
+/// or [`crate::Bus::peer`]). `Send`, not `Sync`: one per thread. Messages are delivered at
+/// most once and unordered, as datagrams are; streams come with subscriptions.
+#[derive(Debug)]
+pub struct Peer {
+    shard: ShardId,
+    writer: RingWriter,
+    link: Arc<PeerLink>,
+    signal: Arc<ShardSignal>,
+    message_bytes_max: usize,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.link.gone.store(true, Ordering::Release);
+        self.signal.wake_if_parked();
+    }
+}
+
+impl Peer {
+    pub(crate) fn new(
+        shard: ShardId,
+        link: Arc<PeerLink>,
+        signal: Arc<ShardSignal>,
+        message_bytes_max: usize,
+    ) -> Peer {
+        Peer {
+            shard,
+            writer: RingWriter::new(link.ring.clone()),
+            link,
+            signal,
+            message_bytes_max,
+        }
+    }
+
+    /// Queues `msg` for the peer. Returns [`PeerSendError::Full`] when the queue is full.
+    pub fn send(&mut self, msg: &[u8]) -> Result<(), PeerSendError> {
+        if msg.len() > self.message_bytes_max {
+            return Err(PeerSendError::TooLarge {
+                len: msg.len(),
+                max: self.message_bytes_max,
+            });
+        }
+        self.writer.enter_window();
+        if self.writer.is_closed() {
+            self.writer.leave_window();
+            return Err(PeerSendError::Closed);
+        }
+        let need = self.writer.bytes_needed(msg.len());
+        if !self.writer.has_room(need) {
+            self.writer.leave_window();
+            self.signal.wake_if_parked();
+            return Err(PeerSendError::Full(self.shard));
+        }
+        self.writer.write(0, msg);
+        self.writer.leave_window();
+        self.signal.wake_if_parked();
+        Ok(())
+    }
+
+    /// Sends `msg`, waiting (sleeping 50 µs at a time) while the queue is full, up to
+    /// `timeout`.
+    pub fn send_timeout(&mut self, msg: &[u8], timeout: Duration) -> Result<(), PeerSendError> {
+        let start = Instant::now();
+        loop {
+            match self.send(msg) {
+                Err(PeerSendError::Full(s)) => {
+                    if start.elapsed() >= timeout {
+                        return Err(PeerSendError::Full(s));
+                    }
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The shard that owns this peer's session.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// The remote node's id, once a handshake completed.
+    pub fn node_id(&self) -> Option<NodeId> {
+        match self.link.node.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// The largest message `send` takes.
+    pub fn message_bytes_max(&self) -> usize {
+        self.message_bytes_max
+    }
+
+    /// This peer's counters.
+    pub fn stats(&self) -> PeerStats {
+        PeerStats {
+            shard: self.shard,
+            node: self.node_id(),
+            traffic: self
+                .link
+                .counters
+                .get()
+                .map(|c| c.snapshot())
+                .unwrap_or_default(),
+            unsent_dropped: self.link.unsent_dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A peer's counters.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub struct PeerStats {
+    /// The shard that owns its sessions.
+    pub shard: ShardId,
+    /// Its node id, once known.
+    pub node: Option<NodeId>,
+    /// Packets, bytes, handshakes, rekeys and drops by cause.
+    pub traffic: CountersSnapshot,
+    /// Messages queued through handles of this peer that were dropped because a handshake
+    /// round gave up.
+    pub unsent_dropped: u64,
+}
+
+/// One shard's mesh, as the bus sees it (for stats and errors).
+#[derive(Debug)]
+pub(crate) struct MeshShard {
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) peers_max: usize,
+    pub(crate) counters: Arc<Counters>,
+    /// Every peer of the shard, by the shard (registered when it first appears).
+    pub(crate) peers: Mutex<Vec<(Arc<AtomicU64>, Arc<Counters>)>>,
+    /// Messages received but dropped because the inbox ring was full.
+    pub(crate) inbox_dropped: AtomicU64,
+    /// Messages dropped because their handshake round gave up.
+    pub(crate) unsent_dropped: AtomicU64,
+    /// Datagrams the kernel refused to send (classified per-datagram errors).
+    pub(crate) send_errors: AtomicU64,
+    /// Set when the socket hit a hard error and the shard stopped using it.
+    pub(crate) socket_failed: Mutex<Option<String>>,
+}
+
+/// A shard's mesh counters.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub struct MeshShardStats {
+    /// The shard.
+    pub shard: ShardId,
+    /// Its socket's address.
+    pub local_addr: SocketAddr,
+    /// Packets, bytes, handshakes, rekeys and drops by cause.
+    pub traffic: CountersSnapshot,
+    /// Messages received but dropped because the inbox was full (nobody reads it, or too
+    /// slowly).
+    pub inbox_dropped: u64,
+    /// Messages dropped because their handshake round gave up.
+    pub unsent_dropped: u64,
+    /// Datagrams the kernel refused (too large for the path, and the like).
+    pub send_errors: u64,
+    /// The hard socket error that stopped this shard's mesh, if any.
+    pub socket_failed: Option<String>,
+}
+
+/// The mesh's counters: per shard and per peer.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub struct MeshStats {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Per shard.
+    pub shards: Vec<MeshShardStats>,
+    /// Per peer and shard (a remote node with sessions on two shards appears twice).
+    pub peers: Vec<PeerStats>,
+    /// The sum over shards.
+    pub total: CountersSnapshot,
+}
+
+impl MeshShard {
+    pub(crate) fn snapshot(&self, shard: ShardId) -> (MeshShardStats, Vec<PeerStats>) {
+        let peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(node, c)| PeerStats {
+                shard,
+                node: match node.load(Ordering::Acquire) {
+                    0 => None,
+                    n => Some(n),
+                },
+                traffic: c.snapshot(),
+                unsent_dropped: 0,
+            })
+            .collect();
+        (
+            MeshShardStats {
+                shard,
+                local_addr: self.local_addr,
+                traffic: self.counters.snapshot(),
+                inbox_dropped: self.inbox_dropped.load(Ordering::Relaxed),
+                unsent_dropped: self.unsent_dropped.load(Ordering::Relaxed),
+                send_errors: self.send_errors.load(Ordering::Relaxed),
+                socket_failed: self
+                    .socket_failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            },
+            peers,
+        )
+    }
+}
+
+/// One message from a peer.
+#[derive(Debug, Clone, Copy)]
+pub struct MeshMessage<'a> {
+    /// The shard that received it (and owns the session: [`crate::Bus::peer`] with it
+    /// answers on the same session).
+    pub shard: ShardId,
+    /// The sender's node id.
+    pub from: NodeId,
+    /// The message, exactly as sent.
+    pub payload: &'a [u8],
+}
+
+/// Where messages from every peer arrive (from [`crate::Bus::mesh_inbox`]; one per bus).
+#[derive(Debug)]
+pub struct Inbox {
+    readers: Vec<RingReader>,
+    notify: Arc<Notify>,
+    next: usize,
+}
+
+impl Inbox {
+    pub(crate) fn new(readers: Vec<RingReader>, notify: Arc<Notify>) -> Inbox {
+        Inbox {
+            readers,
+            notify,
+            next: 0,
+        }
+    }
+
+    /// Hands up to `max` waiting messages to `f` (shards taken in turn, so none starves);
+    /// returns how many. Never waits.
+    pub fn recv(&mut self, max: usize, mut f: impl FnMut(MeshMessage<'_>)) -> usize {
+        let n = self.readers.len();
+        let mut got = 0;
+        for k in 0..n {
+            if got >= max {
+                break;
+            }
+            let i = (self.next + k) % n;
+            let shard = ShardId(u16::try_from(i).expect("mesh shards fit u16"));
+            got += self.readers[i].drain(max - got, u64::MAX, |node, payload| {
+                f(MeshMessage {
+                    shard,
+                    from: node,
+                    payload,
+                });
+                true
+            });
+        }
+        self.next = (self.next + 1) % n.max(1);
+        got
+    }
+
+    /// As [`Inbox::recv`], but sleeps (no CPU) until a message arrives or `timeout` passes.
+    pub fn recv_wait(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        mut f: impl FnMut(MeshMessage<'_>),
+    ) -> usize {
+        let start = Instant::now();
+        loop {
+            let seen = self.notify.epoch();
+            let got = self.recv(max, &mut f);
+            if got > 0 {
+                return got;
+            }
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return 0;
+            }
+            self.notify.wait(seen, left);
+        }
+    }
+}

@@ -1,0 +1,577 @@
+//! The mesh as a component of a shard's duty cycle: the shard's UDP socket, its protocol
+//! endpoint, its packet pool, and the rings to and from the application.
+//!
+//! Readiness comes through the shard's ring (a one-shot `POLL_ADD` on the socket, re-armed
+//! only after a receive found the socket drained), so a parked shard wakes for a datagram
+//! exactly as it does for a disk completion; the I/O itself is `recvmmsg`/`sendmmsg` of up to
+//! 64 datagrams, so the duty cycle makes one syscall per batch, none per packet. Buffers come
+//! from a pool sized at start; after warm-up nothing on this path allocates.
+//!
+//! Per turn: receive (decrypt in place, deliver messages to the inbox ring, answer
+//! handshakes), run the endpoint's timers when due, seal what the peer handles queued for
+//! peers that have a session (starting handshakes for the others), and send. A socket error
+//! is classified: transient ones back off exponentially, a per-datagram one drops that
+//! datagram (counted), a hard one stops this shard's mesh with the error in its stats
+//! instead of spinning on it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use io_uring::{opcode, types};
+use net_storage::Submit;
+use net_transport::endpoint::{ConnectError, Endpoint, PeerId, Received};
+use net_transport::identity::NodeId;
+use net_transport::pool::PacketPool;
+use net_transport::stats::DropCause;
+use net_transport::udp::{Backoff, RecvBatch, SendBatch, ShardSocket, SocketErrorClass, classify};
+
+use crate::clock::monotonic_ns;
+use crate::mesh::{MeshShard, PeerLink};
+use crate::notify::Notify;
+use crate::reactor::{Component, Cx, Source};
+use crate::ring::{RingReader, RingWriter};
+
+/// Completion tags of the two readiness polls.
+const TAG_READABLE: u64 = 1;
+const TAG_WRITABLE: u64 = 2;
+/// Receive batches per turn before the other components get the core back.
+const RECV_BATCHES_PER_TURN: usize = 8;
+/// Messages sealed per turn.
+const SEND_PER_TURN: usize = 512;
+/// Control packets (handshakes, keepalives) one step may produce before they are sent.
+const CONTROL_MAX: usize = 256;
+/// Largest control packet (a handshake initiation is 140 bytes).
+const CONTROL_BYTES: usize = 160;
+/// Transient socket errors back off from 1 ms to 1 s.
+const BACKOFF_MIN_NS: u64 = 1_000_000;
+const BACKOFF_MAX_NS: u64 = 1_000_000_000;
+
+/// What one shard's mesh is built from (made by the bus, moved into the shard's thread).
+pub(crate) struct MeshSetup {
+    pub(crate) socket: ShardSocket,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) inbox: RingWriter,
+    pub(crate) notify: Arc<Notify>,
+    pub(crate) shared: Arc<MeshShard>,
+    pub(crate) packet_buffers: usize,
+    pub(crate) datagram_bytes_max: usize,
+}
+
+impl std::fmt::Debug for MeshSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshSetup").finish_non_exhaustive()
+    }
+}
+
+/// A control message for the mesh component (through the shard's control queue).
+pub(crate) enum MeshControl {
+    /// Register a peer handle for the node with this key at this address.
+    Connect {
+        addr: SocketAddr,
+        key: [u8; 32],
+        link: Arc<PeerLink>,
+        reply: std::sync::mpsc::SyncSender<Result<(), String>>,
+    },
+    /// Register a peer handle for a node this shard already has a peer for.
+    Attach {
+        node: NodeId,
+        link: Arc<PeerLink>,
+        reply: std::sync::mpsc::SyncSender<Result<(), String>>,
+    },
+}
+
+impl std::fmt::Debug for MeshControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MeshControl::Connect { .. } => "Connect",
+            MeshControl::Attach { .. } => "Attach",
+        })
+    }
+}
+
+/// A peer handle's ring as the shard holds it.
+struct Link {
+    peer: PeerId,
+    reader: RingReader,
+    link: Arc<PeerLink>,
+}
+
+/// Control packets waiting for pool buffers (fixed storage: no allocation per packet).
+struct ControlQueue {
+    packets: Vec<(SocketAddr, usize, [u8; CONTROL_BYTES])>,
+    dropped: u64,
+}
+
+impl ControlQueue {
+    fn push(&mut self, to: SocketAddr, bytes: &[u8]) {
+        if self.packets.len() >= CONTROL_MAX || bytes.len() > CONTROL_BYTES {
+            // Handshakes retry and keepalives recur: a lost control packet costs a retry.
+            self.dropped += 1;
+            return;
+        }
+        let mut b = [0u8; CONTROL_BYTES];
+        b[..bytes.len()].copy_from_slice(bytes);
+        self.packets.push((to, bytes.len(), b));
+    }
+}
+
+pub(crate) struct Mesh {
+    socket: ShardSocket,
+    endpoint: Endpoint,
+    pool: PacketPool,
+    rx: RecvBatch,
+    tx: SendBatch,
+    control: ControlQueue,
+    links: Vec<Link>,
+    inbox: RingWriter,
+    notify: Arc<Notify>,
+    shared: Arc<MeshShard>,
+    /// Node id cells of the peers, by peer id (shared with the stats registry).
+    nodes: Vec<Arc<AtomicU64>>,
+    handshakes_seen: u64,
+    readable: bool,
+    read_armed: bool,
+    write_armed: bool,
+    /// The last send left datagrams queued (socket buffer full): wait for writability.
+    write_blocked: bool,
+    backoff: Backoff,
+    /// A hard socket error stopped this shard's mesh.
+    stopped: bool,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("socket", &self.socket)
+            .field("links", &self.links.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mesh {
+    pub(crate) fn new(setup: MeshSetup) -> Mesh {
+        Mesh {
+            pool: PacketPool::new(setup.packet_buffers, setup.datagram_bytes_max),
+            socket: setup.socket,
+            endpoint: setup.endpoint,
+            rx: RecvBatch::new(),
+            tx: SendBatch::new(),
+            control: ControlQueue {
+                packets: Vec::with_capacity(CONTROL_MAX),
+                dropped: 0,
+            },
+            links: Vec::new(),
+            inbox: setup.inbox,
+            notify: setup.notify,
+            shared: setup.shared,
+            nodes: Vec::new(),
+            handshakes_seen: 0,
+            // Look once at start: datagrams may have arrived before the first poll.
+            readable: true,
+            read_armed: false,
+            write_armed: false,
+            write_blocked: false,
+            backoff: Backoff::new(BACKOFF_MIN_NS, BACKOFF_MAX_NS),
+            stopped: false,
+        }
+    }
+
+    /// Handles a control message for the mesh.
+    pub(crate) fn control(&mut self, msg: MeshControl) {
+        let now = monotonic_ns();
+        let control = &mut self.control;
+        let (peer, link, reply) = match msg {
+            MeshControl::Connect {
+                addr,
+                key,
+                link,
+                reply,
+            } => {
+                let r = self
+                    .endpoint
+                    .connect(now, addr, key, &mut |to, b| control.push(to, b));
+                match r {
+                    Ok(p) => (p, link, reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(match e {
+                            ConnectError::PeerCap => format!(
+                                "this shard already keeps mesh.peers_max ({}) peers",
+                                self.shared.peers_max
+                            ),
+                            ConnectError::SelfKey => "that is this node's own key".to_owned(),
+                        }));
+                        return;
+                    }
+                }
+            }
+            MeshControl::Attach { node, link, reply } => match self.endpoint.peer_by_node(node) {
+                Some(p) => (p, link, reply),
+                None => {
+                    let _ = reply.send(Err(format!(
+                        "node {node:016x} has no session on this shard"
+                    )));
+                    return;
+                }
+            },
+        };
+        let _ = link.counters.set(self.endpoint.peer_counters(peer).clone());
+        self.links.push(Link {
+            peer,
+            reader: RingReader::new(link.ring.clone()),
+            link,
+        });
+        self.sync_peers();
+        let _ = reply.send(Ok(()));
+    }
+
+    /// Publishes peer node ids (learned by handshakes) to the stats registry and the handles.
+    fn sync_peers(&mut self) {
+        let n = self.endpoint.peer_count();
+        if n > self.nodes.len() {
+            let mut reg = self.shared.peers.lock().unwrap_or_else(|e| e.into_inner());
+            for p in self.nodes.len()..n {
+                let peer = PeerId::try_from(p).expect("peer ids fit u32");
+                let cell = Arc::new(AtomicU64::new(0));
+                reg.push((cell.clone(), self.endpoint.peer_counters(peer).clone()));
+                self.nodes.push(cell);
+            }
+        }
+        for (p, cell) in self.nodes.iter().enumerate() {
+            let peer = PeerId::try_from(p).expect("peer ids fit u32");
+            cell.store(
+                self.endpoint.peer_node(peer).unwrap_or(0),
+                Ordering::Release,
+            );
+        }
+        for l in &self.links {
+            l.link.node.store(
+                self.endpoint.peer_node(l.peer).unwrap_or(0),
+                Ordering::Release,
+            );
+        }
+    }
+
+    /// Receives up to a few batches; returns whether anything arrived.
+    fn receive(&mut self, now: u64) -> bool {
+        let mut any = false;
+        for _ in 0..RECV_BATCHES_PER_TURN {
+            let Mesh {
+                socket,
+                endpoint,
+                pool,
+                rx,
+                control,
+                inbox,
+                shared,
+                ..
+            } = self;
+            let mut staged = 0usize;
+            let got = socket.recv_batch(rx, pool, |buf, src, truncated| {
+                if truncated {
+                    endpoint.counters().packets_in.add(1);
+                    endpoint.counters().count_drop(DropCause::Malformed);
+                    return;
+                }
+                let r = endpoint.receive(now, src, buf, &mut |to, b| control.push(to, b));
+                if let Received::Message { node, range, .. } = r {
+                    let payload = &buf[range];
+                    let need = inbox.bytes_needed(payload.len());
+                    if inbox.has_room(need) {
+                        inbox.stage(node, payload);
+                        staged += 1;
+                    } else {
+                        shared.inbox_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+            if staged > 0 {
+                self.inbox.publish();
+                self.notify.notify();
+            }
+            match got {
+                Ok(n) => {
+                    self.backoff.on_success();
+                    any |= n > 0;
+                    if n < net_transport::udp::BATCH_DATAGRAMS_MAX {
+                        self.readable = false;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.socket_error(now, &e);
+                    break;
+                }
+            }
+        }
+        any
+    }
+
+    fn socket_error(&mut self, now: u64, e: &std::io::Error) {
+        match classify(e) {
+            SocketErrorClass::Transient => {
+                self.backoff.on_error(now);
+            }
+            SocketErrorClass::Datagram => {
+                self.shared.send_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            SocketErrorClass::Hard => {
+                self.stopped = true;
+                *self
+                    .shared
+                    .socket_failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                    "{}: {e}; this shard's mesh stopped",
+                    self.socket.local_addr()
+                ));
+                self.tx.clear(&mut self.pool);
+                self.control.packets.clear();
+            }
+        }
+    }
+
+    /// Moves control packets into the send batch (sending when it fills).
+    fn queue_control(&mut self, now: u64) -> bool {
+        let mut i = 0;
+        while i < self.control.packets.len() {
+            if self.tx.is_full() && !self.flush(now) {
+                break;
+            }
+            let Some(buf) = self.pool.alloc() else {
+                break;
+            };
+            let (to, len, bytes) = &self.control.packets[i];
+            self.pool.buf_mut(&buf)[..*len].copy_from_slice(&bytes[..*len]);
+            if let Err(buf) = self.tx.push(&self.pool, buf, *len, *to) {
+                self.pool.free(buf);
+                break;
+            }
+            i += 1;
+        }
+        self.control.packets.drain(..i);
+        i > 0
+    }
+
+    /// Sends what is queued; returns whether the batch is empty afterwards.
+    fn flush(&mut self, now: u64) -> bool {
+        while !self.tx.is_empty() && !self.stopped {
+            if !self.backoff.ready(now) {
+                return false;
+            }
+            match self.socket.send_batch(&mut self.tx, &mut self.pool) {
+                Ok(0) => {
+                    self.write_blocked = true;
+                    return false;
+                }
+                Ok(_) => self.backoff.on_success(),
+                Err(e) => {
+                    self.socket_error(now, &e);
+                    if classify(&e) != SocketErrorClass::Datagram {
+                        return false;
+                    }
+                }
+            }
+        }
+        self.write_blocked = false;
+        self.tx.is_empty()
+    }
+
+    /// Seals what the peer handles queued, for peers with a session; starts handshakes for
+    /// the others. Returns whether anything was sealed.
+    fn send_queued(&mut self, now: u64) -> bool {
+        let mut sent = 0usize;
+        let mut i = 0;
+        while i < self.links.len() && sent < SEND_PER_TURN && !self.write_blocked {
+            let peer = self.links[i].peer;
+            if !self.endpoint.can_send(peer) {
+                if !self.links[i].reader.is_empty() {
+                    let control = &mut self.control;
+                    self.endpoint
+                        .want(now, peer, &mut |to, b| control.push(to, b));
+                }
+                i += 1;
+                continue;
+            }
+            let Mesh {
+                socket,
+                endpoint,
+                pool,
+                tx,
+                links,
+                backoff,
+                shared,
+                write_blocked,
+                ..
+            } = self;
+            let budget = SEND_PER_TURN - sent;
+            sent += links[i].reader.drain(budget, u64::MAX, |_, msg| {
+                if tx.is_full() {
+                    if !backoff.ready(now) {
+                        return false;
+                    }
+                    match socket.send_batch(tx, pool) {
+                        Ok(0) => {
+                            *write_blocked = true;
+                            return false;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            if classify(&e) == SocketErrorClass::Datagram {
+                                shared.send_errors.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                backoff.on_error(now);
+                            }
+                            return false;
+                        }
+                    }
+                }
+                let Some(buf) = pool.alloc() else {
+                    return false;
+                };
+                match endpoint.seal(now, peer, msg, pool.buf_mut(&buf)) {
+                    Ok((len, to)) => {
+                        if let Err(buf) = tx.push(pool, buf, len, to) {
+                            pool.free(buf);
+                            return false;
+                        }
+                        true
+                    }
+                    Err(_) => {
+                        // The session ended (rekey due, too old): keep the message for the
+                        // next session.
+                        pool.free(buf);
+                        false
+                    }
+                }
+            });
+            i += 1;
+        }
+        sent > 0
+    }
+
+    /// Drops what handles queued for peers whose handshake round gave up, and forgets handles
+    /// that were dropped and drained.
+    fn settle_links(&mut self) {
+        while let Some(peer) = self.endpoint.take_failed() {
+            for l in self.links.iter_mut().filter(|l| l.peer == peer) {
+                let n = l.reader.drain(usize::MAX, u64::MAX, |_, _| true) as u64;
+                l.link.unsent_dropped.fetch_add(n, Ordering::Relaxed);
+                self.shared.unsent_dropped.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        self.links
+            .retain(|l| !(l.link.gone.load(Ordering::Acquire) && l.reader.is_empty()));
+    }
+
+    fn arm(&mut self, cx: &mut Cx<'_>) {
+        let fd = types::Fd(self.socket.fd());
+        if !self.readable && !self.read_armed {
+            let e = opcode::PollAdd::new(fd, u32::try_from(libc::POLLIN).expect("flag"))
+                .build()
+                .user_data(TAG_READABLE);
+            if cx.io.push(e).is_ok() {
+                self.read_armed = true;
+            }
+        }
+        if self.write_blocked && !self.write_armed {
+            let e = opcode::PollAdd::new(fd, u32::try_from(libc::POLLOUT).expect("flag"))
+                .build()
+                .user_data(TAG_WRITABLE);
+            if cx.io.push(e).is_ok() {
+                self.write_armed = true;
+            }
+        }
+    }
+
+    /// At shutdown: no handle can queue anything more.
+    pub(crate) fn close(&mut self) {
+        for l in &self.links {
+            l.link.ring.close();
+        }
+    }
+
+    fn has_sendable(&self) -> bool {
+        self.links
+            .iter()
+            .any(|l| !l.reader.is_empty() && self.endpoint.can_send(l.peer))
+    }
+}
+
+impl Component for Mesh {
+    fn source(&self) -> Source {
+        Source::Mesh
+    }
+
+    fn work(&mut self, cx: &mut Cx<'_>) -> bool {
+        if self.stopped {
+            return false;
+        }
+        let now = monotonic_ns();
+        let mut busy = false;
+        if self.readable && self.backoff.ready(now) {
+            busy |= self.receive(now);
+        }
+        if now >= self.endpoint.deadline_ns() {
+            let control = &mut self.control;
+            self.endpoint.tick(now, &mut |to, b| control.push(to, b));
+        }
+        self.settle_links();
+        if !self.write_blocked {
+            busy |= self.send_queued(now);
+        }
+        busy |= self.queue_control(now);
+        if !self.tx.is_empty() && !self.write_blocked {
+            self.flush(now);
+        }
+        let hs = self.endpoint.counters().handshakes.get();
+        if hs != self.handshakes_seen || self.endpoint.peer_count() != self.nodes.len() {
+            self.handshakes_seen = hs;
+            self.sync_peers();
+        }
+        self.arm(cx);
+        busy
+    }
+
+    fn complete(&mut self, _cx: &mut Cx<'_>, tag: u64, res: i32) {
+        match tag {
+            TAG_READABLE => {
+                self.read_armed = false;
+                self.readable = true;
+            }
+            TAG_WRITABLE => {
+                self.write_armed = false;
+                self.write_blocked = false;
+            }
+            _ => {}
+        }
+        if res < 0 && res != -libc::ECANCELED {
+            // A failed poll (the socket is unusable): try the I/O, which reports the error.
+            self.readable = true;
+        }
+    }
+
+    fn ready(&self) -> bool {
+        !self.stopped
+            && ((self.readable && self.backoff.ready(monotonic_ns()))
+                || !self.control.packets.is_empty()
+                || (!self.write_blocked && (self.has_sendable() || !self.tx.is_empty())))
+    }
+
+    fn deadline_ns(&self) -> Option<u64> {
+        if self.stopped {
+            return None;
+        }
+        let d = self.endpoint.deadline_ns();
+        let d = if self.backoff.ready(u64::MAX) && !self.backoff.ready(monotonic_ns()) {
+            d.min(self.backoff.retry_at_ns())
+        } else {
+            d
+        };
+        (d != u64::MAX).then_some(d)
+    }
+
+    fn completes_soon(&self) -> bool {
+        false
+    }
+}

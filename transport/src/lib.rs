@@ -1,0 +1,16 @@
+//! net-transport: the encrypted UDP mesh between net nodes.
+//!
+//! The protocol core is I/O-free (boringtun's `noise/` is the model): it takes bytes, a source
+//! address and a clock reading, and returns bytes to send and what happened. The engine's
+//! shards drive it over their own UDP sockets (`udp`), one socket per shard on the node's
+//! port, with packet buffers from a bounded pool (`pool`).
+
+pub mod codec;
+pub mod endpoint;
+pub mod handshake;
+pub mod identity;
+pub mod pacer;
+pub mod pool;
+pub mod replay;
+pub mod stats;
+pub mod udp;

@@ -1,0 +1,357 @@
+//! The protocol core on a fake clock and a fake network: handshakes, data, timers, rekeys,
+//! and each way the network can attack a session.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use net_transport::codec::{DATA_OVERHEAD, INIT_LEN};
+use net_transport::endpoint::{Endpoint, EndpointConfig, PeerId, Received};
+use net_transport::identity::{Identity, Psk};
+use net_transport::stats::DropCause;
+
+const MS: u64 = 1_000_000;
+
+fn cfg() -> EndpointConfig {
+    EndpointConfig {
+        heartbeat_ns: 100 * MS,
+        session_timeout_ns: 1000 * MS,
+        rekey_after_ns: 60_000 * MS,
+        rekey_after_messages: 1 << 40,
+        handshake_retry_ns: 50 * MS,
+        handshake_retry_max_ns: 400 * MS,
+        handshake_timeout_ns: 3000 * MS,
+        handshakes_per_sec: 50,
+        handshake_burst: 5,
+        pacer_sources: 64,
+        peers_max: 16,
+        allow_key_rotation: vec![],
+        message_bytes_max: 1400,
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A node on the fake network.
+struct Node {
+    ep: Endpoint,
+    addr: SocketAddr,
+    inbox: Vec<(PeerId, Vec<u8>)>,
+}
+
+/// Datagrams in flight: (from, to, bytes).
+type Wire = VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>;
+
+fn node(port: u16, identity: Identity, cfg: EndpointConfig) -> Node {
+    Node {
+        ep: Endpoint::new(0, identity, Psk::new([9; 32]), cfg, 0),
+        addr: addr(port),
+        inbox: Vec::new(),
+    }
+}
+
+fn emit_into<'a>(wire: &'a mut Wire, from: SocketAddr) -> impl FnMut(SocketAddr, &[u8]) + 'a {
+    move |to, b| wire.push_back((from, to, b.to_vec()))
+}
+
+/// Delivers everything in flight (and what it provokes) between `a` and `b`; `tap` sees each
+/// datagram first and may drop it (false) or record it.
+fn pump(now: u64, wire: &mut Wire, a: &mut Node, b: &mut Node, tap: &mut dyn FnMut(&[u8]) -> bool) {
+    while let Some((from, to, mut bytes)) = wire.pop_front() {
+        if !tap(&bytes) {
+            continue;
+        }
+        let n = if to == a.addr { &mut *a } else { &mut *b };
+        let mut out = Wire::new();
+        let r =
+            n.ep.receive(now, from, &mut bytes, &mut emit_into(&mut out, n.addr));
+        if let Received::Message { peer, range, .. } = r {
+            n.inbox.push((peer, bytes[range].to_vec()));
+        }
+        wire.extend(out);
+    }
+}
+
+fn send(now: u64, wire: &mut Wire, n: &mut Node, peer: PeerId, msg: &[u8]) {
+    let mut buf = vec![0u8; msg.len() + DATA_OVERHEAD];
+    let (len, to) = n.ep.seal(now, peer, msg, &mut buf).expect("a session");
+    wire.push_back((n.addr, to, buf[..len].to_vec()));
+}
+
+fn tick(now: u64, wire: &mut Wire, n: &mut Node) {
+    let from = n.addr;
+    n.ep.tick(now, &mut emit_into(wire, from));
+}
+
+/// Two connected nodes; returns (a, b, a's peer id for b).
+fn connected() -> (Node, Node, PeerId, Wire) {
+    let mut a = node(1, Identity::generate(), cfg());
+    let mut b = node(2, Identity::generate(), cfg());
+    let mut wire = Wire::new();
+    let key = b.ep.identity().public_key();
+    let from = a.addr;
+    let pb =
+        a.ep.connect(0, b.addr, key, &mut emit_into(&mut wire, from))
+            .unwrap();
+    pump(0, &mut wire, &mut a, &mut b, &mut |_| true);
+    assert!(a.ep.can_send(pb));
+    (a, b, pb, wire)
+}
+
+#[test]
+fn a_handshake_then_messages_both_ways() {
+    let (mut a, mut b, pb, mut wire) = connected();
+    send(1, &mut wire, &mut a, pb, b"hello");
+    pump(1, &mut wire, &mut a, &mut b, &mut |_| true);
+    assert_eq!(b.inbox.len(), 1);
+    assert_eq!(b.inbox[0].1, b"hello");
+    let pa = b.inbox[0].0;
+    assert_eq!(b.ep.peer_node(pa), Some(a.ep.identity().node_id()));
+    assert!(
+        b.ep.can_send(pa),
+        "the keepalive confirmed the responder's session"
+    );
+    send(2, &mut wire, &mut b, pa, b"world");
+    pump(2, &mut wire, &mut a, &mut b, &mut |_| true);
+    assert_eq!(a.inbox, vec![(pb, b"world".to_vec())]);
+    assert_eq!(a.ep.counters().handshakes.get(), 1);
+    assert_eq!(b.ep.counters().handshakes.get(), 1);
+    assert_eq!(a.ep.peer_node(pb), Some(b.ep.identity().node_id()));
+}
+
+#[test]
+fn replayed_data_bit_flips_truncation_and_garbage_are_refused_by_cause() {
+    let (mut a, mut b, pb, mut wire) = connected();
+    let mut captured = Vec::new();
+    send(1, &mut wire, &mut a, pb, b"one");
+    pump(1, &mut wire, &mut a, &mut b, &mut |p| {
+        captured.push(p.to_vec());
+        true
+    });
+    let data = captured.last().unwrap().clone();
+    let mut attack = |bytes: Vec<u8>| {
+        let mut bytes = bytes;
+        b.ep.receive(2, addr(666), &mut bytes, &mut |_, _| {
+            panic!("no reply to an attack")
+        })
+    };
+    assert_eq!(attack(data.clone()), Received::Dropped(DropCause::Replay));
+    for bit in [0usize, 9 * 8, 17 * 8, (data.len() - 1) * 8] {
+        let mut d = data.clone();
+        d[bit / 8] ^= 1 << (bit % 8);
+        let r = attack(d);
+        assert!(matches!(r, Received::Dropped(_)), "bit {bit}: {r:?}");
+    }
+    let mut forged_counter = data.clone();
+    forged_counter[8] ^= 0x40; // an unseen counter, but the tag covers the header
+    assert_eq!(attack(forged_counter), Received::Dropped(DropCause::Auth));
+    assert_eq!(
+        attack(data[..20].to_vec()),
+        Received::Dropped(DropCause::Malformed)
+    );
+    assert_eq!(
+        attack(vec![0xde; 100]),
+        Received::Dropped(DropCause::Malformed)
+    );
+    let mut max = data.clone();
+    max[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert_eq!(attack(max), Received::Dropped(DropCause::Malformed));
+    // The session still delivers.
+    send(3, &mut wire, &mut a, pb, b"two");
+    pump(3, &mut wire, &mut a, &mut b, &mut |_| true);
+    assert_eq!(b.inbox.last().unwrap().1, b"two");
+    assert_eq!(b.ep.counters().messages_in.get(), 2);
+}
+
+#[test]
+fn a_replayed_or_older_msg1_never_disturbs_the_live_session() {
+    let mut a = node(1, Identity::generate(), cfg());
+    let mut b = node(2, Identity::generate(), cfg());
+    let mut wire = Wire::new();
+    let key = b.ep.identity().public_key();
+    let from = a.addr;
+    let pb =
+        a.ep.connect(0, b.addr, key, &mut emit_into(&mut wire, from))
+            .unwrap();
+    let mut msg1 = Vec::new();
+    pump(0, &mut wire, &mut a, &mut b, &mut |p| {
+        if p.len() == INIT_LEN {
+            msg1 = p.to_vec();
+        }
+        true
+    });
+    for t in 1..5u64 {
+        let mut m = msg1.clone();
+        let r = b.ep.receive(t * MS, addr(7), &mut m, &mut |_, _| {
+            panic!("a replay is never answered")
+        });
+        assert_eq!(r, Received::Dropped(DropCause::TooOld));
+        send(t * MS, &mut wire, &mut a, pb, b"still here");
+        pump(t * MS, &mut wire, &mut a, &mut b, &mut |_| true);
+    }
+    assert_eq!(b.inbox.len(), 4);
+    assert_eq!(b.ep.counters().dropped(DropCause::TooOld), 4);
+    assert_eq!(b.ep.counters().handshakes.get(), 1);
+}
+
+#[test]
+fn a_known_node_id_with_another_key_is_refused_unless_rotation_is_allowed() {
+    let a_id = Identity::generate();
+    let rotated = Identity::from_secret(a_id.node_id(), Identity::generate().public_key());
+    for allow in [false, true] {
+        let mut c = cfg();
+        if allow {
+            c.allow_key_rotation = vec![a_id.node_id()];
+        }
+        let mut a = node(1, a_id.clone(), cfg());
+        let mut b = node(2, Identity::generate(), c);
+        let mut wire = Wire::new();
+        let key = b.ep.identity().public_key();
+        let from = a.addr;
+        a.ep.connect(0, b.addr, key, &mut emit_into(&mut wire, from))
+            .unwrap();
+        pump(0, &mut wire, &mut a, &mut b, &mut |_| true);
+        // The same node id, another static key.
+        let mut a2 = node(3, rotated.clone(), cfg());
+        let from = a2.addr;
+        let p2 = a2
+            .ep
+            .connect(MS, b.addr, key, &mut emit_into(&mut wire, from))
+            .unwrap();
+        pump(MS, &mut wire, &mut a2, &mut b, &mut |_| true);
+        assert_eq!(a2.ep.can_send(p2), allow, "allow={allow}");
+        assert_eq!(
+            b.ep.counters().dropped(DropCause::KeyMismatch),
+            u64::from(!allow)
+        );
+    }
+}
+
+#[test]
+fn crossing_handshakes_settle_on_one_session() {
+    let mut a = node(1, Identity::generate(), cfg());
+    let mut b = node(2, Identity::generate(), cfg());
+    let mut wire = Wire::new();
+    let (ka, kb) = (a.ep.identity().public_key(), b.ep.identity().public_key());
+    let (fa, fb) = (a.addr, b.addr);
+    let pb =
+        a.ep.connect(0, b.addr, kb, &mut emit_into(&mut wire, fa))
+            .unwrap();
+    let pa =
+        b.ep.connect(0, a.addr, ka, &mut emit_into(&mut wire, fb))
+            .unwrap();
+    pump(0, &mut wire, &mut a, &mut b, &mut |_| true);
+    assert!(a.ep.can_send(pb) && b.ep.can_send(pa));
+    let conflicts =
+        a.ep.counters().dropped(DropCause::Conflict) + b.ep.counters().dropped(DropCause::Conflict);
+    assert_eq!(conflicts, 1, "exactly the higher node's initiation lost");
+    assert_eq!(a.ep.counters().handshakes.get(), 1);
+    assert_eq!(b.ep.counters().handshakes.get(), 1);
+    send(1, &mut wire, &mut a, pb, b"x");
+    send(1, &mut wire, &mut b, pa, b"y");
+    pump(1, &mut wire, &mut a, &mut b, &mut |_| true);
+    assert_eq!(a.inbox.len() + b.inbox.len(), 2);
+}
+
+#[test]
+fn heartbeats_keep_a_quiet_session_and_silence_ends_it() {
+    let (mut a, mut b, pb, mut wire) = connected();
+    let mut now = 0;
+    for _ in 0..30 {
+        now += 100 * MS;
+        tick(now, &mut wire, &mut a);
+        tick(now, &mut wire, &mut b);
+        pump(now, &mut wire, &mut a, &mut b, &mut |_| true);
+    }
+    assert!(a.ep.can_send(pb), "3 s of heartbeats kept it");
+    // b goes silent: a's session times out after session_timeout.
+    for _ in 0..15 {
+        now += 100 * MS;
+        tick(now, &mut wire, &mut a);
+        wire.clear();
+    }
+    assert!(!a.ep.can_send(pb));
+    assert_eq!(a.ep.counters().session_timeouts.get(), 1);
+}
+
+#[test]
+fn handshake_retries_back_off_to_the_cap_then_give_up() {
+    let mut a = node(1, Identity::generate(), cfg());
+    let mut wire = Wire::new();
+    let from = a.addr;
+    let key = Identity::generate().public_key();
+    let p =
+        a.ep.connect(0, addr(9), key, &mut emit_into(&mut wire, from))
+            .unwrap();
+    let mut sent_at = vec![0];
+    wire.clear();
+    let mut now = 0;
+    while now < 5000 * MS {
+        now = a.ep.deadline_ns().max(now + 1);
+        if now > 5000 * MS {
+            break;
+        }
+        tick(now, &mut wire, &mut a);
+        if !wire.is_empty() {
+            sent_at.push(now);
+            wire.clear();
+        }
+    }
+    let gaps: Vec<u64> = sent_at.windows(2).map(|w| (w[1] - w[0]) / MS).collect();
+    assert_eq!(&gaps[..4], &[50, 100, 200, 400]);
+    assert!(gaps.iter().all(|&g| g <= 400), "{gaps:?}");
+    assert_eq!(a.ep.take_failed(), Some(p));
+    assert_eq!(a.ep.counters().handshake_timeouts.get(), 1);
+    assert!(!a.ep.can_send(p));
+}
+
+#[test]
+fn rekey_after_messages_replaces_the_session_without_losing_any() {
+    let mut c = cfg();
+    c.rekey_after_messages = 50;
+    let mut a = node(1, Identity::generate(), c.clone());
+    let mut b = node(2, Identity::generate(), c);
+    let mut wire = Wire::new();
+    let key = b.ep.identity().public_key();
+    let from = a.addr;
+    let pb =
+        a.ep.connect(0, b.addr, key, &mut emit_into(&mut wire, from))
+            .unwrap();
+    pump(0, &mut wire, &mut a, &mut b, &mut |_| true);
+    for i in 0..500u32 {
+        let now = u64::from(i) * MS;
+        send(now, &mut wire, &mut a, pb, &i.to_le_bytes());
+        tick(now, &mut wire, &mut a);
+        pump(now, &mut wire, &mut a, &mut b, &mut |_| true);
+    }
+    assert_eq!(b.inbox.len(), 500);
+    assert!(
+        a.ep.counters().rekeys.get() >= 5,
+        "{:?}",
+        a.ep.counters().snapshot()
+    );
+}
+
+#[test]
+fn an_initiation_flood_is_paced_per_source() {
+    let (mut a, mut b, _, _) = connected();
+    let _ = &mut a;
+    let mut paced = 0;
+    // 1000 garbage-but-well-formed initiations from many ports of one address.
+    for port in 0..1000u16 {
+        let mut m = vec![0u8; INIT_LEN];
+        m[0] = 1;
+        m[1] = 1;
+        let r = b.ep.receive(
+            MS,
+            SocketAddr::from(([10, 0, 0, 1], port)),
+            &mut m,
+            &mut |_, _| panic!(),
+        );
+        paced += u32::from(r == Received::Dropped(DropCause::Paced));
+    }
+    // The first `burst` reach the cryptography (and fail it); the rest are paced.
+    assert_eq!(paced, 995);
+    assert_eq!(b.ep.counters().dropped(DropCause::Auth), 5);
+}
