@@ -57,6 +57,7 @@ pub struct Config {
     /// Consumer polls.
     pub poll: PollConfig,
     /// The encrypted UDP mesh; absent means this node runs no mesh.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshConfig>,
 }
 
@@ -819,5 +820,18 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(Config::from_json(&c.to_json()).unwrap(), c);
         assert_eq!(Config::from_json("{}").unwrap(), c);
+    }
+
+    #[test]
+    fn a_mesh_section_round_trips() {
+        let c = Config {
+            mesh: Some(MeshConfig {
+                psk: Some("ab".repeat(32)),
+                ..MeshConfig::default()
+            }),
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(Config::from_json(&c.to_json()).unwrap(), c);
     }
 }

@@ -14,6 +14,7 @@
 //! datagram (counted), a hard one stops this shard's mesh with the error in its stats
 //! instead of spinning on it.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +23,7 @@ use io_uring::{opcode, types};
 use net_storage::Submit;
 use net_transport::endpoint::{ConnectError, Endpoint, PeerId, Received};
 use net_transport::identity::NodeId;
-use net_transport::pool::PacketPool;
+use net_transport::pool::{PacketBuf, PacketPool};
 use net_transport::stats::DropCause;
 use net_transport::udp::{Backoff, RecvBatch, SendBatch, ShardSocket, SocketErrorClass, classify};
 
@@ -99,12 +100,12 @@ struct Link {
 
 /// Control packets waiting for pool buffers (fixed storage: no allocation per packet).
 struct ControlQueue {
-    packets: Vec<(SocketAddr, usize, [u8; CONTROL_BYTES])>,
+    packets: Vec<(PeerId, SocketAddr, usize, [u8; CONTROL_BYTES])>,
     dropped: u64,
 }
 
 impl ControlQueue {
-    fn push(&mut self, to: SocketAddr, bytes: &[u8]) {
+    fn push(&mut self, peer: PeerId, to: SocketAddr, bytes: &[u8]) {
         if self.packets.len() >= CONTROL_MAX || bytes.len() > CONTROL_BYTES {
             // Handshakes retry and keepalives recur: a lost control packet costs a retry.
             self.dropped += 1;
@@ -112,7 +113,61 @@ impl ControlQueue {
         }
         let mut b = [0u8; CONTROL_BYTES];
         b[..bytes.len()].copy_from_slice(bytes);
-        self.packets.push((to, bytes.len(), b));
+        self.packets.push((peer, to, bytes.len(), b));
+    }
+}
+
+/// Datagrams queued for `sendmmsg`, with the peer each belongs to, so that traffic is
+/// counted when the kernel took it, not when it was sealed (a failed send must not inflate
+/// the counters).
+struct Outbox {
+    batch: SendBatch,
+    peers: VecDeque<(PeerId, usize)>,
+}
+
+impl Outbox {
+    fn push(
+        &mut self,
+        pool: &PacketPool,
+        buf: PacketBuf,
+        len: usize,
+        to: SocketAddr,
+        peer: PeerId,
+    ) -> Result<(), PacketBuf> {
+        self.batch.push(pool, buf, len, to)?;
+        self.peers.push_back((peer, len));
+        Ok(())
+    }
+
+    /// One `sendmmsg`; counts what went out and what the kernel refused outright.
+    fn send(
+        &mut self,
+        socket: &ShardSocket,
+        pool: &mut PacketPool,
+        endpoint: &Endpoint,
+        shared: &MeshShard,
+    ) -> std::io::Result<usize> {
+        let r = socket.send_batch(&mut self.batch, pool);
+        match &r {
+            Ok(n) => {
+                for (peer, len) in self.peers.drain(..*n) {
+                    endpoint.count_sent(peer, len);
+                }
+            }
+            Err(e) if classify(e) == SocketErrorClass::Datagram => {
+                // send_batch dropped the offending first datagram.
+                self.peers.pop_front();
+                shared.send_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+        debug_assert_eq!(self.peers.len(), self.batch.len());
+        r
+    }
+
+    fn clear(&mut self, pool: &mut PacketPool) {
+        self.batch.clear(pool);
+        self.peers.clear();
     }
 }
 
@@ -121,7 +176,7 @@ pub(crate) struct Mesh {
     endpoint: Endpoint,
     pool: PacketPool,
     rx: RecvBatch,
-    tx: SendBatch,
+    tx: Outbox,
     control: ControlQueue,
     links: Vec<Link>,
     inbox: RingWriter,
@@ -156,7 +211,10 @@ impl Mesh {
             socket: setup.socket,
             endpoint: setup.endpoint,
             rx: RecvBatch::new(),
-            tx: SendBatch::new(),
+            tx: Outbox {
+                batch: SendBatch::new(),
+                peers: VecDeque::with_capacity(net_transport::udp::BATCH_DATAGRAMS_MAX),
+            },
             control: ControlQueue {
                 packets: Vec::with_capacity(CONTROL_MAX),
                 dropped: 0,
@@ -190,7 +248,7 @@ impl Mesh {
             } => {
                 let r = self
                     .endpoint
-                    .connect(now, addr, key, &mut |to, b| control.push(to, b));
+                    .connect(now, addr, key, &mut |p, to, b| control.push(p, to, b));
                 match r {
                     Ok(p) => (p, link, reply),
                     Err(e) => {
@@ -273,7 +331,7 @@ impl Mesh {
                     endpoint.counters().count_drop(DropCause::Malformed);
                     return;
                 }
-                let r = endpoint.receive(now, src, buf, &mut |to, b| control.push(to, b));
+                let r = endpoint.receive(now, src, buf, &mut |p, to, b| control.push(p, to, b));
                 if let Received::Message { node, range, .. } = r {
                     let payload = &buf[range];
                     let need = inbox.bytes_needed(payload.len());
@@ -312,9 +370,7 @@ impl Mesh {
             SocketErrorClass::Transient => {
                 self.backoff.on_error(now);
             }
-            SocketErrorClass::Datagram => {
-                self.shared.send_errors.fetch_add(1, Ordering::Relaxed);
-            }
+            SocketErrorClass::Datagram => {}
             SocketErrorClass::Hard => {
                 self.stopped = true;
                 *self
@@ -335,15 +391,15 @@ impl Mesh {
     fn queue_control(&mut self, now: u64) -> bool {
         let mut i = 0;
         while i < self.control.packets.len() {
-            if self.tx.is_full() && !self.flush(now) {
+            if self.tx.batch.is_full() && !self.flush(now) {
                 break;
             }
             let Some(buf) = self.pool.alloc() else {
                 break;
             };
-            let (to, len, bytes) = &self.control.packets[i];
+            let (peer, to, len, bytes) = &self.control.packets[i];
             self.pool.buf_mut(&buf)[..*len].copy_from_slice(&bytes[..*len]);
-            if let Err(buf) = self.tx.push(&self.pool, buf, *len, *to) {
+            if let Err(buf) = self.tx.push(&self.pool, buf, *len, *to, *peer) {
                 self.pool.free(buf);
                 break;
             }
@@ -355,11 +411,14 @@ impl Mesh {
 
     /// Sends what is queued; returns whether the batch is empty afterwards.
     fn flush(&mut self, now: u64) -> bool {
-        while !self.tx.is_empty() && !self.stopped {
+        while !self.tx.batch.is_empty() && !self.stopped {
             if !self.backoff.ready(now) {
                 return false;
             }
-            match self.socket.send_batch(&mut self.tx, &mut self.pool) {
+            match self
+                .tx
+                .send(&self.socket, &mut self.pool, &self.endpoint, &self.shared)
+            {
                 Ok(0) => {
                     self.write_blocked = true;
                     return false;
@@ -374,7 +433,7 @@ impl Mesh {
             }
         }
         self.write_blocked = false;
-        self.tx.is_empty()
+        self.tx.batch.is_empty()
     }
 
     /// Seals what the peer handles queued, for peers with a session; starts handshakes for
@@ -388,7 +447,7 @@ impl Mesh {
                 if !self.links[i].reader.is_empty() {
                     let control = &mut self.control;
                     self.endpoint
-                        .want(now, peer, &mut |to, b| control.push(to, b));
+                        .want(now, peer, &mut |p, to, b| control.push(p, to, b));
                 }
                 i += 1;
                 continue;
@@ -406,20 +465,18 @@ impl Mesh {
             } = self;
             let budget = SEND_PER_TURN - sent;
             sent += links[i].reader.drain(budget, u64::MAX, |_, msg| {
-                if tx.is_full() {
+                if tx.batch.is_full() {
                     if !backoff.ready(now) {
                         return false;
                     }
-                    match socket.send_batch(tx, pool) {
+                    match tx.send(socket, pool, endpoint, shared) {
                         Ok(0) => {
                             *write_blocked = true;
                             return false;
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            if classify(&e) == SocketErrorClass::Datagram {
-                                shared.send_errors.fetch_add(1, Ordering::Relaxed);
-                            } else {
+                            if classify(&e) != SocketErrorClass::Datagram {
                                 backoff.on_error(now);
                             }
                             return false;
@@ -431,7 +488,7 @@ impl Mesh {
                 };
                 match endpoint.seal(now, peer, msg, pool.buf_mut(&buf)) {
                     Ok((len, to)) => {
-                        if let Err(buf) = tx.push(pool, buf, len, to) {
+                        if let Err(buf) = tx.push(pool, buf, len, to, peer) {
                             pool.free(buf);
                             return false;
                         }
@@ -514,14 +571,15 @@ impl Component for Mesh {
         }
         if now >= self.endpoint.deadline_ns() {
             let control = &mut self.control;
-            self.endpoint.tick(now, &mut |to, b| control.push(to, b));
+            self.endpoint
+                .tick(now, &mut |p, to, b| control.push(p, to, b));
         }
         self.settle_links();
         if !self.write_blocked {
             busy |= self.send_queued(now);
         }
         busy |= self.queue_control(now);
-        if !self.tx.is_empty() && !self.write_blocked {
+        if !self.tx.batch.is_empty() && !self.write_blocked {
             self.flush(now);
         }
         let hs = self.endpoint.counters().handshakes.get();
@@ -555,7 +613,7 @@ impl Component for Mesh {
         !self.stopped
             && ((self.readable && self.backoff.ready(monotonic_ns()))
                 || !self.control.packets.is_empty()
-                || (!self.write_blocked && (self.has_sendable() || !self.tx.is_empty())))
+                || (!self.write_blocked && (self.has_sendable() || !self.tx.batch.is_empty())))
     }
 
     fn deadline_ns(&self) -> Option<u64> {

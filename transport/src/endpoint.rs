@@ -208,8 +208,9 @@ fn nonce(counter: u64) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
-/// The emit callback: where control packets (handshakes, keepalives) go.
-pub type Emit<'a> = dyn FnMut(SocketAddr, &[u8]) + 'a;
+/// The emit callback: where control packets (handshakes, keepalives) go, with the peer they
+/// belong to (so the driver can count them once they are actually sent).
+pub type Emit<'a> = dyn FnMut(PeerId, SocketAddr, &[u8]) + 'a;
 
 impl Endpoint {
     /// The endpoint of shard `shard`. `wall_offset_ns` is the wall clock minus the monotonic
@@ -450,10 +451,9 @@ impl Endpoint {
                 });
                 let p = &mut self.peers[peer as usize];
                 p.pending = Some(index);
-                emit(p.addr, &m1);
+                emit(peer, p.addr, &m1);
                 self.counters.initiations.add(1);
                 p.counters.initiations.add(1);
-                self.count_out(peer, m1.len());
             }
             Err(_) => {
                 // A key that yields no shared secret (a low-order point): nothing will ever
@@ -486,7 +486,9 @@ impl Endpoint {
         }
     }
 
-    fn count_out(&self, peer: PeerId, bytes: usize) {
+    /// Counts a datagram for `peer` that the driver actually sent (sealing or emitting one
+    /// counts nothing: a send that fails must not inflate the counters).
+    pub fn count_sent(&self, peer: PeerId, bytes: usize) {
         let b = bytes as u64;
         self.counters.packets_out.add(1);
         self.counters.bytes_out.add(b);
@@ -568,7 +570,6 @@ impl Endpoint {
             self.peers[peer as usize].rekey_wanted = true;
             self.deadline_ns = now_ns;
         }
-        self.count_out(peer, total);
         Ok(total)
     }
 
@@ -780,8 +781,7 @@ impl Endpoint {
         let p = &mut self.peers[peer as usize];
         p.next = Some(local_index);
         p.addr = src;
-        emit(src, &m2);
-        self.count_out(peer, m2.len());
+        emit(peer, src, &m2);
         self.soon(now_ns.saturating_add(self.cfg.session_timeout_ns));
         Received::Control
     }
@@ -866,7 +866,7 @@ impl Endpoint {
         let mut out = [0u8; DATA_MIN_LEN];
         if let Ok(n) = self.seal_raw(now_ns, peer, &[], &mut out) {
             debug_assert_eq!(n, DATA_HEADER_LEN + TAG_LEN);
-            emit(self.peers[peer as usize].addr, &out);
+            emit(peer, self.peers[peer as usize].addr, &out);
         }
     }
 

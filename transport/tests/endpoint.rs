@@ -51,8 +51,11 @@ fn node(port: u16, identity: Identity, cfg: EndpointConfig) -> Node {
     }
 }
 
-fn emit_into<'a>(wire: &'a mut Wire, from: SocketAddr) -> impl FnMut(SocketAddr, &[u8]) + 'a {
-    move |to, b| wire.push_back((from, to, b.to_vec()))
+fn emit_into<'a>(
+    wire: &'a mut Wire,
+    from: SocketAddr,
+) -> impl FnMut(PeerId, SocketAddr, &[u8]) + 'a {
+    move |_, to, b| wire.push_back((from, to, b.to_vec()))
 }
 
 /// Delivers everything in flight (and what it provokes) between `a` and `b`; `tap` sees each
@@ -132,7 +135,7 @@ fn replayed_data_bit_flips_truncation_and_garbage_are_refused_by_cause() {
     let data = captured.last().unwrap().clone();
     let mut attack = |bytes: Vec<u8>| {
         let mut bytes = bytes;
-        b.ep.receive(2, addr(666), &mut bytes, &mut |_, _| {
+        b.ep.receive(2, addr(666), &mut bytes, &mut |_, _, _| {
             panic!("no reply to an attack")
         })
     };
@@ -183,7 +186,7 @@ fn a_replayed_or_older_msg1_never_disturbs_the_live_session() {
     });
     for t in 1..5u64 {
         let mut m = msg1.clone();
-        let r = b.ep.receive(t * MS, addr(7), &mut m, &mut |_, _| {
+        let r = b.ep.receive(t * MS, addr(7), &mut m, &mut |_, _, _| {
             panic!("a replay is never answered")
         });
         assert_eq!(r, Received::Dropped(DropCause::TooOld));
@@ -347,7 +350,7 @@ fn an_initiation_flood_is_paced_per_source() {
             MS,
             SocketAddr::from(([10, 0, 0, 1], port)),
             &mut m,
-            &mut |_, _| panic!(),
+            &mut |_, _, _| panic!(),
         );
         paced += u32::from(r == Received::Dropped(DropCause::Paced));
     }
