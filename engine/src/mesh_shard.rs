@@ -40,6 +40,9 @@ const TAG_WRITABLE: u64 = 2;
 const RECV_BATCHES_PER_TURN: usize = 8;
 /// Messages sealed per turn.
 const SEND_PER_TURN: usize = 512;
+/// Messages published to the inbox after which its reader is woken even while more
+/// datagrams wait in the socket.
+const NOTIFY_EVERY: usize = 256;
 /// Control packets (handshakes, keepalives) one step may produce before they are sent.
 const CONTROL_MAX: usize = 256;
 /// Largest control packet (a handshake initiation is 140 bytes).
@@ -185,6 +188,8 @@ pub(crate) struct Mesh {
     /// Node id cells of the peers, by peer id (shared with the stats registry).
     nodes: Vec<Arc<AtomicU64>>,
     handshakes_seen: u64,
+    /// Messages published to the inbox since the reader was last woken.
+    unnotified: usize,
     readable: bool,
     read_armed: bool,
     write_armed: bool,
@@ -225,6 +230,7 @@ impl Mesh {
             shared: setup.shared,
             nodes: Vec::new(),
             handshakes_seen: 0,
+            unnotified: 0,
             // Look once at start: datagrams may have arrived before the first poll.
             readable: true,
             read_armed: false,
@@ -345,7 +351,7 @@ impl Mesh {
             });
             if staged > 0 {
                 self.inbox.publish();
-                self.notify.notify();
+                self.unnotified += staged;
             }
             match got {
                 Ok(n) => {
@@ -581,6 +587,13 @@ impl Component for Mesh {
         busy |= self.queue_control(now);
         if !self.tx.batch.is_empty() && !self.write_blocked {
             self.flush(now);
+        }
+        // Wake the inbox's reader once the socket is drained (or a good part of a ring is
+        // waiting), not per batch: a reader woken per batch preempted the shard every few
+        // datagrams where they share a core.
+        if self.unnotified > 0 && (!self.readable || self.unnotified >= NOTIFY_EVERY) {
+            self.unnotified = 0;
+            self.notify.notify();
         }
         let hs = self.endpoint.counters().handshakes.get();
         if hs != self.handshakes_seen || self.endpoint.peer_count() != self.nodes.len() {
