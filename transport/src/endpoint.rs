@@ -232,7 +232,8 @@ impl Endpoint {
             ),
             hs: Handshaker::new(identity, psk),
             slots: (0..slots).map(|_| Slot::Free).collect(),
-            generations: vec![0; slots],
+            // Random first generations: session indices are not predictable across runs.
+            generations: random_bytes(slots),
             // Slot 0 is never used, so that index 0 never names a session.
             free: (1..u16::try_from(slots).expect("below 2^16"))
                 .rev()
@@ -656,6 +657,9 @@ impl Endpoint {
                 self.free_index(i);
             }
             self.handshake_done(peer, rekey);
+            // A node that only receives must still send keepalives on its new session.
+            let at = now_ns.saturating_add(self.cfg.heartbeat_ns);
+            self.soon(at);
         }
         let p = &mut self.peers[peer as usize];
         if p.current == Some(index) && p.addr != src {
@@ -782,7 +786,7 @@ impl Endpoint {
         p.next = Some(local_index);
         p.addr = src;
         emit(peer, src, &m2);
-        self.soon(now_ns.saturating_add(self.cfg.session_timeout_ns));
+        self.soon(now_ns.saturating_add(self.cfg.heartbeat_ns));
         Received::Control
     }
 
@@ -953,6 +957,15 @@ impl Endpoint {
         }
         next
     }
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    use ring::rand::SecureRandom;
+    let mut v = vec![0u8; n];
+    ring::rand::SystemRandom::new()
+        .fill(&mut v)
+        .expect("the system's random source");
+    v
 }
 
 fn new_session(

@@ -358,3 +358,14 @@ fn an_initiation_flood_is_paced_per_source() {
     assert_eq!(paced, 995);
     assert_eq!(b.ep.counters().dropped(DropCause::Auth), 5);
 }
+
+#[test]
+fn a_node_that_only_receives_sends_keepalives_from_the_first_heartbeat() {
+    let (mut a, mut b, pb, mut wire) = connected();
+    send(1, &mut wire, &mut a, pb, b"x");
+    pump(1, &mut wire, &mut a, &mut b, &mut |_| true);
+    // b never sends anything itself: its first keepalive is due one heartbeat later.
+    assert!(b.ep.deadline_ns() <= 1 + 100 * MS, "{}", b.ep.deadline_ns());
+    tick(100 * MS + 1, &mut wire, &mut b);
+    assert_eq!(wire.len(), 1, "one keepalive");
+}
