@@ -36,8 +36,11 @@ use crate::ring::{RingReader, RingWriter};
 /// Completion tags of the two readiness polls.
 const TAG_READABLE: u64 = 1;
 const TAG_WRITABLE: u64 = 2;
-/// Receive batches per turn before the other components get the core back.
-const RECV_BATCHES_PER_TURN: usize = 8;
+/// Receive batches per turn before the other components get the core back. Receiving
+/// comes first and takes the larger share: nothing pushes back on a peer's datagrams but the
+/// socket buffer, which drops when full, while what this node sends waits in its handles'
+/// rings (which push back on the application).
+const RECV_BATCHES_PER_TURN: usize = 64;
 /// Messages sealed per turn.
 const SEND_PER_TURN: usize = 512;
 /// Messages published to the inbox after which its reader is woken even while more
@@ -188,6 +191,8 @@ pub(crate) struct Mesh {
     /// Node id cells of the peers, by peer id (shared with the stats registry).
     nodes: Vec<Arc<AtomicU64>>,
     handshakes_seen: u64,
+    /// The link that goes first in the next send turn (round robin).
+    next_link: usize,
     /// Messages published to the inbox since the reader was last woken.
     unnotified: usize,
     readable: bool,
@@ -230,6 +235,7 @@ impl Mesh {
             shared: setup.shared,
             nodes: Vec::new(),
             handshakes_seen: 0,
+            next_link: 0,
             unnotified: 0,
             // Look once at start: datagrams may have arrived before the first poll.
             readable: true,
@@ -446,8 +452,19 @@ impl Mesh {
     /// the others. Returns whether anything was sealed.
     fn send_queued(&mut self, now: u64) -> bool {
         let mut sent = 0usize;
-        let mut i = 0;
-        while i < self.links.len() && sent < SEND_PER_TURN && !self.write_blocked {
+        let n = self.links.len();
+        // Links take turns starting first, and each takes at most its share of the turn's
+        // budget: a handle with a deep backlog cannot starve the others (found with two
+        // handles on one session, data and acknowledgements: the acknowledgements waited
+        // behind the data until the other side's window closed).
+        let share = (SEND_PER_TURN / n.max(1)).max(16);
+        let first = self.next_link % n.max(1);
+        self.next_link = self.next_link.wrapping_add(1);
+        for k in 0..n {
+            if sent >= SEND_PER_TURN || self.write_blocked {
+                break;
+            }
+            let i = (first + k) % n;
             let peer = self.links[i].peer;
             if !self.endpoint.can_send(peer) {
                 if !self.links[i].reader.is_empty() {
@@ -455,7 +472,6 @@ impl Mesh {
                     self.endpoint
                         .want(now, peer, &mut |p, to, b| control.push(p, to, b));
                 }
-                i += 1;
                 continue;
             }
             let Mesh {
@@ -469,7 +485,7 @@ impl Mesh {
                 write_blocked,
                 ..
             } = self;
-            let budget = SEND_PER_TURN - sent;
+            let budget = share.min(SEND_PER_TURN - sent);
             sent += links[i].reader.drain(budget, u64::MAX, |_, msg| {
                 if tx.batch.is_full() {
                     if !backoff.ready(now) {
@@ -508,7 +524,6 @@ impl Mesh {
                     }
                 }
             });
-            i += 1;
         }
         sent > 0
     }

@@ -186,3 +186,30 @@ fn a_bus_without_a_mesh_says_so() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_handle_with_a_deep_backlog_does_not_starve_another_on_the_same_shard() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Bus::start(common::mesh_config(da.path(), 1)).unwrap();
+    let b = Bus::start(common::mesh_config(db.path(), 1)).unwrap();
+    let (_, key) = b.mesh_identity().unwrap();
+    let addr = b.mesh_addr().unwrap();
+    let mut inbox = b.mesh_inbox().unwrap();
+    let mut bulk = a.connect(addr, key).unwrap();
+    let mut urgent = a.connect(addr, key).unwrap();
+    // Establish the session first.
+    urgent.send(b"hello").unwrap();
+    assert_eq!(recv_n(&mut inbox, 1).len(), 1);
+    for i in 0..5000u32 {
+        let mut m = [0u8; 100];
+        m[..4].copy_from_slice(&i.to_le_bytes());
+        bulk.send_timeout(&m, Duration::from_secs(10)).unwrap();
+    }
+    urgent.send(b"urgent").unwrap();
+    let got = recv_n(&mut inbox, 5001);
+    assert_eq!(got.len(), 5001);
+    let at = got.iter().position(|(_, _, p)| p == b"urgent").unwrap();
+    // Round robin: the urgent message goes out within a turn of being queued, not after the
+    // whole backlog.
+    assert!(at < 4000, "the urgent message came {at}th of 5001");
+}

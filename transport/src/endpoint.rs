@@ -365,10 +365,15 @@ impl Endpoint {
         Ok(peer)
     }
 
-    /// Makes sure `peer` has a session or a handshake under way.
+    /// Makes sure `peer` has a session or a handshake under way. A responder session the
+    /// initiator has not confirmed yet counts as under way (its keepalive follows at once):
+    /// starting a round of our own then would only replace it.
     pub fn want(&mut self, now_ns: u64, peer: PeerId, emit: &mut Emit<'_>) {
         let p = &self.peers[peer as usize];
-        if p.pending.is_some() || self.session(p.current).is_some() {
+        if p.pending.is_some()
+            || self.session(p.current).is_some()
+            || self.session(p.next).is_some()
+        {
             return;
         }
         self.start_round(now_ns, peer, emit);

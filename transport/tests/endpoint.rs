@@ -369,3 +369,35 @@ fn a_node_that_only_receives_sends_keepalives_from_the_first_heartbeat() {
     tick(100 * MS + 1, &mut wire, &mut b);
     assert_eq!(wire.len(), 1, "one keepalive");
 }
+
+#[test]
+fn a_responder_waiting_for_confirmation_starts_no_handshake_of_its_own() {
+    let mut a = node(1, Identity::generate(), cfg());
+    let mut b = node(2, Identity::generate(), cfg());
+    let mut wire = Wire::new();
+    let (ka, kb) = (a.ep.identity().public_key(), b.ep.identity().public_key());
+    let fa = a.addr;
+    a.ep.connect(0, b.addr, kb, &mut emit_into(&mut wire, fa))
+        .unwrap();
+    // Deliver msg1 to b only: b now holds an unconfirmed session.
+    let (from, _, mut m1) = wire.pop_front().unwrap();
+    let fb = b.addr;
+    let mut out = Wire::new();
+    b.ep.receive(0, from, &mut m1, &mut emit_into(&mut out, fb));
+    assert_eq!(out.len(), 1, "the response");
+    let pa = b.ep.peer_by_node(a.ep.identity().node_id()).unwrap();
+    // b's application wants to send: no initiation of b's own.
+    b.ep.want(1, pa, &mut emit_into(&mut out, fb));
+    assert_eq!(out.len(), 1);
+    let pa2 =
+        b.ep.connect(1, a.addr, ka, &mut emit_into(&mut out, fb))
+            .unwrap();
+    assert_eq!(pa2, pa);
+    assert_eq!(out.len(), 1);
+    assert_eq!(b.ep.counters().initiations.get(), 0);
+    // The response reaches a, whose keepalive confirms b's session.
+    wire.extend(out);
+    pump(2, &mut wire, &mut a, &mut b, &mut |_| true);
+    assert!(b.ep.can_send(pa));
+    assert_eq!(b.ep.counters().rekeys.get(), 0);
+}
