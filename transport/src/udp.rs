@@ -14,7 +14,13 @@
 //! [`BATCH_DATAGRAMS_MAX`] per `recvmmsg`/`sendmmsg`. [`RecvBatch`] and [`SendBatch`] hold
 //! the `mmsghdr`/`iovec`/`sockaddr_storage` arrays, allocated once; the payload bytes live in
 //! the shard's [`PacketPool`]; source addresses are decoded in place. Receiving and sending a
-//! batch allocate nothing, take no lock and make one syscall (a second only after `EINTR`).
+//! batch allocate nothing, take no lock and make one syscall (a second only after `EINTR`, or
+//! once in a socket's life when the kernel refuses GSO).
+//!
+//! Sends use UDP GSO (`UDP_SEGMENT`, Linux >= 4.18) where the kernel has it: a run of
+//! consecutive equal-size datagrams to one destination goes to the kernel as one message,
+//! which crosses the stack as one packet and is split late; see [`SendBatch`]. Receiving
+//! takes one datagram per buffer, as without GSO (no `UDP_GRO`).
 //!
 //! Errors are sorted by [`classify`] into what the caller does next: back off and retry
 //! ([`SocketErrorClass::Transient`], paced by [`Backoff`]), drop one datagram and go on
@@ -26,6 +32,7 @@ use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use libc::{c_int, c_uint, c_ushort, socklen_t};
 
@@ -93,6 +100,10 @@ pub struct ShardSocket {
     local_addr: SocketAddr,
     rcvbuf: usize,
     sndbuf: usize,
+    /// The kernel knows `UDP_SEGMENT` (probed at creation).
+    gso_supported: bool,
+    /// Sends group datagrams into GSO messages: supported and not turned off.
+    gso: AtomicBool,
 }
 
 impl AsFd for ShardSocket {
@@ -191,57 +202,76 @@ impl ShardSocket {
         Ok(received)
     }
 
+    /// Whether sends group equal-size datagrams into UDP GSO messages (see [`SendBatch`]):
+    /// the kernel supports `UDP_SEGMENT` and no GSO send has failed on this socket yet.
+    pub fn gso(&self) -> bool {
+        self.gso.load(Ordering::Relaxed)
+    }
+
+    /// Turns GSO grouping off (`false`) or back on (`true`, only where the kernel supports
+    /// it); returns whether it is on now. For comparisons and tests: sends pick it by default.
+    pub fn set_gso(&self, on: bool) -> bool {
+        let on = on && self.gso_supported;
+        self.gso.store(on, Ordering::Relaxed);
+        on
+    }
+
     /// Sends the queued datagrams with one `sendmmsg(MSG_DONTWAIT)`; returns how many went.
+    ///
+    /// With GSO ([`ShardSocket::gso`]), each run of consecutive datagrams that can share one
+    /// `UDP_SEGMENT` message goes out as one message (see [`SendBatch`]); a message is sent
+    /// whole or not at all, so the count is still of datagrams.
     ///
     /// Sent datagrams' buffers go back to `pool`; the unsent stay queued, in order, at the
     /// front of the batch, so a partial send neither loses nor reorders anything: call again
     /// when the socket is writable. `Ok(0)` with datagrams queued means the socket buffer is
     /// full (`EAGAIN`, or `EINTR` twice).
     ///
-    /// The kernel reports an error only for the first datagram of a call (later ones end the
-    /// call early with the count so far, and the error comes back on the next call). On a
-    /// [`SocketErrorClass::Datagram`] error (`EMSGSIZE`) that first datagram has been removed
-    /// from the batch and its buffer freed: count it as dropped and call again. On other
-    /// errors the queue is left intact; see [`SendBatch::drop_front`] for a destination that
-    /// keeps failing.
+    /// The kernel reports an error only for the first message of a call (later ones end the
+    /// call early with the count so far, and the error comes back on the next call). If that
+    /// first message is a GSO run refused with `EMSGSIZE`, `EINVAL` or `EIO` (segment past the
+    /// path MTU, no checksum offload, IPsec), GSO is turned off for this socket and the same
+    /// datagrams are sent again one per message, in the same call. On a
+    /// [`SocketErrorClass::Datagram`] error (`EMSGSIZE`) for a single first datagram, that
+    /// datagram has been removed from the batch and its buffer freed: count it as dropped and
+    /// call again. On other errors the queue is left intact; see [`SendBatch::drop_front`]
+    /// for a destination that keeps failing.
     pub fn send_batch(&self, batch: &mut SendBatch, pool: &mut PacketPool) -> io::Result<usize> {
-        let count = batch.queue.len();
-        if count == 0 {
+        if batch.queue.is_empty() {
             return Ok(0);
         }
-        for (i, q) in batch.queue.iter().enumerate() {
-            // Memory safety of the iovec rests on this, not only on the check in `push`.
-            assert!(
-                q.len <= pool.buffer_bytes(),
-                "send batch: datagram longer than its buffer"
-            );
-            let base = pool.ptr_mut(&q.buf);
-            batch.arrays.iovs[i] = libc::iovec {
-                iov_base: base.cast(),
-                iov_len: q.len,
-            };
-            let name_len = encode_sockaddr(&q.to, &mut batch.arrays.names[i]);
-            batch.arrays.msgs[i].msg_hdr.msg_namelen = name_len;
-        }
-        let msgs = batch.arrays.link(count);
-        let fd = self.fd();
-        let vlen = vlen(count);
-        let sent = mmsg_call(|| {
-            // SAFETY: `msgs` holds `vlen` linked headers (MsgArrays::link): each names an
-            // encoded destination of msg_namelen bytes and one iovec of `len <= buffer_bytes`
-            // readable bytes in a pool buffer; all live for the call.
-            unsafe { libc::sendmmsg(fd, msgs, vlen, libc::MSG_DONTWAIT) }
-        });
-        match sent {
-            Ok(n) => {
-                batch.complete(n, pool);
-                Ok(n)
-            }
-            Err(e) => {
-                if classify(&e) == SocketErrorClass::Datagram {
-                    batch.complete(1, pool);
+        let mut gso = self.gso();
+        loop {
+            let (msgs, count) = batch.prepare(pool, gso);
+            let fd = self.fd();
+            let vlen = vlen(count);
+            let sent = mmsg_call(|| {
+                // SAFETY: `msgs` holds `vlen` linked headers (SendBatch::prepare): each names
+                // an encoded destination of msg_namelen bytes, `msg_iovlen` consecutive iovecs
+                // of `len <= buffer_bytes` readable bytes in distinct pool buffers, and either
+                // no control data or one UDP_SEGMENT cmsg of msg_controllen bytes; all live
+                // for the call.
+                unsafe { libc::sendmmsg(fd, msgs, vlen, libc::MSG_DONTWAIT) }
+            });
+            match sent {
+                Ok(k) => return Ok(batch.complete_messages(k, pool)),
+                Err(e) => {
+                    let refused = matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMSGSIZE | libc::EINVAL | libc::EIO)
+                    );
+                    if gso && refused && batch.runs[0].count > 1 {
+                        // The kernel will not take this GSO message: send one per message
+                        // from now on, which also pins an EMSGSIZE on the datagram at fault.
+                        gso = false;
+                        self.gso.store(false, Ordering::Relaxed);
+                        continue;
+                    }
+                    if classify(&e) == SocketErrorClass::Datagram {
+                        batch.complete(1, pool);
+                    }
+                    return Err(e);
                 }
-                Err(e)
             }
         }
     }
@@ -327,11 +357,16 @@ impl ShardSocket {
         }
         let local_addr = sockname(&fd)
             .map_err(|e| context(e, format_args!("getsockname() after bind({addr})")))?;
+        // Linux >= 4.18 knows UDP_SEGMENT; reading it back (the socket's default segment
+        // size, 0) is the probe. We never set it: only messages with the cmsg are segmented.
+        let gso_supported = get_int(&fd, libc::SOL_UDP, libc::UDP_SEGMENT).is_ok();
         Ok(ShardSocket {
             fd,
             local_addr,
             rcvbuf,
             sndbuf,
+            gso_supported,
+            gso: AtomicBool::new(gso_supported),
         })
     }
 }
@@ -430,21 +465,121 @@ struct Queued {
     to: SocketAddr,
 }
 
+/// Most datagrams in one GSO message. The kernel's `UDP_MAX_SEGMENTS` is 64 up to Linux 6.x
+/// and 128 since; 64 is accepted everywhere.
+pub const GSO_SEGMENTS_MAX: usize = 64;
+
+/// Most bytes in one GSO message: the largest IPv4 UDP payload (65535 - 20 - 8), which the
+/// whole segmented message must fit as one datagram would.
+pub const GSO_BYTES_MAX: usize = 65_507;
+
+/// One message of a send: `count` consecutive queued datagrams from `first`, all to `to`.
+/// With `count > 1` it is a GSO message: every datagram but the last is `segment` bytes, the
+/// last at most that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    first: usize,
+    count: usize,
+    segment: usize,
+    bytes: usize,
+    to: SocketAddr,
+    /// The steering byte every datagram of the run carries; `None` (too short to carry one)
+    /// never joins a run.
+    steer: Option<u8>,
+    /// A shorter last segment closes the run.
+    open: bool,
+}
+
+/// Splits datagrams `(len, to, steering byte)`, in queue order, into the messages of one
+/// `sendmmsg` (into `runs`, cleared first): without `gso` one per datagram; with it, each
+/// run of consecutive datagrams to one destination whose lengths are equal (the last may be
+/// shorter) shares a message, up to [`GSO_SEGMENTS_MAX`] datagrams and [`GSO_BYTES_MAX`]
+/// bytes.
+///
+/// A run also needs one steering byte ([`STEER_OFFSET`]) throughout: on loopback (and any
+/// device that takes GSO packets) the message reaches the receiving host whole, the
+/// reuseport program picks the socket once for it from its first datagram, and only then is
+/// it split. Datagrams too short to carry the byte (or empty ones, which segmentation would
+/// lose) go alone.
+fn plan_runs(
+    datagrams: impl IntoIterator<Item = (usize, SocketAddr, Option<u8>)>,
+    gso: bool,
+    runs: &mut Vec<Run>,
+) {
+    runs.clear();
+    for (i, (len, to, steer)) in datagrams.into_iter().enumerate() {
+        if let Some(run) = runs.last_mut()
+            && run.open
+            && run.to == to
+            && run.steer == steer
+            && len <= run.segment
+            && run.count < GSO_SEGMENTS_MAX
+            && run.bytes + len <= GSO_BYTES_MAX
+        {
+            run.count += 1;
+            run.bytes += len;
+            run.open = len == run.segment;
+            continue;
+        }
+        runs.push(Run {
+            first: i,
+            count: 1,
+            segment: len,
+            bytes: len,
+            to,
+            steer,
+            open: gso && steer.is_some(),
+        });
+    }
+}
+
+/// A `SOL_UDP`/`UDP_SEGMENT` control message: a `cmsghdr` and the u16 segment size, laid
+/// out as `CMSG_SPACE(2)` bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SegmentCmsg {
+    hdr: libc::cmsghdr,
+    segment: u16,
+}
+
+// SAFETY: CMSG_LEN/CMSG_SPACE are pure arithmetic on their argument.
+const SEGMENT_CMSG_LEN: c_uint = unsafe { libc::CMSG_LEN(2) };
+// SAFETY: as above.
+const SEGMENT_CMSG_SPACE: c_uint = unsafe { libc::CMSG_SPACE(2) };
+// The struct is the C layout: data right after the aligned header, padded to the space.
+const _: () = assert!(mem::offset_of!(SegmentCmsg, segment) + 2 == SEGMENT_CMSG_LEN as usize);
+const _: () = assert!(mem::size_of::<SegmentCmsg>() == SEGMENT_CMSG_SPACE as usize);
+
 /// A queue of up to [`BATCH_DATAGRAMS_MAX`] datagrams for one `sendmmsg`, with its arrays
 /// allocated once.
 ///
 /// The batch owns the queued [`PacketBuf`]s, so a queued buffer cannot be freed or reused
 /// before the kernel has read it; [`ShardSocket::send_batch`] frees each one once sent.
 /// Destinations are kept as `SocketAddr` and encoded at send time.
+///
+/// With UDP GSO (Linux >= 4.18, [`ShardSocket::gso`]) a send groups each run of consecutive
+/// datagrams to one destination with equal lengths (the last may be shorter) and one
+/// steering byte into one message: its iovecs list the run's buffers and a `UDP_SEGMENT`
+/// control message gives the length, so the stack handles the run as one packet and splits
+/// it late (at the device, or on loopback at the receiving socket). Runs hold at most
+/// [`GSO_SEGMENTS_MAX`] datagrams and [`GSO_BYTES_MAX`] bytes. A sealed stream to one peer
+/// is exactly such a run, so a full batch goes out as one or two messages instead of 64.
 pub struct SendBatch {
     arrays: MsgArrays,
     queue: Vec<Queued>,
+    /// The messages of the send in progress (`plan_runs`), in queue order.
+    runs: Vec<Run>,
+    /// One UDP_SEGMENT control message per possible message.
+    cmsgs: Vec<SegmentCmsg>,
+    /// Messages the kernel took over the batch's life.
+    messages_sent: u64,
 }
 
 impl fmt::Debug for SendBatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SendBatch")
             .field("queue", &self.queue)
+            .field("messages_sent", &self.messages_sent)
             .finish()
     }
 }
@@ -458,10 +593,25 @@ impl Default for SendBatch {
 impl SendBatch {
     /// Allocates the arrays and queue for [`BATCH_DATAGRAMS_MAX`] datagrams.
     pub fn new() -> SendBatch {
+        // SAFETY: all-zero is a valid cmsghdr (plain integers).
+        let mut hdr: libc::cmsghdr = unsafe { mem::zeroed() };
+        hdr.cmsg_len = SEGMENT_CMSG_LEN as usize;
+        hdr.cmsg_level = libc::SOL_UDP;
+        hdr.cmsg_type = libc::UDP_SEGMENT;
+        let cmsg = SegmentCmsg { hdr, segment: 0 };
         SendBatch {
             arrays: MsgArrays::new(),
             queue: Vec::with_capacity(BATCH_DATAGRAMS_MAX),
+            runs: Vec::with_capacity(BATCH_DATAGRAMS_MAX),
+            cmsgs: vec![cmsg; BATCH_DATAGRAMS_MAX],
+            messages_sent: 0,
         }
+    }
+
+    /// Messages (`mmsghdr`s) the kernel took from this batch's sends so far: one per
+    /// datagram without GSO, one per run with it.
+    pub fn messages_sent(&self) -> u64 {
+        self.messages_sent
     }
 
     /// Queues `pool`'s buffer `buf`, whose first `len` bytes are the datagram, for `to`.
@@ -513,6 +663,78 @@ impl SendBatch {
     /// returns how many were dropped.
     pub fn clear(&mut self, pool: &mut PacketPool) -> usize {
         let n = self.queue.len();
+        self.complete(n, pool);
+        n
+    }
+
+    /// Plans the queue's messages ([`plan_runs`]) and fills the arrays for them; returns the
+    /// headers' pointer for `sendmmsg` and how many there are.
+    ///
+    /// Message `j` uses `names[j]`, `cmsgs[j]` and the iovecs of its datagrams, which are
+    /// consecutive: `iovs[i]` belongs to queued datagram `i`.
+    fn prepare(&mut self, pool: &mut PacketPool, gso: bool) -> (*mut libc::mmsghdr, usize) {
+        let buffer_bytes = pool.buffer_bytes();
+        let pool_ref: &PacketPool = pool;
+        plan_runs(
+            self.queue.iter().map(|q| {
+                // Memory safety of the iovecs rests on this, not only on the check in `push`.
+                assert!(
+                    q.len <= buffer_bytes,
+                    "send batch: datagram longer than its buffer"
+                );
+                let offset = usize::try_from(STEER_OFFSET).expect("small");
+                let steer = (q.len > offset).then(|| pool_ref.buf(&q.buf)[offset]);
+                (q.len, q.to, steer)
+            }),
+            gso,
+            &mut self.runs,
+        );
+        for (i, q) in self.queue.iter().enumerate() {
+            let base = pool.ptr_mut(&q.buf);
+            self.arrays.iovs[i] = libc::iovec {
+                iov_base: base.cast(),
+                iov_len: q.len,
+            };
+        }
+        for (j, run) in self.runs.iter().enumerate() {
+            self.arrays.msgs[j].msg_hdr.msg_namelen =
+                encode_sockaddr(&run.to, &mut self.arrays.names[j]);
+            if run.count > 1 {
+                // Two or more segments fit GSO_BYTES_MAX, so one fits u16.
+                self.cmsgs[j].segment = u16::try_from(run.segment).expect("GSO segment fits u16");
+            }
+        }
+        // The pointers are taken after the last write through a reference into these arrays.
+        let names = self.arrays.names.as_mut_ptr();
+        let iovs = self.arrays.iovs.as_mut_ptr();
+        let cmsgs = self.cmsgs.as_mut_ptr();
+        for (j, (msg, run)) in self.arrays.msgs.iter_mut().zip(&self.runs).enumerate() {
+            msg.msg_len = 0;
+            let hdr = &mut msg.msg_hdr;
+            hdr.msg_name = names.wrapping_add(j).cast();
+            hdr.msg_iov = iovs.wrapping_add(run.first);
+            hdr.msg_iovlen = run.count;
+            hdr.msg_flags = 0;
+            if run.count > 1 {
+                hdr.msg_control = cmsgs.wrapping_add(j).cast();
+                hdr.msg_controllen = SEGMENT_CMSG_SPACE as usize;
+            } else {
+                hdr.msg_control = ptr::null_mut();
+                hdr.msg_controllen = 0;
+            }
+        }
+        (self.arrays.msgs.as_mut_ptr(), self.runs.len())
+    }
+
+    /// The kernel took the first `k` planned messages: frees their datagrams (see
+    /// [`SendBatch::complete`]) and returns how many that was.
+    fn complete_messages(&mut self, k: usize, pool: &mut PacketPool) -> usize {
+        assert!(
+            k <= self.runs.len(),
+            "send batch: kernel reported more messages sent than planned"
+        );
+        let n = self.runs[..k].iter().map(|r| r.count).sum();
+        self.messages_sent += u64::try_from(k).expect("message count fits u64");
         self.complete(n, pool);
         n
     }
@@ -1056,6 +1278,164 @@ mod tests {
         let _ = SendBatch::new().push(&pool, buf, 17, addr(1));
     }
 
+    /// `(first, count, segment)` of each planned message.
+    fn shape(runs: &[Run]) -> Vec<(usize, usize, usize)> {
+        runs.iter().map(|r| (r.first, r.count, r.segment)).collect()
+    }
+
+    fn plan(datagrams: &[(usize, SocketAddr, Option<u8>)], gso: bool) -> Vec<Run> {
+        let mut runs = Vec::new();
+        plan_runs(datagrams.iter().copied(), gso, &mut runs);
+        runs
+    }
+
+    #[test]
+    fn runs_group_consecutive_equal_datagrams_per_destination_and_steering_byte() {
+        let (a, b) = (addr(1), addr(2));
+        let s0 = Some(0);
+        let datagrams = [
+            (100, a, s0),
+            (100, a, s0),
+            (100, a, s0),
+            (60, a, s0), // a shorter last segment closes the run
+            (60, a, s0),
+            (60, b, s0), // another destination
+            (60, b, s0),
+            (100, b, s0), // longer than the run's segment
+            (100, a, s0),
+            (100, b, s0),
+            (100, b, Some(1)), // another steering byte: another receiving socket
+            (4, b, None),      // too short to steer: alone
+            (4, b, None),
+            (0, b, None),
+            (0, b, None),
+        ];
+        let runs = plan(&datagrams, true);
+        assert_eq!(
+            shape(&runs),
+            vec![
+                (0, 4, 100),
+                (4, 1, 60),
+                (5, 2, 60),
+                (7, 1, 100),
+                (8, 1, 100),
+                (9, 1, 100),
+                (10, 1, 100),
+                (11, 1, 4),
+                (12, 1, 4),
+                (13, 1, 0),
+                (14, 1, 0),
+            ]
+        );
+        assert_eq!(runs[0].bytes, 360);
+        assert_eq!((runs[2].to, runs[0].to), (b, a));
+
+        let single = plan(&datagrams, false);
+        assert_eq!(
+            single.len(),
+            datagrams.len(),
+            "without GSO, one message each"
+        );
+        assert!(
+            single
+                .iter()
+                .enumerate()
+                .all(|(i, r)| r.first == i && r.count == 1)
+        );
+    }
+
+    #[test]
+    fn runs_split_at_the_segment_and_byte_limits() {
+        let a = addr(1);
+        // 64 x 1232 bytes is past 65507: 53 segments (65296 bytes) and the rest.
+        let full = vec![(1232, a, Some(0)); BATCH_DATAGRAMS_MAX];
+        let runs = plan(&full, true);
+        assert_eq!(shape(&runs), vec![(0, 53, 1232), (53, 11, 1232)]);
+        assert!(runs.iter().all(|r| r.bytes <= GSO_BYTES_MAX));
+        // 64 x 1023 = 65472 bytes fits one message.
+        let fits = vec![(1023, a, Some(0)); BATCH_DATAGRAMS_MAX];
+        assert_eq!(shape(&plan(&fits, true)), vec![(0, 64, 1023)]);
+        // A short last segment that would cross the byte limit starts the next message.
+        let mut over = vec![(1232, a, Some(0)); 53];
+        over.push((300, a, Some(0)));
+        assert_eq!(shape(&plan(&over, true)), vec![(0, 53, 1232), (53, 1, 300)]);
+        // Small datagrams: the segment count caps a message.
+        let many = vec![(10, a, Some(0)); 150];
+        assert_eq!(
+            shape(&plan(&many, true)),
+            vec![(0, 64, 10), (64, 64, 10), (128, 22, 10)]
+        );
+        // Two datagrams past the byte limit together go alone (the kernel's EMSGSIZE
+        // then names the one at fault).
+        let big = vec![(40_000, a, Some(0)); 2];
+        assert_eq!(
+            shape(&plan(&big, true)),
+            vec![(0, 1, 40_000), (1, 1, 40_000)]
+        );
+    }
+
+    fn port_of(q: &Queued) -> u16 {
+        q.to.port()
+    }
+
+    #[test]
+    fn messages_sent_complete_exactly_their_datagrams_in_order() {
+        let mut pool = PacketPool::new(BATCH_DATAGRAMS_MAX, 128);
+        let mut batch = SendBatch::new();
+        // Runs: 4 x 100 to port 1, 3 x 100 to port 2, 3 x 50 to port 1 (datagram i marked
+        // by its first byte).
+        let layout = [(4, 100, 1), (3, 100, 2), (3, 50, 1)];
+        let mut mark = 0u8;
+        for (count, len, port) in layout {
+            for _ in 0..count {
+                let buf = pool.alloc().expect("free buffer");
+                pool.buf_mut(&buf)[..len].fill(0);
+                pool.buf_mut(&buf)[0] = mark;
+                mark += 1;
+                batch.push(&pool, buf, len, addr(port)).expect("room");
+            }
+        }
+        let (_, messages) = batch.prepare(&mut pool, true);
+        assert_eq!(messages, 3);
+        assert_eq!(
+            shape(&batch.runs),
+            vec![(0, 4, 100), (4, 3, 100), (7, 3, 50)]
+        );
+        // Header 1 carries datagrams 4..7 behind one UDP_SEGMENT cmsg of 100.
+        let hdr = &batch.arrays.msgs[1].msg_hdr;
+        assert_eq!(hdr.msg_iovlen, 3);
+        assert_eq!(hdr.msg_controllen, SEGMENT_CMSG_SPACE as usize);
+        assert_eq!(batch.cmsgs[1].segment, 100);
+        assert_eq!(batch.cmsgs[1].hdr.cmsg_type, libc::UDP_SEGMENT);
+
+        // The kernel took 2 of 3 messages: 7 datagrams.
+        assert_eq!(batch.complete_messages(2, &mut pool), 7);
+        assert_eq!(batch.messages_sent(), 2);
+        assert_eq!(pool.available(), pool.capacity() - 3);
+        let marks: Vec<u8> = batch.queue.iter().map(|q| pool.buf(&q.buf)[0]).collect();
+        assert_eq!(marks, vec![7, 8, 9], "the unsent keep their order");
+        assert!(batch.queue.iter().all(|q| port_of(q) == 1 && q.len == 50));
+
+        // Nothing taken (EAGAIN): nothing completes.
+        let (_, messages) = batch.prepare(&mut pool, true);
+        assert_eq!(messages, 1);
+        assert_eq!(batch.complete_messages(0, &mut pool), 0);
+        assert_eq!(batch.len(), 3);
+        // Without GSO the same three are three messages.
+        let (_, messages) = batch.prepare(&mut pool, false);
+        assert_eq!(messages, 3);
+        assert!(
+            batch.arrays.msgs[..3]
+                .iter()
+                .all(|m| m.msg_hdr.msg_controllen == 0)
+        );
+        assert_eq!(batch.complete_messages(1, &mut pool), 1);
+        assert_eq!(pool.buf(&batch.queue[0].buf)[0], 8);
+        assert_eq!(batch.clear(&mut pool), 2);
+        assert_eq!(batch.messages_sent(), 3);
+        assert_eq!(pool.available(), pool.capacity());
+    }
+
     fn any_addr() -> impl Strategy<Value = SocketAddr> {
         prop_oneof![
             (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
@@ -1074,6 +1454,43 @@ mod tests {
             let len = encode_sockaddr(&a, &mut storage);
             prop_assert_eq!(decode_sockaddr(&storage, len), Some(a));
             prop_assert_eq!(decode_sockaddr(&storage, len - 1), None);
+        }
+    }
+
+    proptest! {
+        /// Runs cover the datagrams in order, each within the limits and made of equal
+        /// segments (the last may be shorter) to one destination with one steering byte.
+        #[test]
+        fn runs_partition_the_queue_within_the_limits(
+            datagrams in prop::collection::vec(
+                (prop_oneof![Just(0usize), Just(4), Just(5), Just(1232), Just(40_000), 0..2000usize],
+                 1u16..3, prop::option::of(0u8..2)),
+                0..200,
+            ),
+            gso in any::<bool>(),
+        ) {
+            let datagrams: Vec<(usize, SocketAddr, Option<u8>)> = datagrams
+                .into_iter()
+                .map(|(len, port, steer)| (len, addr(port), steer.filter(|_| len > 4)))
+                .collect();
+            let runs = plan(&datagrams, gso);
+            let mut next = 0;
+            for r in &runs {
+                prop_assert_eq!(r.first, next);
+                next += r.count;
+                let members = &datagrams[r.first..r.first + r.count];
+                prop_assert_eq!(r.bytes, members.iter().map(|d| d.0).sum::<usize>());
+                if r.count > 1 {
+                    prop_assert!(gso);
+                    prop_assert!(r.count <= GSO_SEGMENTS_MAX && r.bytes <= GSO_BYTES_MAX);
+                    prop_assert!(members.iter().all(|d| d.1 == r.to && d.2 == r.steer));
+                    prop_assert!(r.steer.is_some());
+                    let (last, rest) = members.split_last().expect("non-empty");
+                    prop_assert!(rest.iter().all(|d| d.0 == r.segment));
+                    prop_assert!(last.0 <= r.segment && last.0 > 0);
+                }
+            }
+            prop_assert_eq!(next, datagrams.len());
         }
     }
 
