@@ -363,7 +363,7 @@ impl Mesh {
                 Ok(n) => {
                     self.backoff.on_success();
                     any |= n > 0;
-                    if n < net_transport::udp::BATCH_DATAGRAMS_MAX {
+                    if self.rx.drained() {
                         self.readable = false;
                         break;
                     }

@@ -104,6 +104,9 @@ pub struct ShardSocket {
     gso_supported: bool,
     /// Sends group datagrams into GSO messages: supported and not turned off.
     gso: AtomicBool,
+    /// `UDP_GRO` is on: a receive may return many datagrams of one sender coalesced into one
+    /// buffer (a GSO send over loopback arrives whole, without being split in the kernel).
+    gro: AtomicBool,
 }
 
 impl AsFd for ShardSocket {
@@ -151,6 +154,103 @@ impl ShardSocket {
         &self,
         batch: &mut RecvBatch,
         pool: &mut PacketPool,
+        f: impl FnMut(&mut [u8], SocketAddr, bool),
+    ) -> io::Result<usize> {
+        if self.gro() {
+            return self.recv_coalesced(batch, pool.buffer_bytes(), f);
+        }
+        self.recv_single(batch, pool, f)
+    }
+
+    /// Whether receives may coalesce datagrams (`UDP_GRO` is on).
+    pub fn gro(&self) -> bool {
+        self.gro.load(Ordering::Relaxed)
+    }
+
+    /// Turns `UDP_GRO` on or off (tests of the one-datagram-per-buffer path use it).
+    pub fn set_gro(&self, on: bool) -> io::Result<()> {
+        set_int(&self.fd, libc::SOL_UDP, libc::UDP_GRO, c_int::from(on))?;
+        self.gro.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `recv_batch` with `UDP_GRO`: up to [`GRO_SLOTS`] receives into the batch's own 64 KiB
+    /// slots; each is one datagram, or many of one sender with the segment size in a
+    /// `UDP_GRO` control message, handed to `f` one datagram at a time. A datagram longer
+    /// than `datagram_max` (the pool's buffer, what the non-coalesced path can hold) is
+    /// handed over cut to that length and flagged truncated, as there. Returns datagrams.
+    fn recv_coalesced(
+        &self,
+        batch: &mut RecvBatch,
+        datagram_max: usize,
+        mut f: impl FnMut(&mut [u8], SocketAddr, bool),
+    ) -> io::Result<usize> {
+        let gro = batch.gro.get_or_insert_with(GroSlots::new);
+        let name_len = socklen_of::<libc::sockaddr_storage>();
+        let slots = gro.bytes.as_mut_ptr();
+        let controls = gro.control.as_mut_ptr();
+        for i in 0..GRO_SLOTS {
+            batch.arrays.iovs[i] = libc::iovec {
+                iov_base: slots.wrapping_add(i * GRO_SLOT_BYTES).cast(),
+                iov_len: GRO_SLOT_BYTES,
+            };
+            batch.arrays.msgs[i].msg_hdr.msg_namelen = name_len;
+        }
+        let msgs = batch.arrays.link(GRO_SLOTS);
+        for i in 0..GRO_SLOTS {
+            let hdr = &mut batch.arrays.msgs[i].msg_hdr;
+            hdr.msg_control = controls.wrapping_add(i).cast();
+            hdr.msg_controllen = GRO_CONTROL_BYTES as _;
+        }
+        let fd = self.fd();
+        let received = mmsg_call(|| {
+            // SAFETY: `msgs` holds GRO_SLOTS linked headers: each names its own
+            // sockaddr_storage, one iovec of GRO_SLOT_BYTES writable bytes in a distinct
+            // slot of `gro.bytes`, and GRO_CONTROL_BYTES of its own control buffer; all live
+            // and unaliased for the call.
+            unsafe {
+                libc::recvmmsg(
+                    fd,
+                    msgs,
+                    vlen(GRO_SLOTS),
+                    libc::MSG_DONTWAIT,
+                    ptr::null_mut(),
+                )
+            }
+        })?;
+        batch.drained = received < GRO_SLOTS;
+        let mut datagrams = 0;
+        for i in 0..received {
+            let msg = &batch.arrays.msgs[i];
+            let truncated = msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            let len = (msg.msg_len as usize).min(GRO_SLOT_BYTES);
+            let segment = gro_segment(&msg.msg_hdr)
+                .filter(|&s| s > 0)
+                .unwrap_or(len.max(1));
+            let Some(from) = decode_sockaddr(&batch.arrays.names[i], msg.msg_hdr.msg_namelen)
+            else {
+                continue;
+            };
+            let slot = &mut gro.bytes[i * GRO_SLOT_BYTES..i * GRO_SLOT_BYTES + len];
+            if len == 0 {
+                f(slot, from, truncated);
+                datagrams += 1;
+                continue;
+            }
+            for piece in slot.chunks_mut(segment) {
+                let long = piece.len() > datagram_max;
+                let n = piece.len().min(datagram_max);
+                f(&mut piece[..n], from, truncated || long);
+                datagrams += 1;
+            }
+        }
+        Ok(datagrams)
+    }
+
+    fn recv_single(
+        &self,
+        batch: &mut RecvBatch,
+        pool: &mut PacketPool,
         mut f: impl FnMut(&mut [u8], SocketAddr, bool),
     ) -> io::Result<usize> {
         batch.release(pool);
@@ -187,6 +287,7 @@ impl ShardSocket {
                 return Err(e);
             }
         };
+        batch.drained = received < count;
         for i in 0..received {
             let msg = &batch.arrays.msgs[i];
             let truncated = msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
@@ -360,6 +461,9 @@ impl ShardSocket {
         // Linux >= 4.18 knows UDP_SEGMENT; reading it back (the socket's default segment
         // size, 0) is the probe. We never set it: only messages with the cmsg are segmented.
         let gso_supported = get_int(&fd, libc::SOL_UDP, libc::UDP_SEGMENT).is_ok();
+        // Linux >= 5.0: coalesced receives, split by `recv_batch` (no kernel segmentation per
+        // datagram). Without it every receive is one datagram.
+        let gro = set_int(&fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
         Ok(ShardSocket {
             fd,
             local_addr,
@@ -367,6 +471,7 @@ impl ShardSocket {
             sndbuf,
             gso_supported,
             gso: AtomicBool::new(gso_supported),
+            gro: AtomicBool::new(gro),
         })
     }
 }
@@ -424,6 +529,10 @@ impl MsgArrays {
 /// one per shard with [`ShardSocket::recv_batch`], always with the same pool.
 pub struct RecvBatch {
     arrays: MsgArrays,
+    /// The 64 KiB slots coalesced receives land in (allocated on the first such receive).
+    gro: Option<GroSlots>,
+    /// The last receive took fewer than it could: the socket is drained.
+    drained: bool,
     /// Buffers taken from the pool for the call in progress; empty between calls, except
     /// after a panicking callback (the next call returns them).
     bufs: Vec<PacketBuf>,
@@ -448,6 +557,8 @@ impl RecvBatch {
     pub fn new() -> RecvBatch {
         RecvBatch {
             arrays: MsgArrays::new(),
+            gro: None,
+            drained: false,
             bufs: Vec::with_capacity(BATCH_DATAGRAMS_MAX),
         }
     }
@@ -455,6 +566,53 @@ impl RecvBatch {
     fn release(&mut self, pool: &mut PacketPool) {
         self.bufs.drain(..).for_each(|b| pool.free(b));
     }
+
+    /// Whether the last `recv_batch` found the socket drained (it took fewer messages than
+    /// it had room for). A coalesced receive can return more datagrams than
+    /// [`BATCH_DATAGRAMS_MAX`], so the count alone does not tell.
+    pub fn drained(&self) -> bool {
+        self.drained
+    }
+}
+
+/// Coalesced receives per `recvmmsg` (each up to 64 datagrams of one sender).
+pub const GRO_SLOTS: usize = 8;
+/// Bytes of one coalesced receive: the largest UDP payload, rounded up.
+const GRO_SLOT_BYTES: usize = 1 << 16;
+/// Control bytes per receive: room for one `UDP_GRO` message (an int) and then some.
+const GRO_CONTROL_BYTES: usize = 64;
+
+/// The receive slots of `UDP_GRO` (512 KiB, allocated once per shard).
+struct GroSlots {
+    bytes: Vec<u8>,
+    control: Vec<[u64; GRO_CONTROL_BYTES / 8]>,
+}
+
+impl GroSlots {
+    fn new() -> GroSlots {
+        GroSlots {
+            bytes: vec![0; GRO_SLOTS * GRO_SLOT_BYTES],
+            control: vec![[0; GRO_CONTROL_BYTES / 8]; GRO_SLOTS],
+        }
+    }
+}
+
+/// The segment size of a coalesced receive (`SOL_UDP`/`UDP_GRO` control message), if any.
+fn gro_segment(hdr: &libc::msghdr) -> Option<usize> {
+    // SAFETY: `hdr` is a header the kernel filled: msg_control points at our control
+    // buffer and msg_controllen says how much of it holds control messages; the CMSG
+    // macros stay within it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let v = ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>());
+                return usize::try_from(v).ok();
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+    }
+    None
 }
 
 /// One queued datagram: its bytes are `buf[..len]`.

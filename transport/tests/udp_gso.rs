@@ -215,3 +215,57 @@ fn a_refused_gso_message_turns_gso_off_and_the_datagrams_still_go() {
         "can be turned back on"
     );
 }
+
+/// A GSO send to a socket with `UDP_GRO` arrives coalesced (the kernel does not split it);
+/// `recv_batch` hands back every datagram, intact and in order, and more than one batch's
+/// worth from one call.
+#[test]
+fn coalesced_receives_are_split_back_into_the_datagrams_sent() {
+    let sender = one_socket();
+    let receiver = one_socket();
+    if !receiver.gro() {
+        eprintln!("SKIPPED: this kernel has no UDP_GRO");
+        return;
+    }
+    let to = receiver.local_addr();
+    let sent: Vec<(Vec<u8>, SocketAddr)> =
+        (0..300u32).map(|i| (datagram(i, 0, 1000), to)).collect();
+    send(&sender, &sent);
+    let mut pool = PacketPool::new(BATCH_DATAGRAMS_MAX, 2048);
+    let mut batch = RecvBatch::new();
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < sent.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} arrived",
+            got.len(),
+            sent.len()
+        );
+        let n = receiver
+            .recv_batch(&mut batch, &mut pool, |b, _, truncated| {
+                assert!(!truncated);
+                got.push(b.to_vec());
+            })
+            .expect("recv_batch");
+        most = most.max(n);
+    }
+    assert_eq!(got, sent.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>());
+    assert!(
+        most > BATCH_DATAGRAMS_MAX,
+        "coalesced: {most} datagrams in one call"
+    );
+    // A datagram longer than the pool's buffers is cut and flagged, as without GRO.
+    send(&sender, &[(datagram(9, 0, 1500), to)]);
+    let mut flagged = None;
+    while flagged.is_none() {
+        assert!(Instant::now() < deadline);
+        receiver
+            .recv_batch(&mut batch, &mut PacketPool::new(4, 1200), |b, _, t| {
+                flagged = Some((b.len(), t))
+            })
+            .expect("recv_batch");
+    }
+    assert_eq!(flagged, Some((1200, true)));
+}
