@@ -22,6 +22,7 @@ mod record;
 mod redex;
 mod report;
 mod storage;
+mod transport;
 mod workload;
 mod writer;
 
@@ -51,6 +52,8 @@ enum Scenario {
     Latency(latency::Args),
     /// RedEX append and read throughput and net's durable ingest against the raw disk.
     Storage(storage::Args),
+    /// Encrypted mesh packets/s and latency against plaintext sendmmsg and a tokio + snow baseline.
+    Transport(transport::Args),
     /// Write events to a data dir and print each one acknowledged durable (for crash tests).
     Write(writer::Args),
 }
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         Scenario::Ingest(args) => ingest::run(args),
         Scenario::Latency(args) => latency::run(args),
         Scenario::Storage(args) => storage::run(args),
+        Scenario::Transport(args) => transport::run(args),
         Scenario::Write(args) => writer::run(args),
     };
     match outcome {
