@@ -183,6 +183,45 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     Ok(())
 }
 
+// ---- what a throughput run delivered ------------------------------------------------------
+
+/// The figures every throughput run (raw, baseline) derives its rates from.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryParts {
+    pub sent: u64,
+    pub received: u64,
+    pub payload: usize,
+    /// First send to last receive.
+    pub elapsed: Duration,
+    pub allocations: alloc::Snapshot,
+}
+
+/// Rates and losses of a throughput run, computed the same way for every design.
+pub trait Delivery {
+    fn parts(&self) -> DeliveryParts;
+
+    /// Received packets per second.
+    fn pps(&self) -> f64 {
+        let p = self.parts();
+        report::per_s(p.received, p.elapsed)
+    }
+
+    /// Payload MB/s (10^6 bytes).
+    fn mbps(&self) -> f64 {
+        self.pps() * self.parts().payload as f64 / 1e6
+    }
+
+    fn lost(&self) -> u64 {
+        let p = self.parts();
+        p.sent.saturating_sub(p.received)
+    }
+
+    fn allocs_per_packet(&self) -> f64 {
+        let p = self.parts();
+        allocs_per_packet(p.allocations, p.sent)
+    }
+}
+
 // ---- allocation windows ------------------------------------------------------------------
 
 /// Runs `f` and returns its value with the allocations the whole process made while it ran

@@ -3,41 +3,15 @@
 //! few small objects (the new segment's index and map entry, the sealed index's bytes): a
 //! bounded number per roll, never per event or per batch.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use net_engine::{Bus, Config, IdleStrategy};
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: common::Counting = common::Counting;
 
 /// The counter is global: the tests of this file run one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -74,12 +48,12 @@ fn ingest_to_persisted_allocates_nothing_after_warm_up() {
         }
         wait_persisted(&stats, 20_000);
 
-        let before = ALLOCS.load(Ordering::SeqCst);
+        let before = common::ALLOCS.load(Ordering::SeqCst);
         for i in 0..100_000u64 {
             p.send(&i.to_le_bytes(), &payload).unwrap();
         }
         wait_persisted(&stats, 120_000);
-        let allocs = ALLOCS.load(Ordering::SeqCst) - before;
+        let allocs = common::ALLOCS.load(Ordering::SeqCst) - before;
         assert_eq!(
             allocs, 0,
             "{allocs} allocations while ingesting 100 000 events ({strategy:?})"
@@ -117,12 +91,12 @@ fn segment_rolls_allocate_a_bounded_amount_each() {
             .count()
     };
     let files_before = segments();
-    let before = ALLOCS.load(Ordering::SeqCst);
+    let before = common::ALLOCS.load(Ordering::SeqCst);
     for i in 0..100_000u64 {
         p.send(&i.to_le_bytes(), &payload).unwrap();
     }
     wait_persisted(&stats, 120_000);
-    let allocs = ALLOCS.load(Ordering::SeqCst) - before;
+    let allocs = common::ALLOCS.load(Ordering::SeqCst) - before;
     // Each roll adds a .dat and an .idx.
     let rolls = ((segments() - files_before) / 2) as u64;
     assert!(

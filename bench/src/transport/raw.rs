@@ -2,8 +2,8 @@
 //! can move through this kernel's loopback), and a blocking UDP ping-pong (the least one-way
 //! latency it can have). Also the socket set-up every design of the scenario shares.
 
-use super::{IDLE, SEQ_BYTES, Seen, Tally, Window, allocs_per_packet, io_failure, pin, two_cores};
-use crate::report::{self, Percentiles};
+use super::{IDLE, SEQ_BYTES, Seen, Tally, Window, io_failure, pin, two_cores};
+use crate::report::Percentiles;
 use crate::{Failure, alloc, workload};
 use std::fmt;
 use std::io::{self, ErrorKind};
@@ -34,22 +34,15 @@ pub struct RawResult {
     pub pinned: bool,
 }
 
-impl RawResult {
-    pub fn pps(&self) -> f64 {
-        report::per_s(self.tally.received, self.elapsed)
-    }
-
-    /// Payload MB/s (10^6 bytes).
-    pub fn mbps(&self) -> f64 {
-        self.pps() * self.payload as f64 / 1e6
-    }
-
-    pub fn lost(&self) -> u64 {
-        self.sent.saturating_sub(self.tally.received)
-    }
-
-    pub fn allocs_per_packet(&self) -> f64 {
-        allocs_per_packet(self.allocations, self.sent)
+impl super::Delivery for RawResult {
+    fn parts(&self) -> super::DeliveryParts {
+        super::DeliveryParts {
+            sent: self.sent,
+            received: self.tally.received,
+            payload: self.payload,
+            elapsed: self.elapsed,
+            allocations: self.allocations,
+        }
     }
 }
 

@@ -9,8 +9,8 @@
 //! travels in the clear and is the Noise nonce (stateless transport mode).
 
 use super::raw::socket_pair;
-use super::{IDLE, SEQ_BYTES, Seen, Tally, Window, allocs_per_packet, io_failure, pin, two_cores};
-use crate::{Failure, alloc, report};
+use super::{IDLE, SEQ_BYTES, Seen, Tally, Window, io_failure, pin, two_cores};
+use crate::{Failure, alloc};
 use snow::resolvers::DefaultResolver;
 use snow::{Builder, HandshakeState, StatelessTransportState};
 use std::time::{Duration, Instant};
@@ -39,26 +39,21 @@ pub struct BaselineResult {
 }
 
 impl BaselineResult {
-    pub fn pps(&self) -> f64 {
-        report::per_s(self.tally.received, self.elapsed)
-    }
-
-    /// Payload MB/s (10^6 bytes), sequence numbers and tags not counted.
-    pub fn mbps(&self) -> f64 {
-        self.pps() * self.payload as f64 / 1e6
-    }
-
-    pub fn lost(&self) -> u64 {
-        self.sent.saturating_sub(self.tally.received)
-    }
-
-    pub fn allocs_per_packet(&self) -> f64 {
-        allocs_per_packet(self.allocations, self.sent)
-    }
-
     /// Bytes of each datagram on the wire (UDP payload).
     pub fn datagram_bytes(&self) -> usize {
         SEQ_BYTES + self.payload + TAG_BYTES
+    }
+}
+
+impl super::Delivery for BaselineResult {
+    fn parts(&self) -> super::DeliveryParts {
+        super::DeliveryParts {
+            sent: self.sent,
+            received: self.tally.received,
+            payload: self.payload,
+            elapsed: self.elapsed,
+            allocations: self.allocations,
+        }
     }
 }
 
