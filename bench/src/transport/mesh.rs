@@ -48,9 +48,6 @@ fn node(
         cores: core.map(|c| vec![c]),
         ..Config::default()
     };
-    // Each node's shard shares its core with an application thread here (2 cores, 4 busy
-    // threads): spinning before parking would take the core from the thread it waits for.
-    c.idle.spin_us = 0;
     c.mesh = Some(MeshConfig {
         listen: "127.0.0.1:0".parse().expect("an address"),
         psk: Some(psk.to_hex()),
