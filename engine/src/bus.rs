@@ -65,6 +65,9 @@ pub struct ShutdownReport {
     pub panicked_shards: Vec<(ShardId, String)>,
     /// Shards whose log failed or failed to close, with the error.
     pub failed_shards: Vec<(ShardId, StorageError)>,
+    /// The mesh's final counters (messages still queued in peer handles at the stop are in
+    /// `unsent_dropped`), if the bus ran one.
+    pub mesh: Option<MeshStats>,
 }
 
 /// One running shard as the bus sees it.
@@ -956,6 +959,7 @@ impl Bus {
             stats,
             panicked_shards: panicked,
             failed_shards: failed,
+            mesh: self.mesh_stats(),
         }
     }
 

@@ -562,10 +562,15 @@ impl Mesh {
         }
     }
 
-    /// At shutdown: no handle can queue anything more.
+    /// At shutdown: no handle can queue anything more, and what was still queued is counted
+    /// as dropped (never silently lost).
     pub(crate) fn close(&mut self) {
-        for l in &self.links {
+        for l in &mut self.links {
             l.link.ring.close();
+            l.link.ring.wait_writer_outside();
+            let n = l.reader.drain(usize::MAX, u64::MAX, |_, _| true) as u64;
+            l.link.unsent_dropped.fetch_add(n, Ordering::Relaxed);
+            self.shared.unsent_dropped.fetch_add(n, Ordering::Relaxed);
         }
     }
 

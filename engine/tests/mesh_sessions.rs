@@ -213,3 +213,40 @@ fn a_handle_with_a_deep_backlog_does_not_starve_another_on_the_same_shard() {
     // whole backlog.
     assert!(at < 4000, "the urgent message came {at}th of 5001");
 }
+
+#[test]
+fn handles_refuse_after_shutdown_and_the_stats_stay_readable() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Bus::start(common::mesh_config(da.path(), 1)).unwrap();
+    let b = Bus::start(common::mesh_config(db.path(), 1)).unwrap();
+    let (_, key) = b.mesh_identity().unwrap();
+    let mut inbox = b.mesh_inbox().unwrap();
+    let mut p = a.connect(b.mesh_addr().unwrap(), key).unwrap();
+    p.send(b"before").unwrap();
+    assert_eq!(recv_n(&mut inbox, 1).len(), 1);
+    assert!(!a.shutdown(Duration::from_secs(5)).lossy);
+    assert_eq!(p.send(b"after"), Err(PeerSendError::Closed));
+    // The handle's counters outlive the bus.
+    assert_eq!(p.stats().traffic.messages_out, 1);
+    drop(p);
+    b.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn messages_still_queued_at_shutdown_are_counted_as_dropped() {
+    let d = tempfile::tempdir().unwrap();
+    let a = Bus::start(common::mesh_config(d.path(), 1)).unwrap();
+    // A peer that never answers: everything stays queued behind the handshake.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let key = net_engine::Identity::generate().public_key();
+    let mut p = a.connect(silent.local_addr().unwrap(), key).unwrap();
+    for i in 0..25u32 {
+        p.send(&i.to_le_bytes()).unwrap();
+    }
+    let report = a.shutdown(Duration::from_secs(5));
+    assert!(
+        !report.lossy,
+        "mesh messages are datagrams, not accepted events"
+    );
+    assert_eq!(p.stats().unsent_dropped, 25);
+}
