@@ -106,6 +106,10 @@ struct MeshBus {
     inbox: Mutex<Option<Inbox>>,
     message_bytes_max: usize,
     peer_queue_bytes: usize,
+    /// A duplicate of every shard's socket, held for the bus's life: the reuseport group's
+    /// indices (which the steering program returns) shift if a member closes, so a shard
+    /// that dies must not take its socket out of the group.
+    _group: Vec<std::os::fd::OwnedFd>,
 }
 
 /// Reads the mesh's identity and PSK and binds every shard's socket; returns the setups the
@@ -144,6 +148,11 @@ fn mesh_setup(
     };
     let sockets = net_transport::udp::bind_group(mesh.listen, n, mesh.socket_buffer_bytes)
         .map_err(|e| bad("mesh.listen", e.to_string()))?;
+    let group = sockets
+        .iter()
+        .map(|s| std::os::fd::AsFd::as_fd(s).try_clone_to_owned())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("mesh.listen", format!("dup of a mesh socket: {e}")))?;
     let ms = |v: u64| v.saturating_mul(1_000_000);
     let ep_cfg = EndpointConfig {
         heartbeat_ns: ms(mesh.heartbeat_ms),
@@ -174,6 +183,7 @@ fn mesh_setup(
             inbox_dropped: AtomicU64::new(0),
             unsent_dropped: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
+            control_dropped: Arc::new(AtomicU64::new(0)),
             socket_failed: Mutex::new(None),
         });
         let endpoint = Endpoint::new(
@@ -208,6 +218,7 @@ fn mesh_setup(
             inbox: Mutex::new(Some(Inbox::new(readers, notify))),
             message_bytes_max: ep_cfg.message_bytes_max,
             peer_queue_bytes: mesh.peer_queue_bytes,
+            _group: group,
         },
         setups,
     ))
@@ -463,6 +474,15 @@ impl Bus {
         peer_public_key: [u8; 32],
     ) -> Result<Peer, Error> {
         let mesh = self.mesh()?;
+        let listen = self.mesh_addr().expect("a mesh has an address");
+        if !net_transport::endpoint::routable(&addr) || (listen.is_ipv4() && addr.is_ipv6()) {
+            return Err(Error::Mesh {
+                what: format!(
+                    "cannot send to {addr} from {listen}: a peer needs a non-zero port and a \
+                     unicast address of the listen address's family"
+                ),
+            });
+        }
         let hash = xxhash_rust::xxh3::xxh3_64(&peer_public_key);
         let shard = crate::producer::shard_for_hash(hash, self.shards.len());
         self.register_peer(shard, |link, reply| MeshControl::Connect {

@@ -191,8 +191,10 @@ pub struct PeerStats {
     pub node: Option<NodeId>,
     /// Packets, bytes, handshakes, rekeys and drops by cause.
     pub traffic: CountersSnapshot,
-    /// Messages queued through handles of this peer that were dropped because a handshake
-    /// round gave up.
+    /// Messages queued through this handle that were dropped (a handshake round gave up,
+    /// the bus stopped, the socket failed). Only [`Peer::stats`] knows it: in
+    /// [`MeshStats::peers`] it is 0, and the shard's total is
+    /// [`MeshShardStats::unsent_dropped`].
     pub unsent_dropped: u64,
 }
 
@@ -210,6 +212,9 @@ pub(crate) struct MeshShard {
     pub(crate) unsent_dropped: AtomicU64,
     /// Datagrams the kernel refused to send (classified per-datagram errors).
     pub(crate) send_errors: AtomicU64,
+    /// Control packets (handshake replies, keepalives) dropped because more than a step's
+    /// worth queued at once (a retry or the next keepalive makes up for them).
+    pub(crate) control_dropped: Arc<AtomicU64>,
     /// Set when the socket hit a hard error and the shard stopped using it.
     pub(crate) socket_failed: Mutex<Option<String>>,
 }
@@ -229,8 +234,11 @@ pub struct MeshShardStats {
     pub inbox_dropped: u64,
     /// Messages dropped because their handshake round gave up.
     pub unsent_dropped: u64,
-    /// Datagrams the kernel refused (too large for the path, and the like).
+    /// Datagrams the kernel refused (too large for the path, no route, and the like), and
+    /// datagrams sealed but never sent when a hard socket error stopped the shard's mesh.
     pub send_errors: u64,
+    /// Control packets dropped because more than a step's worth queued at once.
+    pub control_dropped: u64,
     /// The hard socket error that stopped this shard's mesh, if any.
     pub socket_failed: Option<String>,
 }
@@ -274,6 +282,7 @@ impl MeshShard {
                 inbox_dropped: self.inbox_dropped.load(Ordering::Relaxed),
                 unsent_dropped: self.unsent_dropped.load(Ordering::Relaxed),
                 send_errors: self.send_errors.load(Ordering::Relaxed),
+                control_dropped: self.control_dropped.load(Ordering::Relaxed),
                 socket_failed: self
                     .socket_failed
                     .lock()

@@ -107,14 +107,15 @@ struct Link {
 /// Control packets waiting for pool buffers (fixed storage: no allocation per packet).
 struct ControlQueue {
     packets: Vec<(PeerId, SocketAddr, usize, [u8; CONTROL_BYTES])>,
-    dropped: u64,
+    /// The shard's `control_dropped` counter.
+    dropped: Arc<AtomicU64>,
 }
 
 impl ControlQueue {
     fn push(&mut self, peer: PeerId, to: SocketAddr, bytes: &[u8]) {
         if self.packets.len() >= CONTROL_MAX || bytes.len() > CONTROL_BYTES {
             // Handshakes retry and keepalives recur: a lost control packet costs a retry.
-            self.dropped += 1;
+            self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let mut b = [0u8; CONTROL_BYTES];
@@ -227,7 +228,7 @@ impl Mesh {
             },
             control: ControlQueue {
                 packets: Vec::with_capacity(CONTROL_MAX),
-                dropped: 0,
+                dropped: setup.shared.control_dropped.clone(),
             },
             links: Vec::new(),
             inbox: setup.inbox,
@@ -393,8 +394,13 @@ impl Mesh {
                     "{}: {e}; this shard's mesh stopped",
                     self.socket.local_addr()
                 ));
+                // Sealed but never sent: counted, as are the messages the handles still
+                // queue (their rings close, so `send` says `Closed` instead of `Full`).
+                let unsent = self.tx.batch.len() as u64;
+                self.shared.send_errors.fetch_add(unsent, Ordering::Relaxed);
                 self.tx.clear(&mut self.pool);
                 self.control.packets.clear();
+                self.close();
             }
         }
     }
@@ -466,7 +472,7 @@ impl Mesh {
             }
             let i = (first + k) % n;
             let peer = self.links[i].peer;
-            if !self.endpoint.can_send(peer) {
+            if !self.endpoint.can_send_at(now, peer) {
                 if !self.links[i].reader.is_empty() {
                     let control = &mut self.control;
                     self.endpoint
@@ -574,10 +580,10 @@ impl Mesh {
         }
     }
 
-    fn has_sendable(&self) -> bool {
+    fn has_sendable(&self, now: u64) -> bool {
         self.links
             .iter()
-            .any(|l| !l.reader.is_empty() && self.endpoint.can_send(l.peer))
+            .any(|l| !l.reader.is_empty() && self.endpoint.can_send_at(now, l.peer))
     }
 }
 
@@ -643,10 +649,18 @@ impl Component for Mesh {
     }
 
     fn ready(&self) -> bool {
-        !self.stopped
-            && ((self.readable && self.backoff.ready(monotonic_ns()))
-                || !self.control.packets.is_empty()
-                || (!self.write_blocked && (self.has_sendable() || !self.tx.batch.is_empty())))
+        if self.stopped {
+            return false;
+        }
+        let now = monotonic_ns();
+        // While backing off, nothing can be sent or received: park until the retry time
+        // (`deadline_ns`) rather than spin.
+        if !self.backoff.ready(now) {
+            return false;
+        }
+        self.readable
+            || !self.control.packets.is_empty()
+            || (!self.write_blocked && (self.has_sendable(now) || !self.tx.batch.is_empty()))
     }
 
     fn deadline_ns(&self) -> Option<u64> {

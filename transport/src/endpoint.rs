@@ -161,6 +161,8 @@ struct Peer {
     round_started_ns: u64,
     retry_at_ns: u64,
     retry_ns: u64,
+    /// Initiations sent in this round.
+    attempts: u32,
     rekey_wanted: bool,
     counters: Arc<Counters>,
 }
@@ -193,6 +195,20 @@ impl std::fmt::Debug for Endpoint {
             .field("peers", &self.peers.len())
             .finish_non_exhaustive()
     }
+}
+
+/// Unanswered initiations after which ours yields to a crossing one whatever the node ids.
+const YIELD_AFTER_ATTEMPTS: u32 = 3;
+
+/// Whether a peer can be sent to at `addr` (roaming never follows a source one cannot send
+/// to: port 0, an unspecified, broadcast or multicast address).
+pub fn routable(addr: &SocketAddr) -> bool {
+    let ip = addr.ip();
+    let broadcast = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_broadcast(),
+        std::net::IpAddr::V6(_) => false,
+    };
+    addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !broadcast
 }
 
 /// Largest slab: 16 bits of slot.
@@ -371,7 +387,7 @@ impl Endpoint {
     pub fn want(&mut self, now_ns: u64, peer: PeerId, emit: &mut Emit<'_>) {
         let p = &self.peers[peer as usize];
         if p.pending.is_some()
-            || self.session(p.current).is_some()
+            || self.sendable(peer, Some(now_ns))
             || self.session(p.next).is_some()
         {
             return;
@@ -381,7 +397,24 @@ impl Endpoint {
 
     /// Whether `peer` has a session to send on now.
     pub fn can_send(&self, peer: PeerId) -> bool {
-        self.session(self.peers[peer as usize].current).is_some()
+        self.sendable(peer, None)
+    }
+
+    /// Whether `peer`'s current session may still seal (at `now_ns`, if given): the limits
+    /// `seal` applies, so that a driver never spins on a peer it cannot send to.
+    fn sendable(&self, peer: PeerId, now_ns: Option<u64>) -> bool {
+        self.session(self.peers[peer as usize].current)
+            .is_some_and(|s| {
+                s.send_counter < self.cfg.reject_after_messages()
+                    && now_ns.is_none_or(|now| {
+                        now.saturating_sub(s.created_ns) < self.cfg.reject_after_ns()
+                    })
+            })
+    }
+
+    /// As [`Endpoint::can_send`], also checking the session's age at `now_ns`.
+    pub fn can_send_at(&self, now_ns: u64, peer: PeerId) -> bool {
+        self.sendable(peer, Some(now_ns))
     }
 
     fn add_peer(
@@ -406,6 +439,7 @@ impl Endpoint {
             round_started_ns: 0,
             retry_at_ns: u64::MAX,
             retry_ns: self.cfg.handshake_retry_ns,
+            attempts: 0,
             rekey_wanted: false,
             counters: Arc::new(Counters::default()),
         });
@@ -420,6 +454,7 @@ impl Endpoint {
         let p = &mut self.peers[peer as usize];
         p.round_started_ns = now_ns;
         p.retry_ns = self.cfg.handshake_retry_ns;
+        p.attempts = 0;
         self.send_initiation(now_ns, peer, emit);
     }
 
@@ -457,6 +492,7 @@ impl Endpoint {
                 });
                 let p = &mut self.peers[peer as usize];
                 p.pending = Some(index);
+                p.attempts = p.attempts.saturating_add(1);
                 emit(peer, p.addr, &m1);
                 self.counters.initiations.add(1);
                 p.counters.initiations.add(1);
@@ -482,12 +518,15 @@ impl Endpoint {
     }
 
     fn give_up(&mut self, peer: PeerId) {
+        let usable = self.can_send(peer);
         let p = &mut self.peers[peer as usize];
         p.retry_at_ns = u64::MAX;
         p.rekey_wanted = false;
         self.counters.handshake_timeouts.add(1);
         p.counters.handshake_timeouts.add(1);
-        if self.failed.len() < self.failed.capacity() {
+        // A rekey that gave up leaves the current session working: nothing queued for the
+        // peer is lost for it.
+        if !usable && self.failed.len() < self.failed.capacity() {
             self.failed.push(peer);
         }
     }
@@ -667,7 +706,7 @@ impl Endpoint {
             self.soon(at);
         }
         let p = &mut self.peers[peer as usize];
-        if p.current == Some(index) && p.addr != src {
+        if p.current == Some(index) && p.addr != src && routable(&src) {
             p.addr = src; // the peer moved (roaming); authenticated, so follow it
         }
         let plain = len - DATA_MIN_LEN;
@@ -752,7 +791,13 @@ impl Endpoint {
             // A replayed or older message 1: it never touches the live session.
             return self.drop_packet(Some(peer), DropCause::TooOld);
         }
-        let lose_to_ours = p.pending.is_some() && self.identity().node_id() < node;
+        // Crossing initiations: the lower node id's wins, unless ours has gone unanswered
+        // through several attempts (the other side may be refusing it, e.g. our clock is
+        // behind the timestamps it saw before we restarted): then we yield, so the two can
+        // never livelock.
+        let lose_to_ours = p.pending.is_some()
+            && self.identity().node_id() < node
+            && p.attempts < YIELD_AFTER_ATTEMPTS;
         let p = &mut self.peers[peer as usize];
         p.last_init_ts = payload.timestamp;
         if lose_to_ours {
@@ -953,8 +998,12 @@ impl Endpoint {
                 }
             }
         } else if p.rekey_wanted {
+            let next = p.next;
             self.peers[peer as usize].rekey_wanted = false;
-            self.start_round(now_ns, peer, emit);
+            // A new session from the other side awaiting confirmation is the rekey already.
+            if self.session(next).is_none() {
+                self.start_round(now_ns, peer, emit);
+            }
         }
         let p = &self.peers[peer as usize];
         if p.pending.is_some() {

@@ -28,7 +28,13 @@ pub struct Pacer {
     sources_max: usize,
     buckets: HashMap<IpAddr, Bucket>,
     overflow: Bucket,
+    /// When the table was last swept: at most once per `SWEEP_EVERY_NS`, so a flood from
+    /// new addresses costs one bucket each, not a walk over the table each.
+    swept_ns: Option<u64>,
+    sweeps: u64,
 }
+
+const SWEEP_EVERY_NS: u64 = 1_000_000_000;
 
 impl Pacer {
     /// `per_sec` initiations a second per source, up to `burst` at once; `sources_max`
@@ -44,6 +50,8 @@ impl Pacer {
             sources_max: sources_max.max(1),
             buckets: HashMap::with_capacity(sources_max.max(1)),
             overflow: full,
+            swept_ns: None,
+            sweeps: 0,
         }
     }
 
@@ -74,7 +82,12 @@ impl Pacer {
             self.buckets.insert(source, b);
             return ok;
         }
-        if self.buckets.len() >= self.sources_max {
+        if self.buckets.len() >= self.sources_max
+            && self
+                .swept_ns
+                .is_none_or(|t| now_ns.saturating_sub(t) >= SWEEP_EVERY_NS)
+        {
+            self.swept_ns = Some(now_ns);
             self.sweep(now_ns);
         }
         let mut fresh = Bucket {
@@ -93,8 +106,14 @@ impl Pacer {
         }
     }
 
+    /// Times the table was swept (at most once a second).
+    pub fn sweeps(&self) -> u64 {
+        self.sweeps
+    }
+
     /// Drops buckets that are full again (their sources have been quiet for a while).
     fn sweep(&mut self, now_ns: u64) {
+        self.sweeps += 1;
         let (per_sec, burst) = (self.per_sec, self.burst);
         self.buckets.retain(|_, b| {
             let elapsed = now_ns.saturating_sub(b.at_ns);

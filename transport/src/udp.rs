@@ -89,6 +89,13 @@ pub fn bind_group(addr: SocketAddr, n: usize, buffer_bytes: usize) -> io::Result
     if n > 1 {
         attach_steering(&sockets[0])
             .map_err(|e| context(e, format_args!("SO_ATTACH_REUSEPORT_CBPF on {group_addr}")))?;
+    } else {
+        // GRO only for a group of one: a NIC coalesces same-size datagrams of one 4-tuple,
+        // and every shard of a node shares the port, so segments meant for different shards
+        // could be merged and steered by the first one's byte. With one socket there is no
+        // other shard to miss. (Best effort: without UDP_GRO every receive is one datagram.)
+        let on = sockets[0].set_gro(true).is_ok();
+        debug_assert!(on || !sockets[0].gro());
     }
     Ok(sockets)
 }
@@ -463,7 +470,7 @@ impl ShardSocket {
         let gso_supported = get_int(&fd, libc::SOL_UDP, libc::UDP_SEGMENT).is_ok();
         // Linux >= 5.0: coalesced receives, split by `recv_batch` (no kernel segmentation per
         // datagram). Without it every receive is one datagram.
-        let gro = set_int(&fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok();
+        let gro = false;
         Ok(ShardSocket {
             fd,
             local_addr,
@@ -926,19 +933,26 @@ pub enum SocketErrorClass {
 pub fn classify(e: &io::Error) -> SocketErrorClass {
     use SocketErrorClass::{Datagram, Hard, Transient};
     match e.raw_os_error() {
+        // The socket cannot take more now: wait and retry the same datagrams.
+        Some(libc::EAGAIN | libc::EINTR | libc::ENOBUFS | libc::ENOMEM) => Transient,
+        // About the datagram at the head (its size or its destination: no route, refused by
+        // a firewall, an address this socket cannot reach): drop that one and go on, so one
+        // bad peer never holds back or stops the others.
         Some(
-            libc::EAGAIN
-            | libc::EINTR
-            | libc::ENOBUFS
-            | libc::ENOMEM
+            libc::EMSGSIZE
             | libc::ECONNREFUSED
             | libc::EHOSTUNREACH
             | libc::ENETUNREACH
             | libc::ENETDOWN
             | libc::EHOSTDOWN
-            | libc::EPERM,
-        ) => Transient,
-        Some(libc::EMSGSIZE) => Datagram,
+            | libc::EPERM
+            | libc::EACCES
+            | libc::EINVAL
+            | libc::EAFNOSUPPORT
+            | libc::EADDRNOTAVAIL
+            | libc::EDESTADDRREQ,
+        ) => Datagram,
+        // The socket itself is unusable (EBADF, ENOTSOCK, EFAULT, anything unknown).
         Some(_) => Hard,
         None => match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Transient,
@@ -1271,19 +1285,19 @@ mod tests {
             (libc::EINTR, Transient),
             (libc::ENOBUFS, Transient),
             (libc::ENOMEM, Transient),
-            (libc::ECONNREFUSED, Transient),
-            (libc::EHOSTUNREACH, Transient),
-            (libc::ENETUNREACH, Transient),
-            (libc::ENETDOWN, Transient),
-            (libc::EHOSTDOWN, Transient),
-            (libc::EPERM, Transient),
+            (libc::ECONNREFUSED, Datagram),
+            (libc::EHOSTUNREACH, Datagram),
+            (libc::ENETUNREACH, Datagram),
+            (libc::ENETDOWN, Datagram),
+            (libc::EHOSTDOWN, Datagram),
+            (libc::EPERM, Datagram),
             (libc::EMSGSIZE, Datagram),
+            (libc::EINVAL, Datagram),
+            (libc::EACCES, Datagram),
+            (libc::EAFNOSUPPORT, Datagram),
             (libc::EBADF, Hard),
             (libc::ENOTSOCK, Hard),
-            (libc::EINVAL, Hard),
             (libc::EFAULT, Hard),
-            (libc::EACCES, Hard),
-            (libc::EAFNOSUPPORT, Hard),
             (9999, Hard),
         ];
         for (code, class) in table {
