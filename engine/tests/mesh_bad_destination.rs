@@ -8,26 +8,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use net_engine::Bus;
-
 #[test]
 fn a_bad_destination_costs_only_its_own_datagrams() {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Bus::start(common::mesh_config(da.path(), 1)).unwrap();
-    let b = Bus::start(common::mesh_config(db.path(), 1)).unwrap();
-    let (_, b_key) = b.mesh_identity().unwrap();
-    let mut inbox_b = b.mesh_inbox().unwrap();
-
-    // A healthy session first.
-    let mut to_b = a.connect(b.mesh_addr().unwrap(), b_key).unwrap();
-    to_b.send_timeout(b"before", Duration::from_secs(10))
-        .unwrap();
-    let mut got = 0;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while got == 0 && Instant::now() < deadline {
-        got += inbox_b.recv_wait(1, Duration::from_millis(100), |_| {});
-    }
-    assert_eq!(got, 1, "the healthy session works");
+    // Bound whole: the pair owns the buses' data dirs.
+    let common::MeshPair {
+        a,
+        b,
+        mut inbox_b,
+        mut to_b,
+        _dirs,
+    } = common::mesh_pair();
 
     // Addresses no datagram can go to are refused by name.
     for bad in [
@@ -60,11 +50,7 @@ fn a_bad_destination_costs_only_its_own_datagrams() {
     assert!(stats.shards[0].send_errors >= 1, "{:?}", stats.shards[0]);
     assert_eq!(stats.shards[0].socket_failed, None);
     to_b.send(b"after").unwrap();
-    let mut after = 0;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while after == 0 && Instant::now() < deadline {
-        after += inbox_b.recv_wait(1, Duration::from_millis(100), |_| {});
-    }
+    let after = common::recv_one(&mut inbox_b, Duration::from_secs(5));
     assert_eq!(after, 1, "the healthy session still delivers");
     drop((far, to_b));
     a.shutdown(Duration::from_secs(5));

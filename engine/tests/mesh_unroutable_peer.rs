@@ -10,9 +10,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
-
-use net_engine::Bus;
+use std::time::Duration;
 
 fn cpu_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -77,20 +75,14 @@ fn an_unroutable_peer_neither_blocks_nor_spins_the_shard() {
 }
 
 fn in_namespace() {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Bus::start(common::mesh_config(da.path(), 1)).unwrap();
-    let b = Bus::start(common::mesh_config(db.path(), 1)).unwrap();
-    let (_, b_key) = b.mesh_identity().unwrap();
-    let mut inbox_b = b.mesh_inbox().unwrap();
-    let mut to_b = a.connect(b.mesh_addr().unwrap(), b_key).unwrap();
-    to_b.send_timeout(b"before", Duration::from_secs(10))
-        .unwrap();
-    let mut got = 0;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while got == 0 && Instant::now() < deadline {
-        got += inbox_b.recv_wait(1, Duration::from_millis(100), |_| {});
-    }
-    assert_eq!(got, 1);
+    // Bound whole: the pair owns the buses' data dirs.
+    let common::MeshPair {
+        a,
+        b: _b,
+        mut inbox_b,
+        mut to_b,
+        _dirs,
+    } = common::mesh_pair();
     std::thread::sleep(Duration::from_millis(500));
     let idle_cpu = {
         let c = cpu_ns();
@@ -108,12 +100,8 @@ fn in_namespace() {
         std::thread::sleep(Duration::from_secs(1));
         cpu_ns() - c
     };
-    let mut after = 0;
-    let deadline = Instant::now() + Duration::from_secs(5);
     to_b.send(b"after").unwrap();
-    while after == 0 && Instant::now() < deadline {
-        after += inbox_b.recv_wait(1, Duration::from_millis(100), |_| {});
-    }
+    let after = common::recv_one(&mut inbox_b, Duration::from_secs(5));
     eprintln!(
         "cpu/s idle {} ms, with the unroutable peer {} ms; stats {:?}",
         idle_cpu / 1_000_000,

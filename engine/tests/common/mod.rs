@@ -144,3 +144,46 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
         unsafe { std::alloc::System.dealloc(ptr, layout) }
     }
 }
+
+/// Two mesh nodes with one shard each and a working session from `a` to `b` (one message
+/// delivered).
+pub struct MeshPair {
+    pub a: Bus,
+    pub b: Bus,
+    pub inbox_b: net_engine::Inbox,
+    pub to_b: net_engine::Peer,
+    pub _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+pub fn mesh_pair() -> MeshPair {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Bus::start(mesh_config(da.path(), 1)).unwrap();
+    let b = Bus::start(mesh_config(db.path(), 1)).unwrap();
+    let (_, b_key) = b.mesh_identity().unwrap();
+    let mut inbox_b = b.mesh_inbox().unwrap();
+    let mut to_b = a.connect(b.mesh_addr().unwrap(), b_key).unwrap();
+    to_b.send_timeout(b"before", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        recv_one(&mut inbox_b, Duration::from_secs(10)),
+        1,
+        "the session works"
+    );
+    MeshPair {
+        a,
+        b,
+        inbox_b,
+        to_b,
+        _dirs: (da, db),
+    }
+}
+
+/// Waits up to `timeout` for one message; returns how many arrived (0 or 1).
+pub fn recv_one(inbox: &mut net_engine::Inbox, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    let mut got = 0;
+    while got == 0 && Instant::now() < deadline {
+        got += inbox.recv_wait(1, Duration::from_millis(100), |_| {});
+    }
+    got
+}
