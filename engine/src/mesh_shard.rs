@@ -192,6 +192,7 @@ pub(crate) struct Mesh {
     /// Node id cells of the peers, by peer id (shared with the stats registry).
     nodes: Vec<Arc<AtomicU64>>,
     handshakes_seen: u64,
+    evictions_seen: u64,
     /// The link that goes first in the next send turn (round robin).
     next_link: usize,
     /// Messages published to the inbox since the reader was last woken.
@@ -236,6 +237,7 @@ impl Mesh {
             shared: setup.shared,
             nodes: Vec::new(),
             handshakes_seen: 0,
+            evictions_seen: 0,
             next_link: 0,
             unnotified: 0,
             // Look once at start: datagrams may have arrived before the first poll.
@@ -287,6 +289,7 @@ impl Mesh {
             },
         };
         let _ = link.counters.set(self.endpoint.peer_counters(peer).clone());
+        self.endpoint.hold(peer);
         self.links.push(Link {
             peer,
             reader: RingReader::new(link.ring.clone()),
@@ -306,6 +309,21 @@ impl Mesh {
                 let cell = Arc::new(AtomicU64::new(0));
                 reg.push((cell.clone(), self.endpoint.peer_counters(peer).clone()));
                 self.nodes.push(cell);
+            }
+        }
+        if self.endpoint.evictions() != self.evictions_seen {
+            // Slots were reused for other peers: their counters start afresh in the registry
+            // (the shard's totals keep everything).
+            self.evictions_seen = self.endpoint.evictions();
+            let mut reg = self.shared.peers.lock().unwrap_or_else(|e| e.into_inner());
+            for (p, entry) in reg.iter_mut().enumerate() {
+                let peer = PeerId::try_from(p).expect("peer ids fit u32");
+                let counters = self.endpoint.peer_counters(peer);
+                if !Arc::ptr_eq(&entry.1, counters) {
+                    let cell = Arc::new(AtomicU64::new(0));
+                    *entry = (cell.clone(), counters.clone());
+                    self.nodes[p] = cell;
+                }
             }
         }
         for (p, cell) in self.nodes.iter().enumerate() {
@@ -544,8 +562,14 @@ impl Mesh {
                 self.shared.unsent_dropped.fetch_add(n, Ordering::Relaxed);
             }
         }
-        self.links
-            .retain(|l| !(l.link.gone.load(Ordering::Acquire) && l.reader.is_empty()));
+        let endpoint = &mut self.endpoint;
+        self.links.retain(|l| {
+            let done = l.link.gone.load(Ordering::Acquire) && l.reader.is_empty();
+            if done {
+                endpoint.release(l.peer);
+            }
+            !done
+        });
     }
 
     fn arm(&mut self, cx: &mut Cx<'_>) {
@@ -622,7 +646,10 @@ impl Component for Mesh {
             self.notify.notify();
         }
         let hs = self.endpoint.counters().handshakes.get();
-        if hs != self.handshakes_seen || self.endpoint.peer_count() != self.nodes.len() {
+        if hs != self.handshakes_seen
+            || self.endpoint.peer_count() != self.nodes.len()
+            || self.endpoint.evictions() != self.evictions_seen
+        {
             self.handshakes_seen = hs;
             self.sync_peers();
         }

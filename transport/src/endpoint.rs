@@ -164,6 +164,8 @@ struct Peer {
     /// Initiations sent in this round.
     attempts: u32,
     rekey_wanted: bool,
+    /// Handles the driver holds on this peer (its slot is not reused while any).
+    holds: u32,
     counters: Arc<Counters>,
 }
 
@@ -186,6 +188,7 @@ pub struct Endpoint {
     deadline_ns: u64,
     /// Peers whose handshake round gave up, for the driver to drop their queued messages.
     failed: Vec<PeerId>,
+    evictions: u64,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -262,6 +265,7 @@ impl Endpoint {
             counters: Arc::new(Counters::default()),
             deadline_ns: u64::MAX,
             failed: Vec::with_capacity(cfg.peers_max),
+            evictions: 0,
             cfg,
         }
     }
@@ -423,11 +427,7 @@ impl Endpoint {
         key: [u8; KEY_LEN],
         addr: SocketAddr,
     ) -> Option<PeerId> {
-        if self.peers.len() >= self.cfg.peers_max {
-            return None;
-        }
-        let id = PeerId::try_from(self.peers.len()).ok()?;
-        self.peers.push(Peer {
+        let fresh = Peer {
             node,
             key,
             addr,
@@ -441,13 +441,64 @@ impl Endpoint {
             retry_ns: self.cfg.handshake_retry_ns,
             attempts: 0,
             rekey_wanted: false,
+            holds: 0,
             counters: Arc::new(Counters::default()),
-        });
+        };
+        let id = if self.peers.len() < self.cfg.peers_max {
+            let id = PeerId::try_from(self.peers.len()).ok()?;
+            self.peers.push(fresh);
+            id
+        } else {
+            // Full: reuse the slot of a peer nothing refers to any more (no session, no
+            // handshake, no handle). It forgets that node's last initiation timestamp: a
+            // replay of an old one can then only make a responder session that is never
+            // confirmed (the replayer lacks the keys) and times out.
+            let id = self.evictable()?;
+            let old = std::mem::replace(&mut self.peers[id as usize], fresh);
+            self.by_key.remove(&old.key);
+            if let Some(n) = old.node {
+                self.by_node.remove(&n);
+            }
+            self.evictions += 1;
+            id
+        };
         self.by_key.insert(key, id);
         if let Some(n) = node {
             self.by_node.insert(n, id);
         }
         Some(id)
+    }
+
+    /// A peer with no session, no handshake and no handle, if any.
+    fn evictable(&self) -> Option<PeerId> {
+        self.peers.iter().enumerate().find_map(|(i, p)| {
+            let id = PeerId::try_from(i).expect("peer ids fit u32");
+            (p.holds == 0
+                && !self.failed.contains(&id)
+                && p.pending.is_none()
+                && self.session(p.current).is_none()
+                && self.session(p.previous).is_none()
+                && self.session(p.next).is_none())
+            .then_some(id)
+        })
+    }
+
+    /// The driver holds a handle on `peer`: its slot is not reused while held.
+    pub fn hold(&mut self, peer: PeerId) {
+        let p = &mut self.peers[peer as usize];
+        p.holds = p.holds.saturating_add(1);
+    }
+
+    /// The driver dropped a handle on `peer`.
+    pub fn release(&mut self, peer: PeerId) {
+        let p = &mut self.peers[peer as usize];
+        p.holds = p.holds.saturating_sub(1);
+    }
+
+    /// Peers whose slot was reused for another (the table was full). A driver that keeps
+    /// per-peer state by id re-reads it when this changes.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
     }
 
     fn start_round(&mut self, now_ns: u64, peer: PeerId, emit: &mut Emit<'_>) {

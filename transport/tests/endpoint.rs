@@ -552,3 +552,54 @@ fn roaming_never_follows_an_unusable_source_address() {
     };
     assert_ne!(b.ep.peer_addr(peer).port(), 0, "the peer roamed to port 0");
 }
+
+#[test]
+fn a_full_peer_table_reuses_the_slot_of_a_peer_nothing_refers_to() {
+    let mut c = cfg();
+    c.peers_max = 2;
+    let mut a = node(1, Identity::generate(), c);
+    let mut b = node(2, Identity::generate(), cfg());
+    let mut wire = Wire::new();
+    let fa = a.addr;
+    // A live session with b (kept), and one peer that never answers (held by a handle).
+    let kb = b.ep.identity().public_key();
+    let pb =
+        a.ep.connect(0, b.addr, kb, &mut emit_into(&mut wire, fa))
+            .unwrap();
+    pump(0, &mut wire, &mut a, &mut b, &mut |_| true);
+    let silent =
+        a.ep.connect(
+            0,
+            addr(9),
+            Identity::generate().public_key(),
+            &mut emit_into(&mut wire, fa),
+        )
+        .unwrap();
+    a.ep.hold(silent);
+    wire.clear();
+    // Let the silent peer's handshake give up; keep b's session alive.
+    let mut now = 0;
+    while now < 4000 * MS {
+        now += 100 * MS;
+        tick(now, &mut wire, &mut a);
+        tick(now, &mut wire, &mut b);
+        pump(now, &mut wire, &mut a, &mut b, &mut |p| p.len() != INIT_LEN);
+    }
+    assert!(a.ep.can_send(pb));
+    let third = Identity::generate().public_key();
+    // Held: no slot to reuse.
+    assert_eq!(
+        a.ep.connect(now, addr(10), third, &mut emit_into(&mut wire, fa)),
+        Err(net_transport::endpoint::ConnectError::PeerCap)
+    );
+    // Released (and its give-up taken by the driver): its slot is reused; b's live session
+    // is untouched.
+    a.ep.release(silent);
+    assert_eq!(a.ep.take_failed(), Some(silent));
+    let p3 =
+        a.ep.connect(now, addr(10), third, &mut emit_into(&mut wire, fa))
+            .unwrap();
+    assert_eq!(p3, silent);
+    assert_eq!(a.ep.evictions(), 1);
+    assert!(a.ep.can_send(pb));
+}
