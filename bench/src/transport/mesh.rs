@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use net_engine::{Bus, Config, MeshConfig, MeshMessage, Peer, PeerSendError, Psk};
+use net_engine::{Bus, Config, MeshConfig, MeshMessage, Peer, Psk};
 
 use net_transport::codec as net_transport_wire;
 
@@ -67,13 +67,9 @@ fn net_transport_overhead() -> usize {
 }
 
 fn send_blocking(peer: &mut Peer, msg: &[u8]) -> Result<(), Failure> {
-    loop {
-        match peer.send(msg) {
-            Ok(()) => return Ok(()),
-            Err(PeerSendError::Full(_)) => std::thread::sleep(Duration::from_micros(20)),
-            Err(e) => return Err(Failure::engine("mesh send", e)),
-        }
-    }
+    // The product's blocking send (backing off while the queue is full).
+    peer.send_timeout(msg, Duration::from_secs(60))
+        .map_err(|e| Failure::engine("mesh send", e))
 }
 
 /// The two nodes and their cores.
