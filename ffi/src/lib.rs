@@ -11,7 +11,7 @@
 //!
 //! Handles are `Box` pointers tagged with a magic number; the cold calls also look the
 //! address up in the set of live handles before reading it, so a freed handle given to
-//! `net_bus_free`, `net_bus_shutdown`, `net_poll*`, `net_flush` or `net_stats` is refused
+//! `net_bus_free`, `net_bus_shutdown`, `net_poll*`, `net_flush` or `net_bus_stats` is refused
 //! without being read. `net_ingest*` (the hot path) checks alignment and the tag only: giving
 //! it a freed handle is undefined behaviour, as in any C API.
 

@@ -41,7 +41,7 @@ const _: () = {
 /// # Safety
 /// `bus` a live handle; `stats` writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn net_stats(bus: *const net_bus, stats: *mut net_stats) -> net_result {
+pub unsafe extern "C" fn net_bus_stats(bus: *const net_bus, stats: *mut net_stats) -> net_result {
     boundary(|| {
         // SAFETY: the caller's contract.
         let out = unsafe { Out::new(stats, "stats", net_stats::default()) }?;

@@ -1,0 +1,116 @@
+//! Builds each C program of `tests/c/` against `libnet.a` (the staticlib cargo built next to
+//! this test's binary) with the system C compiler and runs it; then, when `valgrind` is
+//! installed, runs it again under `valgrind --error-exitcode=1 --leak-check=full` (the happy
+//! path with fewer events: `NET_C_EVENTS_VALGRIND`, default 20000). `NET_FFI_NO_VALGRIND=1`
+//! skips the valgrind runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn profile_dir() -> PathBuf {
+    // <target>/<profile>/deps/c_programs-<hash>
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("<target>/<profile>")
+        .to_path_buf()
+}
+
+/// Builds `libnet.a` of this test's profile: cargo builds only the rlib for a test, and a
+/// stale staticlib would test old code.
+fn build_lib() -> PathBuf {
+    static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let dir = profile_dir();
+    let mut built = ONCE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !*built {
+        let target = dir.parent().expect("<target>");
+        let profile = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev".to_string(),
+            Some(p) => p.to_string(),
+            None => "dev".to_string(),
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "net-ffi", "--lib", "--profile", &profile])
+            .env("CARGO_TARGET_DIR", target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build -p net-ffi");
+        assert!(status.success(), "cargo build -p net-ffi --lib failed");
+        *built = true;
+    }
+    dir.join("libnet.a")
+}
+
+fn build(name: &str, out_dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = build_lib();
+    assert!(lib.exists(), "{} is missing: build net-ffi first", lib.display());
+    let exe = out_dir.join(name);
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&cc)
+        .args(["-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE"])
+        .arg("-I")
+        .arg(root.join("include"))
+        .arg(root.join("tests/c").join(format!("{name}.c")))
+        .arg(&lib)
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&exe)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}`: {e}"));
+    assert!(status.success(), "compiling {name}.c failed");
+    exe
+}
+
+fn run(mut cmd: Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    print!("{stdout}");
+    assert!(out.status.success(), "{what} failed ({}):\n{stdout}\n{stderr}", out.status);
+}
+
+fn has_valgrind() -> bool {
+    std::env::var_os("NET_FFI_NO_VALGRIND").is_none()
+        && Command::new("valgrind")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+fn program(name: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exe = build(name, dir.path());
+    let mut cmd = Command::new(&exe);
+    cmd.env("TMPDIR", dir.path());
+    run(cmd, name);
+    if has_valgrind() {
+        let events =
+            std::env::var("NET_C_EVENTS_VALGRIND").unwrap_or_else(|_| "20000".to_string());
+        let mut cmd = Command::new("valgrind");
+        cmd.args([
+            "--error-exitcode=1",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite,possible",
+            "--quiet",
+        ])
+        .arg(&exe)
+        .env("TMPDIR", dir.path())
+        .env("NET_C_EVENTS", events);
+        run(cmd, &format!("{name} under valgrind"));
+    } else {
+        eprintln!("valgrind not found: {name} ran without it");
+    }
+}
+
+#[test]
+fn happy() {
+    program("happy");
+}
+
+#[test]
+fn errors() {
+    program("errors");
+}
