@@ -6,6 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One program at a time: the shards spin briefly before parking, and two busy programs (one
+/// under valgrind, which runs a process's threads one at a time) on a 2-core machine starve
+/// each other.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn profile_dir() -> PathBuf {
     // <target>/<profile>/deps/c_programs-<hash>
@@ -62,14 +69,34 @@ fn build(name: &str, out_dir: &Path) -> PathBuf {
     exe
 }
 
-fn run(mut cmd: Command, what: &str) {
-    let out = cmd
-        .output()
+/// Runs `cmd` to completion, killing it (and failing) past `limit`.
+fn run(mut cmd: Command, what: &str, limit: Duration) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = cmd
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
         .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the program") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     print!("{stdout}");
-    assert!(out.status.success(), "{what} failed ({}):\n{stdout}\n{stderr}", out.status);
+    match status {
+        Some(s) => assert!(s.success(), "{what} failed ({s}):\n{stdout}\n{stderr}"),
+        None => panic!("{what} did not finish in {limit:?}:\n{stdout}\n{stderr}"),
+    }
 }
 
 fn has_valgrind() -> bool {
@@ -81,11 +108,12 @@ fn has_valgrind() -> bool {
 }
 
 fn program(name: &str) {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let exe = build(name, dir.path());
     let mut cmd = Command::new(&exe);
     cmd.env("TMPDIR", dir.path());
-    run(cmd, name);
+    run(cmd, name, Duration::from_secs(300));
     if has_valgrind() {
         let events =
             std::env::var("NET_C_EVENTS_VALGRIND").unwrap_or_else(|_| "20000".to_string());
@@ -95,11 +123,20 @@ fn program(name: &str) {
             "--leak-check=full",
             "--errors-for-leak-kinds=definite,possible",
             "--quiet",
+            // Fair scheduling: threads that spin-wait (a shard before it parks, a producer
+            // on a full lane) must not starve the thread they wait for.
+            "--fair-sched=yes",
         ])
+        .arg(format!(
+            "--suppressions={}",
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/c/valgrind.supp")
+                .display()
+        ))
         .arg(&exe)
         .env("TMPDIR", dir.path())
         .env("NET_C_EVENTS", events);
-        run(cmd, &format!("{name} under valgrind"));
+        run(cmd, &format!("{name} under valgrind"), Duration::from_secs(600));
     } else {
         eprintln!("valgrind not found: {name} ran without it");
     }
