@@ -121,7 +121,10 @@ fn with_producer<T>(h: &net_bus, f: impl FnOnce(&mut Producer) -> R<T>) -> R<T> 
     PRODUCERS
         .try_with(|cell| {
             let mut list = cell.try_borrow_mut().map_err(|_| {
-                fail(net_result::NET_ERR_OTHER, "libnet re-entered from within a call")
+                fail(
+                    net_result::NET_ERR_OTHER,
+                    "libnet re-entered from within a call",
+                )
             })?;
             if h.closed.load(Ordering::Acquire) {
                 list.retain(|l| l.bus_id != h.id);
@@ -216,7 +219,11 @@ pub extern "C" fn net_result_str(code: u32) -> *const c_char {
 /// # Safety
 /// `buf` must be writable for `len` bytes; `needed` writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn net_last_error(buf: *mut c_char, len: usize, needed: *mut usize) -> net_result {
+pub unsafe extern "C" fn net_last_error(
+    buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> net_result {
     boundary_quiet(|| {
         // SAFETY: the caller's contract on `needed`.
         let needed = unsafe { Out::new(needed, "needed", 0) }?;
@@ -436,9 +443,7 @@ pub unsafe extern "C" fn net_ingest_durable(
         // SAFETY: the caller's contract.
         let payload = unsafe { slice(payload, payload_len, "payload") }?;
         with_producer(h, |p| {
-            p.send_durable(key, payload)
-                .map(drop)
-                .map_err(Into::into)
+            p.send_durable(key, payload).map(drop).map_err(Into::into)
         })
     })
 }
@@ -505,7 +510,12 @@ pub unsafe extern "C" fn net_ingest_batch(
             // SAFETY: the caller's contract on each entry.
             let entry = |i: usize| -> R<(&[u8], &[u8])> {
                 // SAFETY: the caller's contract on entry `i`.
-                unsafe { Ok((slice(kp[i], kl[i], "keys[i]")?, slice(pp[i], pl[i], "payloads[i]")?)) }
+                unsafe {
+                    Ok((
+                        slice(kp[i], kl[i], "keys[i]")?,
+                        slice(pp[i], pl[i], "payloads[i]")?,
+                    ))
+                }
             };
             let mut first: Option<boundary::Fail> = None;
             let mut bad: Vec<usize> = Vec::new();
@@ -524,7 +534,9 @@ pub unsafe extern "C" fn net_ingest_batch(
                 return Ok((0, None));
             }
             // Map indices among the valid entries back to indices in the caller's arrays.
-            let valid: Vec<usize> = (0..count).filter(|i| bad.binary_search(i).is_err()).collect();
+            let valid: Vec<usize> = (0..count)
+                .filter(|i| bad.binary_search(i).is_err())
+                .collect();
             let mut all = bad;
             for (j, e) in sent.refused {
                 all.push(valid[j]);

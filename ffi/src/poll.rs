@@ -291,7 +291,11 @@ pub unsafe extern "C" fn net_poll_alloc(
                 seq: e.id.seq.0,
                 ts_ns: e.ts_ns,
                 // `at + n <= data_len`: `data` holds every payload back to back.
-                payload: if n == 0 { std::ptr::null() } else { data.wrapping_add(at) },
+                payload: if n == 0 {
+                    std::ptr::null()
+                } else {
+                    data.wrapping_add(at)
+                },
                 payload_len: n,
                 shard: e.id.shard.0,
             });

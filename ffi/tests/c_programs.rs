@@ -28,7 +28,9 @@ fn profile_dir() -> PathBuf {
 fn build_lib() -> PathBuf {
     static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let dir = profile_dir();
-    let mut built = ONCE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut built = ONCE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !*built {
         let target = dir.parent().expect("<target>");
         let profile = match dir.file_name().and_then(|n| n.to_str()) {
@@ -38,7 +40,15 @@ fn build_lib() -> PathBuf {
         };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "net-ffi", "--lib", "--profile", &profile])
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "net-ffi",
+                "--lib",
+                "--profile",
+                &profile,
+            ])
             .env("CARGO_TARGET_DIR", target)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
@@ -52,11 +62,23 @@ fn build_lib() -> PathBuf {
 fn build(name: &str, out_dir: &Path) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib = build_lib();
-    assert!(lib.exists(), "{} is missing: build net-ffi first", lib.display());
+    assert!(
+        lib.exists(),
+        "{} is missing: build net-ffi first",
+        lib.display()
+    );
     let exe = out_dir.join(name);
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let status = Command::new(&cc)
-        .args(["-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE"])
+        .args([
+            "-std=c11",
+            "-O1",
+            "-g",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-D_GNU_SOURCE",
+        ])
         .arg("-I")
         .arg(root.join("include"))
         .arg(root.join("tests/c").join(format!("{name}.c")))
@@ -108,15 +130,16 @@ fn has_valgrind() -> bool {
 }
 
 fn program(name: &str) {
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let exe = build(name, dir.path());
     let mut cmd = Command::new(&exe);
     cmd.env("TMPDIR", dir.path());
     run(cmd, name, Duration::from_secs(300));
     if has_valgrind() {
-        let events =
-            std::env::var("NET_C_EVENTS_VALGRIND").unwrap_or_else(|_| "20000".to_string());
+        let events = std::env::var("NET_C_EVENTS_VALGRIND").unwrap_or_else(|_| "20000".to_string());
         let mut cmd = Command::new("valgrind");
         cmd.args([
             "--error-exitcode=1",
@@ -136,7 +159,11 @@ fn program(name: &str) {
         .arg(&exe)
         .env("TMPDIR", dir.path())
         .env("NET_C_EVENTS", events);
-        run(cmd, &format!("{name} under valgrind"), Duration::from_secs(600));
+        run(
+            cmd,
+            &format!("{name} under valgrind"),
+            Duration::from_secs(600),
+        );
     } else {
         eprintln!("valgrind not found: {name} ran without it");
     }
