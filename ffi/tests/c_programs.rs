@@ -67,7 +67,7 @@ fn build(name: &str, out_dir: &Path) -> PathBuf {
         "{} is missing: build net-ffi first",
         lib.display()
     );
-    let exe = out_dir.join(name);
+    let exe = out_dir.join(name.replace('/', "_"));
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let status = Command::new(&cc)
         .args([
@@ -81,7 +81,7 @@ fn build(name: &str, out_dir: &Path) -> PathBuf {
         ])
         .arg("-I")
         .arg(root.join("include"))
-        .arg(root.join("tests/c").join(format!("{name}.c")))
+        .arg(root.join(format!("{name}.c")))
         .arg(&lib)
         .args(["-lpthread", "-ldl", "-lm", "-o"])
         .arg(&exe)
@@ -135,8 +135,9 @@ fn program(name: &str) {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().expect("temp dir");
     let exe = build(name, dir.path());
+    // The example takes its data dir as an argument; the test programs make their own.
     let mut cmd = Command::new(&exe);
-    cmd.env("TMPDIR", dir.path());
+    cmd.arg(dir.path().join("data")).env("TMPDIR", dir.path());
     run(cmd, name, Duration::from_secs(300));
     if has_valgrind() {
         let events = std::env::var("NET_C_EVENTS_VALGRIND").unwrap_or_else(|_| "20000".to_string());
@@ -157,6 +158,7 @@ fn program(name: &str) {
                 .display()
         ))
         .arg(&exe)
+        .arg(dir.path().join("data-valgrind"))
         .env("TMPDIR", dir.path())
         .env("NET_C_EVENTS", events);
         run(
@@ -171,10 +173,16 @@ fn program(name: &str) {
 
 #[test]
 fn happy() {
-    program("happy");
+    program("tests/c/happy");
 }
 
 #[test]
 fn errors() {
-    program("errors");
+    program("tests/c/errors");
+}
+
+/// The example of `ffi/examples/` builds against the header and runs.
+#[test]
+fn example_hello() {
+    program("examples/hello");
 }
