@@ -11,6 +11,7 @@ mod demo;
 mod disk;
 mod durable;
 mod feed;
+mod ffi;
 mod ingest;
 mod latency;
 mod ledger;
@@ -46,6 +47,8 @@ struct Cli {
 enum Scenario {
     /// Ingest, persist, read back and verify every event on the embedded default config.
     Demo(demo::Args),
+    /// Ingest through the C API against the Rust API in the same run.
+    Ffi(ffi::Args),
     /// Ingest-to-persisted throughput and latency of net against a tokio + mutex baseline.
     Ingest(ingest::Args),
     /// Durable, visible and ingest latency of one paced shard against the raw disk.
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.scenario {
         Scenario::Demo(args) => demo::run(args),
+        Scenario::Ffi(args) => ffi::run(args),
         Scenario::Ingest(args) => ingest::run(args),
         Scenario::Latency(args) => latency::run(args),
         Scenario::Storage(args) => storage::run(args),
