@@ -90,6 +90,17 @@ typedef struct {
   bool lossy;
 } net_shutdown_report;
 
+// An event's id: the shard that stored it and its sequence number there (as
+// `net_event_header` gives them).
+typedef struct {
+  // Its sequence number in the shard.
+  uint64_t seq;
+  // The shard.
+  uint16_t shard;
+  // Zero.
+  uint16_t reserved[3];
+} net_event_id;
+
 // What `net_poll` returned.
 typedef struct {
   // Events written to the buffer.
@@ -281,6 +292,17 @@ net_result net_ingest_batch(const net_bus *bus,
 // # Safety
 // `bus` a live handle.
 net_result net_flush(const net_bus *bus, uint64_t timeout_ms);
+
+// Waits until every event in `ids[0..count]` is durable under the bus's fsync policy, up to
+// `timeout_ms` (`UINT64_MAX`: no limit). `NET_ERR_TIMEOUT` when the time ran out first,
+// `NET_ERR_INVALID_ARG` for a shard the bus does not have (named in the last error).
+//
+// # Safety
+// `bus` a live handle; `ids` points to `count` readable ids (NULL allowed when `count` is 0).
+net_result net_wait_durable(const net_bus *bus,
+                            const net_event_id *ids,
+                            size_t count,
+                            uint64_t timeout_ms);
 
 // Reads up to `limit` events after `cursor` (the text of a previous `next_cursor`; NULL
 // with `cursor_len` 0 for the start) into `buf` (framed as described at

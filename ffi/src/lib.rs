@@ -583,6 +583,56 @@ pub unsafe extern "C" fn net_flush(bus: *const net_bus, timeout_ms: u64) -> net_
     })
 }
 
+/// An event's id: the shard that stored it and its sequence number there (as
+/// `net_event_header` gives them).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct net_event_id {
+    /// Its sequence number in the shard.
+    pub seq: u64,
+    /// The shard.
+    pub shard: u16,
+    /// Zero.
+    pub reserved: [u16; 3],
+}
+
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<net_event_id>() == 16);
+    assert!(align_of::<net_event_id>() == 8);
+    assert!(offset_of!(net_event_id, seq) == 0);
+    assert!(offset_of!(net_event_id, shard) == 8);
+};
+
+/// Waits until every event in `ids[0..count]` is durable under the bus's fsync policy, up to
+/// `timeout_ms` (`UINT64_MAX`: no limit). `NET_ERR_TIMEOUT` when the time ran out first,
+/// `NET_ERR_INVALID_ARG` for a shard the bus does not have (named in the last error).
+///
+/// # Safety
+/// `bus` a live handle; `ids` points to `count` readable ids (NULL allowed when `count` is 0).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn net_wait_durable(
+    bus: *const net_bus,
+    ids: *const net_event_id,
+    count: usize,
+    timeout_ms: u64,
+) -> net_result {
+    boundary(|| {
+        // SAFETY: the caller's contract.
+        let h = unsafe { live_handle(bus) }?;
+        // SAFETY: the caller's contract for `ids`.
+        let ids = unsafe { slice(ids, count, "ids") }?;
+        let ids: Vec<net_engine::EventId> = ids
+            .iter()
+            .map(|id| net_engine::EventId {
+                shard: net_engine::ShardId(id.shard),
+                seq: net_engine::Seq(id.seq),
+            })
+            .collect();
+        with_bus(h, |b| Ok(b.wait_durable(&ids, duration_ms(timeout_ms))?))
+    })
+}
+
 mod poll;
 pub use poll::*;
 

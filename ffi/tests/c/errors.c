@@ -106,6 +106,15 @@ int main(void) {
     uint8_t *buf = aligned_alloc(8, (need + 7) & ~(size_t)7);
     EXPECT(net_poll(bus, NULL, 0, 1000, buf, need, next, sizeof next, &info), NET_OK);
     CHECK(info.events == 100 && info.bytes_used == need);
+    /* Waiting for the first event polled back to be durable; then every refusal. */
+    const net_event_header *first = (const net_event_header *)buf;
+    net_event_id id = {first->seq, first->shard, {0, 0, 0}};
+    EXPECT(net_wait_durable(bus, &id, 1, 10000), NET_OK);
+    EXPECT(net_wait_durable(bus, NULL, 0, 0), NET_OK);
+    EXPECT(net_wait_durable(bus, NULL, 1, 0), NET_ERR_NULL);
+    EXPECT(net_wait_durable(bus, &id, (size_t)-1, 0), NET_ERR_INVALID_ARG);
+    net_event_id nowhere = {0, 999, {0, 0, 0}};
+    EXPECT(net_wait_durable(bus, &nowhere, 1, 0), NET_ERR_INVALID_ARG);
     /* Polling past the end returns nothing and echoes the cursor. */
     char after[256];
     EXPECT(net_poll(bus, next, info.cursor_len, 1000, buf, need, after, sizeof after, &info), NET_OK);
@@ -150,6 +159,7 @@ int main(void) {
     CHECK(failed_len == 5);
     EXPECT(net_flush(bus, 0), NET_ERR_CLOSED);
     EXPECT(net_poll(bus, NULL, 0, 10, NULL, 0, next, sizeof next, &info), NET_ERR_CLOSED);
+    EXPECT(net_wait_durable(bus, NULL, 0, 0), NET_ERR_CLOSED);
     EXPECT(net_bus_stats(bus, &st), NET_OK); /* the final figures stay readable */
     CHECK(st.persisted == 100 && st.in_flight == 0);
 
