@@ -10,10 +10,10 @@
 //! - a failure records a message, read with `net_last_error` on the same thread.
 //!
 //! Handles are `Box` pointers tagged with a magic number; the cold calls also look the
-//! address up in the set of live handles before reading it, so a freed handle given to
-//! `net_bus_free`, `net_bus_shutdown`, `net_poll*`, `net_flush` or `net_bus_stats` is refused
-//! without being read. `net_ingest*` (the hot path) checks alignment and the tag only: giving
-//! it a freed handle is undefined behaviour, as in any C API.
+//! address up in the set of live handles. `net_bus_free` drops the bus but keeps the handle's
+//! small shell allocated for the process's life with its tag cleared, so a freed handle is
+//! refused by every call (`net_ingest*` included) and a stale handle can never name a later
+//! bus at a reused address.
 
 #![allow(non_camel_case_types)]
 
@@ -35,7 +35,9 @@ const MAGIC: u64 = 0x6e65_745f_6275_7321; // "net_bus!"
 
 /// A bus. Opaque: made by `net_bus_new`, released by `net_bus_free`.
 pub struct net_bus {
-    magic: u64,
+    /// `MAGIC` while the handle is live, 0 once freed (atomic: a stale handle may be read
+    /// by one thread while another frees it).
+    magic: AtomicU64,
     id: u64,
     closed: Arc<AtomicBool>,
     bus: RwLock<Option<Bus>>,
@@ -57,6 +59,8 @@ const _: fn() = || {
 };
 
 static NEXT_BUS_ID: AtomicU64 = AtomicU64::new(1);
+/// Freed handles' shells, kept (and reachable) for the process's life: see `net_bus_free`.
+static GRAVEYARD: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 /// Addresses of live handles (cold-path check before a handle is read).
 static LIVE: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
 
@@ -67,12 +71,13 @@ fn live() -> std::sync::MutexGuard<'static, BTreeSet<usize>> {
 /// Hot-path handle check: NULL, alignment, then the tag.
 ///
 /// # Safety
-/// `p`, if non-NULL and aligned, must be readable for a `net_bus` (a live handle).
+/// `p`, if non-NULL and aligned, must be readable for a `net_bus` (a handle from
+/// `net_bus_new`, live or freed: freed shells are never released).
 unsafe fn handle<'a>(p: *const net_bus) -> R<&'a net_bus> {
     boundary::check_ptr(p, "bus")?;
     // SAFETY: non-NULL and aligned; the caller guarantees it readable. Only the tag is read
     // before it is known to be a `net_bus`.
-    let magic = unsafe { std::ptr::addr_of!((*p).magic).read() };
+    let magic = unsafe { &*std::ptr::addr_of!((*p).magic) }.load(Ordering::Acquire);
     if magic != MAGIC {
         return Err(fail(
             net_result::NET_ERR_BAD_HANDLE,
@@ -159,6 +164,26 @@ fn with_bus<T>(h: &net_bus, f: impl FnOnce(&Bus) -> R<T>) -> R<T> {
     f(guard.as_ref().ok_or_else(closed)?)
 }
 
+/// Runs a wait in slices of at most [`WAIT_SLICE`], each under the bus's read lock, so that a
+/// shutdown (which needs the write lock) never waits behind a long or endless wait: once it
+/// has begun, the wait returns `NET_ERR_CLOSED` at the end of the current slice.
+fn wait_sliced(h: &net_bus, timeout_ms: u64, f: impl Fn(&Bus, Duration) -> R) -> R {
+    let deadline = std::time::Instant::now().checked_add(duration_ms(timeout_ms));
+    loop {
+        let left = deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+        });
+        let slice = left.min(WAIT_SLICE);
+        match with_bus(h, |b| f(b, slice)) {
+            Err(e) if e.code == net_result::NET_ERR_TIMEOUT && left > slice => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Longest single wait a flush or wait-durable holds the bus's read lock for.
+const WAIT_SLICE: Duration = Duration::from_millis(10);
+
 fn duration_ms(ms: u64) -> Duration {
     if ms == u64::MAX {
         Duration::MAX
@@ -229,12 +254,13 @@ pub unsafe extern "C" fn net_last_error(
         let needed = unsafe { Out::new(needed, "needed", 0) }?;
         boundary::with_last_error(|msg| {
             let n = msg.len() + 1;
-            needed.set(n);
             if len < n {
+                needed.set(n);
                 return Err(fail(net_result::NET_ERR_BUFFER_TOO_SMALL, ""));
             }
             // SAFETY: the caller's contract on `buf` and `len`.
             let out = unsafe { slice_mut(buf.cast::<u8>(), len, "buf") }?;
+            needed.set(n);
             out[..msg.len()].copy_from_slice(msg.as_bytes());
             out[msg.len()] = 0;
             Ok(())
@@ -262,7 +288,7 @@ pub unsafe extern "C" fn net_bus_new(
         let config = Config::from_json(json)?;
         let started = Bus::start(config)?;
         let h = Box::new(net_bus {
-            magic: MAGIC,
+            magic: AtomicU64::new(MAGIC),
             id: NEXT_BUS_ID.fetch_add(1, Ordering::Relaxed),
             closed: Arc::new(AtomicBool::new(false)),
             stats: started.stats_handle(),
@@ -386,12 +412,21 @@ pub unsafe extern "C" fn net_bus_free(bus: *mut net_bus) -> net_result {
                 "`bus` is not a live net_bus handle (already freed?)",
             ));
         }
-        // SAFETY: it was in the live set, so it is a `Box<net_bus>` from `net_bus_new` not yet
+        // SAFETY: it was in the live set, so it is a `net_bus` from `net_bus_new` not yet
         // freed, and it is now out of the set, so no other free can take it.
-        let mut h = unsafe { Box::from_raw(bus) };
+        let h = unsafe { &*bus };
         h.closed.store(true, Ordering::Release);
-        h.magic = 0;
-        drop(h);
+        // The bus itself goes (a bus not shut down runs its shutdown path with no deadline,
+        // recording any loss); the small shell stays allocated for the process's life with its
+        // tag cleared, so that a stale handle can never name a later bus at a reused address,
+        // and any call with it, `net_ingest*` included, is refused as a bad handle.
+        let taken = h.bus.write().unwrap_or_else(PoisonError::into_inner).take();
+        drop(taken);
+        h.magic.store(0, Ordering::Release);
+        GRAVEYARD
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(bus as usize);
         Ok(())
     })
 }
@@ -579,7 +614,7 @@ pub unsafe extern "C" fn net_flush(bus: *const net_bus, timeout_ms: u64) -> net_
     boundary(|| {
         // SAFETY: the caller's contract.
         let h = unsafe { live_handle(bus) }?;
-        with_bus(h, |b| Ok(b.flush_timeout(duration_ms(timeout_ms))?))
+        wait_sliced(h, timeout_ms, |b, slice| Ok(b.flush_timeout(slice)?))
     })
 }
 
@@ -629,7 +664,7 @@ pub unsafe extern "C" fn net_wait_durable(
                 seq: net_engine::Seq(id.seq),
             })
             .collect();
-        with_bus(h, |b| Ok(b.wait_durable(&ids, duration_ms(timeout_ms))?))
+        wait_sliced(h, timeout_ms, |b, slice| Ok(b.wait_durable(&ids, slice)?))
     })
 }
 

@@ -174,6 +174,16 @@ int main(void) {
     net_bus *b2 = start_bus(dir2, sizeof dir2, 1);
     EXPECT(net_ingest(b2, NULL, 0, payload, 7), NET_OK);
     EXPECT(net_bus_free(b2), NET_OK);
+    /* A freed handle, even on the hot path, is refused; and a later bus at a reused address
+       cannot be named by the stale handle (freed handles are never recycled). */
+    EXPECT(net_ingest(b2, NULL, 0, payload, 7), NET_ERR_BAD_HANDLE);
+    char dir3[512];
+    net_bus *b3 = start_bus(dir3, sizeof dir3, 1);
+    CHECK(b3 != b2);
+    EXPECT(net_bus_free(b2), NET_ERR_BAD_HANDLE);
+    EXPECT(net_ingest(b3, NULL, 0, payload, 7), NET_OK);
+    EXPECT(net_bus_free(b3), NET_OK);
+    remove_dir(dir3);
 
     remove_dir(dir);
     remove_dir(dir2);
