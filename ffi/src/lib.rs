@@ -394,8 +394,9 @@ pub unsafe extern "C" fn net_bus_shutdown(
 
 /// Releases a handle (stopping the bus at once if it was not shut down: what it still held
 /// is counted as dropped). NULL is a no-op; a handle already freed, or a pointer that is not
-/// a handle, returns `NET_ERR_BAD_HANDLE` without being read. No other call on this handle
-/// may be running or start after this one.
+/// a handle, returns `NET_ERR_BAD_HANDLE` without being read. Calls with the handle after
+/// this one return `NET_ERR_BAD_HANDLE` (the handle's small shell is never released, so a
+/// stale handle can never name a later bus); calls running meanwhile finish first.
 ///
 /// # Safety
 /// `bus` NULL or a pointer; if it is a live handle, it is released.
