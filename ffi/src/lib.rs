@@ -432,6 +432,34 @@ pub unsafe extern "C" fn net_bus_free(bus: *mut net_bus) -> net_result {
     })
 }
 
+/// The body of `net_ingest` and `net_ingest_durable` (each runs it in its boundary).
+///
+/// # Safety
+/// As `net_ingest`.
+unsafe fn ingest(
+    bus: *const net_bus,
+    key: *const u8,
+    key_len: usize,
+    payload: *const u8,
+    payload_len: usize,
+    durable: bool,
+) -> R {
+    // SAFETY: the caller's contract.
+    let h = unsafe { handle(bus) }?;
+    // SAFETY: the caller's contract.
+    let key = unsafe { slice(key, key_len, "key") }?;
+    // SAFETY: the caller's contract.
+    let payload = unsafe { slice(payload, payload_len, "payload") }?;
+    with_producer(h, |p| {
+        let sent = if durable {
+            p.send_durable(key, payload)
+        } else {
+            p.send(key, payload)
+        };
+        sent.map(drop).map_err(Into::into)
+    })
+}
+
 /// Ingests one event: the shard is chosen by `key` (events of one key keep their order).
 /// Returns when the event is in the shard's lane (or was dropped by backpressure mode
 /// `drop_newest`/`sample`, which counts it in `stats.dropped`). Lock-free: each calling
@@ -449,12 +477,7 @@ pub unsafe extern "C" fn net_ingest(
 ) -> net_result {
     boundary(|| {
         // SAFETY: the caller's contract.
-        let h = unsafe { handle(bus) }?;
-        // SAFETY: the caller's contract.
-        let key = unsafe { slice(key, key_len, "key") }?;
-        // SAFETY: the caller's contract.
-        let payload = unsafe { slice(payload, payload_len, "payload") }?;
-        with_producer(h, |p| p.send(key, payload).map(drop).map_err(Into::into))
+        unsafe { ingest(bus, key, key_len, payload, payload_len, false) }
     })
 }
 
@@ -473,14 +496,7 @@ pub unsafe extern "C" fn net_ingest_durable(
 ) -> net_result {
     boundary(|| {
         // SAFETY: the caller's contract.
-        let h = unsafe { handle(bus) }?;
-        // SAFETY: the caller's contract.
-        let key = unsafe { slice(key, key_len, "key") }?;
-        // SAFETY: the caller's contract.
-        let payload = unsafe { slice(payload, payload_len, "payload") }?;
-        with_producer(h, |p| {
-            p.send_durable(key, payload).map(drop).map_err(Into::into)
-        })
+        unsafe { ingest(bus, key, key_len, payload, payload_len, true) }
     })
 }
 
