@@ -44,8 +44,18 @@ struct Node {
 type Wire = VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>;
 
 fn node(port: u16, identity: Identity, cfg: EndpointConfig) -> Node {
+    node_with_clock(port, identity, cfg, 0)
+}
+
+/// A node whose wall clock is `wall_offset_ns` from the monotonic one (a stepped clock).
+fn node_with_clock(
+    port: u16,
+    identity: Identity,
+    cfg: EndpointConfig,
+    wall_offset_ns: i128,
+) -> Node {
     Node {
-        ep: Endpoint::new(0, identity, Psk::new([9; 32]), cfg, 0),
+        ep: Endpoint::new(0, identity, Psk::new([9; 32]), cfg, wall_offset_ns),
         addr: addr(port),
         inbox: Vec::new(),
     }
@@ -411,16 +421,8 @@ fn a_responder_waiting_for_confirmation_starts_no_handshake_of_its_own() {
 fn can_send_agrees_with_seal_past_the_message_limit() {
     let mut c = cfg();
     c.rekey_after_messages = 4; // reject after 8
-    let mut a = Node {
-        ep: Endpoint::new(0, Identity::generate(), Psk::new([9; 32]), c.clone(), 0),
-        addr: addr(1),
-        inbox: Vec::new(),
-    };
-    let mut b = Node {
-        ep: Endpoint::new(0, Identity::generate(), Psk::new([9; 32]), c, 0),
-        addr: addr(2),
-        inbox: Vec::new(),
-    };
+    let mut a = node(1, Identity::generate(), c.clone());
+    let mut b = node(2, Identity::generate(), c);
     let mut wire = Wire::new();
     let key = b.ep.identity().public_key();
     let from = a.addr;
@@ -448,11 +450,11 @@ fn can_send_agrees_with_seal_past_the_message_limit() {
 
 /// Node A restarts with its wall clock stepped back; B is still up and remembers A's last
 /// message-1 timestamp. A's initiations are refused as too old, and while A has an
-/// initiation pending it refuses B's initiations as a `Conflict` (A has the lower node id).
-/// Neither side ever gets a session until A's clock passes the remembered timestamp.
+/// initiation pending it would refuse B's as a `Conflict` (A has the lower node id): before
+/// the fix neither side got a session until A's clock passed the remembered timestamp. Now
+/// A's initiation, unanswered after a few attempts, yields to B's.
 #[test]
 fn a_restarted_node_with_a_clock_behind_can_still_connect() {
-    let psk = Psk::new([9; 32]);
     // A must have the lower node id, so that its pending initiation wins conflicts.
     let (ia, ib) = loop {
         let (x, y) = (Identity::generate(), Identity::generate());
@@ -461,16 +463,8 @@ fn a_restarted_node_with_a_clock_behind_can_still_connect() {
         }
     };
     let skew: i128 = 60_000 * MS as i128; // clock stepped back one minute
-    let mut a = Node {
-        ep: Endpoint::new(0, ia.clone(), psk.clone(), cfg(), skew),
-        addr: addr(1),
-        inbox: Vec::new(),
-    };
-    let mut b = Node {
-        ep: Endpoint::new(0, ib.clone(), psk.clone(), cfg(), 0),
-        addr: addr(2),
-        inbox: Vec::new(),
-    };
+    let mut a = node_with_clock(1, ia.clone(), cfg(), skew);
+    let mut b = node(2, ib.clone(), cfg());
     let mut wire = Wire::new();
     let (ka, kb) = (ia.public_key(), ib.public_key());
     let from = a.addr;
@@ -481,11 +475,7 @@ fn a_restarted_node_with_a_clock_behind_can_still_connect() {
     assert!(a.ep.can_send(pb));
 
     // A restarts: same identity, clock one minute behind.
-    let mut a = Node {
-        ep: Endpoint::new(0, ia, psk, cfg(), 0),
-        addr: addr(1),
-        inbox: Vec::new(),
-    };
+    let mut a = node(1, ia, cfg());
     let mut now = 10 * MS;
     let from = a.addr;
     let pb =
@@ -523,19 +513,11 @@ fn a_restarted_node_with_a_clock_behind_can_still_connect() {
 
 /// A data packet whose source address was rewritten to port 0 (authenticated: the header
 /// and ciphertext are untouched) moves the peer there; the engine's next sendmmsg to port 0
-/// fails with EINVAL, which `classify` calls Hard and which stops the whole shard's mesh.
+/// fails with EINVAL (before the fix `classify` called it Hard, and it stopped the whole shard's mesh).
 #[test]
 fn roaming_never_follows_an_unusable_source_address() {
-    let mut a = Node {
-        ep: Endpoint::new(0, Identity::generate(), Psk::new([9; 32]), cfg(), 0),
-        addr: addr(1),
-        inbox: Vec::new(),
-    };
-    let mut b = Node {
-        ep: Endpoint::new(0, Identity::generate(), Psk::new([9; 32]), cfg(), 0),
-        addr: addr(2),
-        inbox: Vec::new(),
-    };
+    let mut a = node(1, Identity::generate(), cfg());
+    let mut b = node(2, Identity::generate(), cfg());
     let mut wire = Wire::new();
     let key = b.ep.identity().public_key();
     let from = a.addr;
