@@ -13,4 +13,5 @@ pub mod pacer;
 pub mod pool;
 pub mod replay;
 pub mod stats;
+pub mod stream;
 pub mod udp;
