@@ -1,4 +1,5 @@
 //! The stream protocol over a simulated network that drops, duplicates, reorders and delays
+#![allow(clippy::cast_possible_truncation)] // test data: wrapping bytes on purpose
 //! frames, with a publisher whose log has holes and a subscriber that sometimes refuses
 //! records: every record arrives exactly once and in order, every hole is reported as
 //! skipped, and the publisher never sends new data beyond its credit.
