@@ -1,8 +1,9 @@
 //! The stream protocol over a simulated network that drops, duplicates, reorders and delays
-#![allow(clippy::cast_possible_truncation)] // test data: wrapping bytes on purpose
 //! frames, with a publisher whose log has holes and a subscriber that sometimes refuses
 //! records: every record arrives exactly once and in order, every hole is reported as
 //! skipped, and the publisher never sends new data beyond its credit.
+
+#![allow(clippy::cast_possible_truncation)] // test data: wrapping bytes on purpose
 
 use net_transport::stream::{
     self, Ack, DataFrameWriter, Delivery, Frame, RecvLimits, RecvStream, SendStream, StreamRef,
