@@ -610,21 +610,46 @@ impl Endpoint {
         payload: &[u8],
         out: &mut [u8],
     ) -> Result<(usize, SocketAddr), SealError> {
-        if payload.len() > self.cfg.message_bytes_max {
+        let n = payload.len();
+        if n > self.cfg.message_bytes_max {
             return Err(SealError::TooLarge);
         }
-        let len = self.seal_raw(now_ns, peer, payload, out)?;
+        assert!(out.len() >= n + DATA_OVERHEAD, "seal buffer too small");
+        out[DATA_HEADER_LEN..DATA_HEADER_LEN + n].copy_from_slice(payload);
+        self.seal_in_place(now_ns, peer, out, n)
+    }
+
+    /// Seals the `plain_len` bytes of plaintext that the caller already wrote at
+    /// `out[DATA_HEADER_LEN..]` (`out` holds at least `plain_len + DATA_OVERHEAD` bytes), in
+    /// place: the only copy of a payload is the one that put it there. Returns the datagram's
+    /// length and where to send it.
+    pub fn seal_in_place(
+        &mut self,
+        now_ns: u64,
+        peer: PeerId,
+        out: &mut [u8],
+        plain_len: usize,
+    ) -> Result<(usize, SocketAddr), SealError> {
+        if plain_len > self.cfg.message_bytes_max {
+            return Err(SealError::TooLarge);
+        }
+        let len = self.seal_raw(now_ns, peer, plain_len, out)?;
         let c = &self.peers[peer as usize].counters;
         self.counters.messages_out.add(1);
         c.messages_out.add(1);
         Ok((len, self.peers[peer as usize].addr))
     }
 
+    /// The peer's static public key.
+    pub fn peer_key(&self, peer: PeerId) -> [u8; KEY_LEN] {
+        self.peers[peer as usize].key
+    }
+
     fn seal_raw(
         &mut self,
         now_ns: u64,
         peer: PeerId,
-        payload: &[u8],
+        n: usize,
         out: &mut [u8],
     ) -> Result<usize, SealError> {
         let (reject_ns, reject_msgs) =
@@ -643,7 +668,6 @@ impl Endpoint {
             self.deadline_ns = now_ns;
             return Err(SealError::NoSession);
         }
-        let n = payload.len();
         let total = n + DATA_OVERHEAD;
         assert!(out.len() >= total, "seal buffer too small");
         let counter = s.send_counter;
@@ -652,7 +676,6 @@ impl Endpoint {
         write_data_header(out, s.remote_index, counter);
         let mut aad = [0u8; DATA_HEADER_LEN];
         aad.copy_from_slice(&out[..DATA_HEADER_LEN]);
-        out[DATA_HEADER_LEN..DATA_HEADER_LEN + n].copy_from_slice(payload);
         let tag = s
             .send_key
             .seal_in_place_separate_tag(
@@ -969,7 +992,7 @@ impl Endpoint {
 
     fn keepalive(&mut self, now_ns: u64, peer: PeerId, emit: &mut Emit<'_>) {
         let mut out = [0u8; DATA_MIN_LEN];
-        if let Ok(n) = self.seal_raw(now_ns, peer, &[], &mut out) {
+        if let Ok(n) = self.seal_raw(now_ns, peer, 0, &mut out) {
             debug_assert_eq!(n, DATA_HEADER_LEN + TAG_LEN);
             emit(peer, self.peers[peer as usize].addr, &out);
         }
