@@ -12,7 +12,8 @@
 //! It is created with mode 0600 (write to a temporary file, fsync, rename, fsync the
 //! directory), and loading refuses a file that its group or others can read or write, naming
 //! the file and its mode, as ssh does with private keys. A PSK file holds 64 hex digits and is
-//! held to the same rule.
+//! held to the same rule, as is a token signing key file (`token::SigningKey`), which shares
+//! these helpers.
 
 use std::fs;
 use std::io::{self, Write};
@@ -28,7 +29,7 @@ use crate::codec::KEY_LEN;
 /// A node id: names a node across restarts and key rotations.
 pub type NodeId = u64;
 
-/// What went wrong with an identity or PSK file; each names the file.
+/// What went wrong with an identity, PSK or token signing key file; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("{path}: {source}")]
@@ -68,7 +69,8 @@ pub fn public_key_of(secret: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
     public
 }
 
-fn random<const N: usize>() -> [u8; N] {
+/// `N` bytes from the system's random source.
+pub(crate) fn random<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     SystemRandom::new()
         .fill(&mut b)
@@ -221,7 +223,9 @@ impl Psk {
     }
 }
 
-fn read_private(path: &Path) -> Result<String, IdentityError> {
+/// The text of `path`, refused (naming the file and its mode) if its group or others can read
+/// or write it.
+pub(crate) fn read_private(path: &Path) -> Result<String, IdentityError> {
     let io = |source| IdentityError::Io {
         path: path.to_owned(),
         source,
@@ -237,7 +241,9 @@ fn read_private(path: &Path) -> Result<String, IdentityError> {
     fs::read_to_string(path).map_err(io)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+/// Writes `bytes` to `path` with mode 0600, atomically: a temporary file, fsync, rename, fsync
+/// of the directory.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     let io = |source| IdentityError::Io {
         path: path.to_owned(),
         source,
