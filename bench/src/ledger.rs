@@ -156,6 +156,7 @@ mod tests {
         Event {
             id,
             ts_ns: 0,
+            origin: None,
             payload: Bytes::from(payload),
         }
     }

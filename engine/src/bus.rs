@@ -15,6 +15,7 @@
 //!    (`ingested - persisted - dropped`) as dropped, once. A `Bus` dropped without `shutdown`
 //!    runs the same path with a zero deadline, so the loss is in its final stats.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -35,14 +36,15 @@ use crate::error::Error;
 use crate::executor;
 use crate::ids::{EventId, Seq, ShardId};
 use crate::ingest::{Ingest, IngestSettings, LATENCY_NS_MAX};
-use crate::lane::{Lane, LaneWriter};
+use crate::lane::{LaneFactory, LaneKind, LaneWriter};
 use crate::mesh::{Inbox, MeshShard, MeshStats, Peer, PeerLink};
 use crate::mesh_shard::{Mesh, MeshControl, MeshSetup};
+use crate::mirror::MirrorProducer;
 use crate::poll::{Event, PollResponse, merge};
 use crate::producer::Producer;
 use crate::reactor::Reactor;
 use crate::shard::{Shard, ShardExit};
-use crate::stats::{LaneEntry, ShardCounters, ShardFailure, Stats, StatsHandle, StatsShared};
+use crate::stats::{ShardCounters, ShardFailure, Stats, StatsHandle, StatsShared};
 use crate::wake::ShardSignal;
 
 /// How often a waiting caller looks at a shard's watermarks and failure.
@@ -85,7 +87,8 @@ pub struct Bus {
     shards: Vec<ShardHandle>,
     threads: Vec<Option<JoinHandle<Result<(), ShardExit>>>>,
     stats: StatsHandle,
-    next_lane_id: AtomicU64,
+    /// Makes producers' lanes (and registers them).
+    lanes: LaneFactory,
     next_home: AtomicU64,
     producer_lock: Mutex<()>,
     /// Signalled by every shard when it published events (`poll_wait` sleeps on it).
@@ -300,20 +303,21 @@ impl Bus {
             }
             None => (None, (0..n).map(|_| None).collect::<Vec<_>>()),
         };
+        let stats = StatsHandle {
+            shared: Arc::new(StatsShared {
+                shards: (0..n)
+                    .map(|_| Arc::new(CachePadded::new(ShardCounters::default())))
+                    .collect(),
+                lanes: Mutex::new(Vec::new()),
+                lossy: Default::default(),
+            }),
+        };
         let mut bus = Bus {
             config: config.clone(),
             shards: Vec::with_capacity(n),
             threads: Vec::with_capacity(n),
-            stats: StatsHandle {
-                shared: Arc::new(StatsShared {
-                    shards: (0..n)
-                        .map(|_| Arc::new(CachePadded::new(ShardCounters::default())))
-                        .collect(),
-                    lanes: Mutex::new(Vec::new()),
-                    lossy: Default::default(),
-                }),
-            },
-            next_lane_id: AtomicU64::new(0),
+            lanes: LaneFactory::new(stats.shared.clone(), config.lane.capacity_bytes),
+            stats,
             next_home: AtomicU64::new(0),
             producer_lock: Mutex::new(()),
             visible: Arc::new(crate::notify::Notify::default()),
@@ -579,35 +583,22 @@ impl Bus {
         })
     }
 
+    /// Writers of new lanes of `kind`, one per shard (registered with the stats and the
+    /// shards).
+    fn lane_writers(&self, kind: LaneKind) -> Result<Vec<LaneWriter>, Error> {
+        if self.shut_down {
+            return Err(Error::Closed);
+        }
+        Ok((self.shards.iter().enumerate())
+            .map(|(i, shard)| LaneWriter::new(self.lanes.lane(i, &shard.shared, kind)))
+            .collect())
+    }
+
     /// A new producer with one lane per shard. Producers are `Send`, not `Sync`: one per
     /// thread.
     pub fn producer(&self) -> Result<Producer, Error> {
         let _serial = self.producer_lock.lock().expect("producer lock");
-        if self.shut_down {
-            return Err(Error::Closed);
-        }
-        let mut writers = Vec::with_capacity(self.shards.len());
-        let mut lanes = self.stats.shared.lanes.lock().expect("lane registry");
-        for (i, shard) in self.shards.iter().enumerate() {
-            let id = self.next_lane_id.fetch_add(1, Ordering::Relaxed);
-            let lane = Arc::new(Lane::new(
-                id,
-                i,
-                self.config.lane.capacity_bytes,
-                shard.shared.signal.clone(),
-                shard.shared.counters.clone(),
-            ));
-            lanes.push(LaneEntry {
-                shard: i,
-                counters: lane.counters.clone(),
-                lane: Arc::downgrade(&lane),
-            });
-            // A dead shard drains nothing: its lane still exists so that sends to it fail
-            // with its failure instead of blocking.
-            let _ = shard.shared.send(Control::AddLane(lane.clone()));
-            writers.push(LaneWriter::new(lane));
-        }
-        drop(lanes);
+        let writers = self.lane_writers(LaneKind::Plain)?;
         let home = self.next_home.fetch_add(1, Ordering::Relaxed) % self.shards.len() as u64;
         let home = usize::try_from(home).expect("below shard count");
         Ok(Producer::new(
@@ -616,6 +607,86 @@ impl Bus {
             self.config.lane.backpressure,
             self.config.payload_bytes_max(),
         ))
+    }
+
+    /// A new producer of events that carry their origin (a remote node's id, shard and
+    /// sequence number), with one lane per shard; see [`MirrorProducer`]. `Send`, not `Sync`:
+    /// one per thread. Its payload limit is [`Producer::payload_bytes_max`] less
+    /// [`net_storage::ORIGIN_BYTES`].
+    pub fn mirror_producer(&self) -> Result<MirrorProducer, Error> {
+        let _serial = self.producer_lock.lock().expect("producer lock");
+        let writers = self.lane_writers(LaneKind::Origin)?;
+        Ok(MirrorProducer::new(
+            writers,
+            self.config.lane.backpressure,
+            self.config
+                .payload_bytes_max()
+                .saturating_sub(net_storage::ORIGIN_BYTES),
+        ))
+    }
+
+    /// For each origin (node id, origin shard) of the events stored in this bus's logs —
+    /// only node `node`'s when given — one past the highest origin sequence number stored:
+    /// where mirroring that origin continues without storing an event twice (after a
+    /// restart, say).
+    ///
+    /// Cost: a full read of every shard's log on the calling thread (all of it, every call:
+    /// `O(stored bytes)` of disk reads and checksums), as of the visible end when each shard
+    /// is read. Call it once at start-up; to keep the positions current afterwards, fold in
+    /// only what was appended since with [`Bus::origin_positions_since`].
+    pub fn origin_positions(&self, node: Option<u64>) -> Result<HashMap<(u64, u16), u64>, Error> {
+        let mut positions = HashMap::new();
+        self.origin_positions_since(node, &Cursor::start(), &mut positions)?;
+        Ok(positions)
+    }
+
+    /// The incremental form of [`Bus::origin_positions`]: reads every shard's log from
+    /// `from` (on the calling thread) to its visible end, raises `positions` for the origins
+    /// found (only node `node`'s when given), and returns the cursor to continue from next
+    /// time. Costs a read of what was stored after `from`.
+    pub fn origin_positions_since(
+        &self,
+        node: Option<u64>,
+        from: &Cursor,
+        positions: &mut HashMap<(u64, u16), u64>,
+    ) -> Result<Cursor, Error> {
+        /// Records and bytes asked for per read.
+        const READ_EVENTS: usize = 4096;
+        const READ_BYTES: usize = 4 << 20;
+        if self.shut_down {
+            return Err(Error::Closed);
+        }
+        let n = self.shards.len();
+        if let Some(bad) = from.shards().find(|s| usize::from(s.0) >= n) {
+            return Err(Error::Cursor(format!(
+                "shard {bad} does not exist on this bus ({n} shards)"
+            )));
+        }
+        let mut next = from.clone();
+        for s in 0..n {
+            let shard = ShardId::from_index(s);
+            let mut reader = self.shard_reader(shard)?;
+            let mut at = from.next_seq(shard).0;
+            loop {
+                let batch = reader
+                    .read(at, READ_EVENTS, READ_BYTES)
+                    .map_err(|source| Error::Storage { shard, source })?;
+                for o in batch.records.iter().filter_map(|r| r.origin) {
+                    if node.is_none_or(|n| n == o.node) {
+                        let end = positions.entry((o.node, o.shard)).or_insert(0);
+                        *end = (*end).max(o.seq.saturating_add(1));
+                    }
+                }
+                // An empty read at the same position is the visible end (gaps and removed
+                // ranges are passed over by `next`).
+                if batch.records.is_empty() && batch.next <= at {
+                    break;
+                }
+                at = batch.next;
+            }
+            next.set(shard, Seq(at))?;
+        }
+        Ok(next)
     }
 
     /// Registers a consumer of `shard`'s completed batches (see [`BatchConsumer`]); `name`
@@ -733,6 +804,7 @@ impl Bus {
                                 seq: Seq(r.seq),
                             },
                             ts_ns: r.ts_ns,
+                            origin: r.origin,
                             payload: r.payload,
                         })
                         .collect();

@@ -1,7 +1,8 @@
 //! The ingest pipeline of a shard, as one reactor component: lanes → batch → log.
 //!
 //! It drains the lanes round robin into the log's open batch, stamps each event with the
-//! shard's timestamp (the log gives the sequence number), and submits the batch when it is
+//! shard's timestamp (the log gives the sequence number; an origin lane's events are appended
+//! with the origin their entry starts with), and submits the batch when it is
 //! full, when the lanes ran dry, when its oldest event waited `linger_us`, or at shutdown —
 //! as soon as the log can take it (one write in flight at a time, a sync overlapping the next
 //! write). Completions publish the watermarks and counters, advance each lane's persisted and
@@ -18,13 +19,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use hdrhistogram::Histogram;
+use net_storage::record::split_origin;
 use net_storage::{Log, Push, StorageError};
 
 use crate::clock::{TimestampGenerator, monotonic_ns, realtime_ns};
 use crate::config::FsyncPolicy;
 use crate::consumer::Consumers;
 use crate::control::ShardShared;
-use crate::lane::LaneReader;
+use crate::lane::{LaneKind, LaneReader};
 use crate::reactor::{Component, Cx, Queue, Source};
 use crate::stats::ShardFailure;
 
@@ -272,13 +274,26 @@ impl Ingest {
             failure,
             ..
         } = self;
+        let kind = lanes[i].reader.lane.kind;
         let (mut full, mut lost, mut refused) = (false, 0u64, 0u64);
-        let got = lanes[i].reader.drain(room, bytes_max, |sent, payload| {
+        let got = lanes[i].reader.drain(room, bytes_max, |sent, entry| {
             if failure.is_some() {
                 lost += 1;
                 return true;
             }
-            match log.push(ts.stamp(), payload) {
+            let pushed = match kind {
+                LaneKind::Plain => log.push(ts.stamp(), entry),
+                LaneKind::Origin => match split_origin(entry) {
+                    Some((origin, payload)) => log.push_with_origin(ts.stamp(), &origin, payload),
+                    // Our writers encode the block; a malformed one is that event's problem
+                    // (defence in depth, like an oversized payload below): drop it.
+                    None => {
+                        refused += 1;
+                        return true;
+                    }
+                },
+            };
+            match pushed {
                 Ok(Push::Staged(_)) => {
                     send_ns.push_back(sent);
                     true

@@ -6,7 +6,8 @@
 //! appends the batch to its RedEX log with one write, group-committed by an `fdatasync` linked
 //! behind it; completed batches go to the shard's batch consumers; [`Bus::poll`] reads events
 //! back by [`Cursor`] on the caller's thread. No lock, allocation or syscall per event on
-//! that path.
+//! that path. Events mirrored from another node's log keep their [`Origin`]: a
+//! [`MirrorProducer`] sends them the same way, and [`Event::origin`] returns it.
 
 mod bus;
 mod clock;
@@ -22,6 +23,7 @@ mod json;
 mod lane;
 mod mesh;
 mod mesh_shard;
+mod mirror;
 mod notify;
 mod poll;
 mod producer;
@@ -42,7 +44,10 @@ pub use cursor::Cursor;
 pub use error::{Error, SendError};
 pub use ids::{EventId, Seq, ShardId};
 pub use mesh::{Inbox, MeshMessage, MeshShardStats, MeshStats, Peer, PeerSendError, PeerStats};
-pub use net_storage::{AppendedBatch, AppendedRecord, LogView, ReadBatch, Reader, StorageError};
+pub use mirror::MirrorProducer;
+pub use net_storage::{
+    AppendedBatch, AppendedRecord, LogView, ORIGIN_BYTES, Origin, ReadBatch, Reader, StorageError,
+};
 pub use net_transport::identity::{Identity, NodeId, Psk};
 pub use net_transport::stats::{CountersSnapshot as MeshCounters, DropCause};
 pub use poll::{Event, PollResponse};

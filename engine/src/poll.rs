@@ -6,6 +6,7 @@
 //! (v0.10 returned "no cursor", which callers took as "start over").
 
 use bytes::Bytes;
+use net_storage::Origin;
 
 use crate::cursor::Cursor;
 use crate::ids::{EventId, Seq, ShardId};
@@ -17,6 +18,9 @@ pub struct Event {
     pub id: EventId,
     /// The shard's timestamp, nanoseconds since the Unix epoch.
     pub ts_ns: u64,
+    /// Where the event came from, for one sent with its origin ([`crate::MirrorProducer`]);
+    /// `None` for one sent by a [`crate::Producer`].
+    pub origin: Option<Origin>,
     /// The payload, byte for byte as sent.
     pub payload: Bytes,
 }
@@ -88,6 +92,7 @@ mod tests {
                 seq: Seq(seq),
             },
             ts_ns: 0,
+            origin: None,
             payload: Bytes::new(),
         }
     }

@@ -18,7 +18,7 @@ use crate::clock::monotonic_ns;
 use crate::config::Backpressure;
 use crate::error::SendError;
 use crate::ids::ShardId;
-use crate::lane::{DropOldest, Lane, LaneWriter};
+use crate::lane::{DropOldest, Lane, LaneMsg, LaneWriter};
 
 /// What happened to an accepted event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,10 +55,35 @@ pub struct Producer {
 
 impl Drop for Producer {
     fn drop(&mut self) {
-        for w in &self.writers {
-            w.lane.producer_gone.store(true, Ordering::Release);
-        }
+        release_lanes(&self.writers);
     }
+}
+
+/// A producer's handle is gone: once drained and durable, the shards retire its lanes and
+/// free their rings.
+pub(crate) fn release_lanes(writers: &[LaneWriter]) {
+    for w in writers {
+        w.lane.producer_gone.store(true, Ordering::Release);
+    }
+}
+
+/// Refuses a payload larger than `max`.
+pub(crate) fn check_len(len: usize, max: usize) -> Result<(), SendError> {
+    if len > max {
+        return Err(SendError::TooLarge { len, max });
+    }
+    Ok(())
+}
+
+/// The lane of shard `shard` among `writers` (one per shard).
+pub(crate) fn lane_of(
+    writers: &mut [LaneWriter],
+    shard: usize,
+) -> Result<&mut LaneWriter, SendError> {
+    let shards = writers.len();
+    writers
+        .get_mut(shard)
+        .ok_or(SendError::NoSuchShard { shard, shards })
 }
 
 /// The unbiased map of a 64-bit hash onto `n` shards (Lemire's multiply-shift).
@@ -128,12 +153,7 @@ impl Producer {
     /// Sends an event to shard `shard` (`0..shards`; another index is
     /// `SendError::NoSuchShard`).
     pub fn send_to(&mut self, shard: usize, payload: &[u8]) -> Result<Sent, SendError> {
-        if shard >= self.writers.len() {
-            return Err(SendError::NoSuchShard {
-                shard,
-                shards: self.writers.len(),
-            });
-        }
+        lane_of(&mut self.writers, shard)?;
         self.send_to_stamped(shard, payload, None)
     }
 
@@ -164,10 +184,8 @@ impl Producer {
         let send_ns = monotonic_ns();
         let (mode, n) = (self.mode, self.writers.len());
         for (i, (key, payload)) in events.into_iter().enumerate() {
-            if payload.len() > self.payload_bytes_max {
-                let max = self.payload_bytes_max;
-                let len = payload.len();
-                out.refused.push((i, SendError::TooLarge { len, max }));
+            if let Err(e) = check_len(payload.len(), self.payload_bytes_max) {
+                out.refused.push((i, e));
                 continue;
             }
             let shard = shard_for_key(key, n);
@@ -176,7 +194,7 @@ impl Producer {
                 w.enter_window();
                 self.touched[shard] = true;
             }
-            match send_in_window(w, mode, send_ns, payload, Publish::Later) {
+            match send_in_window(w, mode, send_ns, LaneMsg::plain(payload), Publish::Later) {
                 Ok(Sent::Queued) => out.queued += 1,
                 Ok(Sent::Dropped) => out.dropped += 1,
                 Err(e) => out.refused.push((i, e)),
@@ -198,23 +216,32 @@ impl Producer {
         payload: &[u8],
         origin_ns: Option<u64>,
     ) -> Result<Sent, SendError> {
-        if payload.len() > self.payload_bytes_max {
-            return Err(SendError::TooLarge {
-                len: payload.len(),
-                max: self.payload_bytes_max,
-            });
-        }
+        check_len(payload.len(), self.payload_bytes_max)?;
         let send_ns = origin_ns.unwrap_or_else(monotonic_ns);
-        let mode = self.mode;
-        let w = &mut self.writers[shard];
-        w.enter_window();
-        let result = send_in_window(w, mode, send_ns, payload, Publish::Now);
-        w.leave_window();
-        if result == Ok(Sent::Queued) {
-            w.lane.signal.wake_if_parked();
-        }
-        result
+        send_now(
+            &mut self.writers[shard],
+            self.mode,
+            send_ns,
+            LaneMsg::plain(payload),
+        )
     }
+}
+
+/// Sends one record into `w` and publishes it at once, under `mode`, inside the lane's window
+/// (see the module docs); wakes the shard if it parked.
+pub(crate) fn send_now(
+    w: &mut LaneWriter,
+    mode: Backpressure,
+    send_ns: u64,
+    msg: LaneMsg<'_>,
+) -> Result<Sent, SendError> {
+    w.enter_window();
+    let result = send_in_window(w, mode, send_ns, msg, Publish::Now);
+    w.leave_window();
+    if result == Ok(Sent::Queued) {
+        w.lane.signal.wake_if_parked();
+    }
+    result
 }
 
 /// How a send hands its record to the lane.
@@ -230,7 +257,7 @@ fn send_in_window(
     w: &mut LaneWriter,
     mode: Backpressure,
     send_ns: u64,
-    payload: &[u8],
+    msg: LaneMsg<'_>,
     publish: Publish,
 ) -> Result<Sent, SendError> {
     if w.is_closed() {
@@ -245,7 +272,7 @@ fn send_in_window(
             return Ok(Sent::Dropped);
         }
     }
-    let need = w.bytes_needed(payload.len());
+    let need = w.bytes_needed(msg.len());
     if !w.has_room(need) {
         if publish == Publish::Later {
             // What this batch staged must reach the shard before anyone waits for room.
@@ -266,8 +293,8 @@ fn send_in_window(
         }
     }
     match publish {
-        Publish::Now => w.write(send_ns, payload),
-        Publish::Later => w.stage(send_ns, payload),
+        Publish::Now => w.write(send_ns, msg),
+        Publish::Later => w.stage(send_ns, msg),
     }
     Ok(Sent::Queued)
 }

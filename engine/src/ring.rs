@@ -314,8 +314,21 @@ impl RingWriter {
     /// [`RingWriter::publish`] (a batch of entries costs one publication). The caller checked
     /// `has_room(bytes_needed(..))`.
     pub(crate) fn stage(&mut self, aux: u64, payload: &[u8]) {
+        self.stage_parts(aux, &[], payload);
+    }
+
+    /// [`RingWriter::stage`] of an entry whose payload is `head` followed by `body`, copied
+    /// straight into the ring (a lane's origin block and payload: no buffer in between).
+    /// `head` is whole words long, so `body` starts on a word. The caller checked
+    /// `has_room(bytes_needed(head.len() + body.len()))`.
+    pub(crate) fn stage_parts(&mut self, aux: u64, head: &[u8], body: &[u8]) {
+        debug_assert!(
+            head.len().is_multiple_of(WORD_BYTES),
+            "the first part is whole words"
+        );
         let ring = &*self.ring;
-        let size = entry_bytes(payload.len());
+        let payload_len = head.len() + body.len();
+        let size = entry_bytes(payload_len);
         let off = ring.offset(self.head);
         if off + size > ring.capacity_bytes {
             let pad = ring.capacity_bytes - off;
@@ -324,13 +337,15 @@ impl RingWriter {
             self.head += pad;
         }
         debug_assert!(self.head + size - self.tail_cache <= ring.capacity_bytes);
-        let len = payload.len() as u64;
+        let len = payload_len as u64;
         debug_assert!(len <= LEN_MASK, "payload length fits the header");
         ring.word(self.head)
             .store(KIND_ENTRY | len, Ordering::Relaxed);
         ring.word(self.head + WORD_BYTES as u64)
             .store(aux, Ordering::Relaxed);
-        ring.copy_in(self.head + ENTRY_OVERHEAD_BYTES as u64, payload);
+        let at = self.head + ENTRY_OVERHEAD_BYTES as u64;
+        ring.copy_in(at, head);
+        ring.copy_in(at + head.len() as u64, body);
         self.head += size;
     }
 
@@ -625,6 +640,26 @@ mod tests {
         assert!(r.is_empty());
         assert_eq!(r.pos(), ring.head());
         assert_eq!(w.fill_bytes(), 0);
+    }
+
+    #[test]
+    fn two_part_entries_read_back_as_one_payload_and_wrap() {
+        let (_ring, mut w, mut r) = ring(256);
+        let mut expect = Vec::new();
+        for i in 0..100u64 {
+            let head = [u8::try_from(i).unwrap(); 24];
+            let body = vec![u8::try_from(i + 1).unwrap(); usize::try_from(i % 13).unwrap()];
+            let need = w.bytes_needed(head.len() + body.len());
+            if !w.has_room(need) {
+                assert_eq!(collect(&mut r), expect);
+                expect.clear();
+                assert!(w.has_room(need));
+            }
+            w.stage_parts(i, &head, &body);
+            w.publish();
+            expect.push((i, [&head[..], &body[..]].concat()));
+        }
+        assert_eq!(collect(&mut r), expect);
     }
 
     #[test]

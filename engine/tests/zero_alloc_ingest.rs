@@ -1,5 +1,6 @@
 //! After warm-up, ingesting 100 000 events until they are persisted allocates nothing, on any
-//! thread (producer and shards), counted by a global allocator. A segment roll allocates a
+//! thread (producer and shards), counted by a global allocator; so does mirroring 100 000
+//! events with their origin. A segment roll allocates a
 //! few small objects (the new segment's index and map entry, the sealed index's bytes): a
 //! bounded number per roll, never per event or per batch.
 
@@ -8,7 +9,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use net_engine::{Bus, Config, IdleStrategy};
+use net_engine::{Bus, Config, IdleStrategy, Origin, ShardId};
 
 #[global_allocator]
 static GLOBAL: common::Counting = common::Counting;
@@ -58,6 +59,49 @@ fn ingest_to_persisted_allocates_nothing_after_warm_up() {
             allocs, 0,
             "{allocs} allocations while ingesting 100 000 events ({strategy:?})"
         );
+        assert!(!bus.shutdown(Duration::from_secs(5)).lossy);
+    }
+}
+
+/// The same for events sent with their origin (`MirrorProducer`): the origin block is written
+/// into the lane and the record in place, decoded by the shard on the stack.
+#[test]
+fn mirrored_ingest_to_persisted_allocates_nothing_after_warm_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for strategy in [IdleStrategy::Park, IdleStrategy::Spin] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config {
+            data_dir: dir.path().into(),
+            shards: Some(2),
+            pin: false,
+            ..Config::default()
+        };
+        cfg.idle.strategy = strategy;
+        let bus = Bus::start(cfg).unwrap();
+        let stats = bus.stats_handle();
+        let mut m = bus.mirror_producer().unwrap();
+        let payload = [7u8; 100];
+        let mut send = |i: u64| {
+            let origin = Origin {
+                node: 42,
+                shard: u16::try_from(i % 4).unwrap(),
+                seq: i,
+            };
+            let shard = ShardId(u16::try_from(i % 2).unwrap());
+            m.send(shard, origin, &payload).unwrap();
+        };
+        (0..20_000u64).for_each(&mut send);
+        wait_persisted(&stats, 20_000);
+
+        let before = common::ALLOCS.load(Ordering::SeqCst);
+        (20_000..120_000u64).for_each(&mut send);
+        wait_persisted(&stats, 120_000);
+        let allocs = common::ALLOCS.load(Ordering::SeqCst) - before;
+        assert_eq!(
+            allocs, 0,
+            "{allocs} allocations while mirroring 100 000 events ({strategy:?})"
+        );
+        drop(m);
         assert!(!bus.shutdown(Duration::from_secs(5)).lossy);
     }
 }

@@ -9,6 +9,7 @@
 use crate::error::{Result, StorageError};
 use crate::log::{Log, Push};
 use crate::reader::StoredRecord;
+use crate::record::Origin;
 use crate::retention::{Retention, Swept};
 use crate::uring::{Ring, Submit};
 
@@ -66,9 +67,35 @@ impl Log {
 
     /// Appends one record, writing full batches as needed, and returns its sequence number.
     pub fn append(&mut self, ts_ns: u64, payload: &[u8]) -> Result<u64> {
+        self.append_record(ts_ns, None, payload)
+    }
+
+    /// [`Log::append`] of a record that carries where it came from (see
+    /// [`Log::push_with_origin`]).
+    pub fn append_with_origin(
+        &mut self,
+        ts_ns: u64,
+        origin: &Origin,
+        payload: &[u8],
+    ) -> Result<u64> {
+        self.append_record(ts_ns, Some(origin), payload)
+    }
+
+    /// Appends one record, with an origin block when `origin` is given (what compaction
+    /// copies: a record keeps its origin).
+    pub fn append_record(
+        &mut self,
+        ts_ns: u64,
+        origin: Option<&Origin>,
+        payload: &[u8],
+    ) -> Result<u64> {
         self.with_ring(|log, ring| {
             loop {
-                match log.push(ts_ns, payload)? {
+                let pushed = match origin {
+                    Some(o) => log.push_with_origin(ts_ns, o, payload)?,
+                    None => log.push(ts_ns, payload)?,
+                };
+                match pushed {
                     Push::Staged(seq) => return Ok(seq),
                     Push::Full if log.open_events() > 0 => log.submit_waiting(ring, false)?,
                     Push::Full => log.wait_once(ring)?,

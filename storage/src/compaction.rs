@@ -1,5 +1,6 @@
 //! Compaction: rewriting a shard's log into a fresh set of full-size segments (merging small or
-//! partly retained ones), keeping every record, its sequence number and timestamp.
+//! partly retained ones), keeping every record, its sequence number, timestamp, origin block
+//! (for a mirrored record) and payload byte for byte.
 //!
 //! The new set is written under a temporary name, made durable, and only then put in place by
 //! one atomic step: `rename` for [`compact_to`] (the destination must not exist) and
@@ -171,7 +172,7 @@ fn write_copy(src: &Path, tmp: &Path, cfg: LogConfig, fault: Option<Fault>) -> R
                 // An accepted gap in the source: the copy keeps it.
                 to.skip_to(r.seq)?;
             }
-            let seq = to.append(r.ts_ns, &r.payload)?;
+            let seq = to.append_record(r.ts_ns, r.origin.as_ref(), &r.payload)?;
             assert_eq!(seq, r.seq, "compaction keeps sequence numbers");
             next = r.seq + 1;
             records += 1;

@@ -43,8 +43,10 @@ impl DumpReport {
 }
 
 /// Prints the records of the shards `path` names, in (shard, seq) order, one JSON object per
-/// line: `{"shard":S,"seq":N,"ts":T,"len":L,"payload_b64":"..."}` (standard base64). Every
-/// record is verified; damage ends that shard's output and is reported. Fails if `path` names
+/// line: `{"shard":S,"seq":N,"ts":T,"len":L,"payload_b64":"..."}` (standard base64; `len` is
+/// the payload's length), with `"origin":{"node":N,"shard":S,"seq":Q}` after `len` for a
+/// record that carries an origin. Every record is verified; damage ends that shard's output
+/// and is reported. Fails if `path` names
 /// no such shard or `out` fails.
 pub fn dump(path: &Path, opts: &DumpOptions, out: &mut dyn Write) -> Result<DumpReport> {
     let mut shards = shard_dirs(path)?;
@@ -187,10 +189,20 @@ impl JsonLines<'_> {
         self.b64.clear();
         base64::engine::general_purpose::STANDARD.encode_string(payload, &mut self.b64);
         // Every value is a number or base64 text, so nothing needs JSON escaping.
-        writeln!(
+        write!(
             self.out,
-            r#"{{"shard":{shard},"seq":{},"ts":{},"len":{},"payload_b64":"{}"}}"#,
-            h.seq, h.ts_ns, h.len, self.b64
-        )
+            r#"{{"shard":{shard},"seq":{},"ts":{},"len":{},"#,
+            h.seq,
+            h.ts_ns,
+            payload.len()
+        )?;
+        if let Some(o) = h.origin {
+            write!(
+                self.out,
+                r#""origin":{{"node":{},"shard":{},"seq":{}}},"#,
+                o.node, o.shard, o.seq
+            )?;
+        }
+        writeln!(self.out, r#""payload_b64":"{}"}}"#, self.b64)
     }
 }

@@ -43,6 +43,7 @@ pub use log::{
     Ack, AppendedBatch, AppendedRecord, Completed, Log, LogConfig, Push, SEGMENT_BYTES_MIN,
 };
 pub use reader::{READ_CHUNK_BYTES, READ_DEPTH, ReadBatch, Reader, StoredRecord};
+pub use record::{ORIGIN_BYTES, Origin};
 pub use recovery::Recovery;
 pub use retention::{Retention, Swept};
 pub use uring::{LOG_TAG_LIMIT, Ring, Submit, spread_workers};

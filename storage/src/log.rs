@@ -41,7 +41,10 @@ use io_uring::{opcode, squeue, types};
 
 use crate::buffer::BLOCK_BYTES;
 use crate::error::{Result, StorageError};
-use crate::record::{self, FLAG_BATCH_FIRST, RECORD_HEADER_BYTES, RecordMeta, record_bytes};
+use crate::record::{
+    self, FLAG_BATCH_FIRST, FLAG_ORIGIN, ORIGIN_BYTES, Origin, RECORD_HEADER_BYTES, RecordMeta,
+    record_bytes,
+};
 use crate::roll::{ManifestWriter, Sealing};
 use crate::segment::{self, SEGMENT_BYTES_MAX, SEGMENT_HEADER_BYTES, SegmentHeader};
 use crate::stage::Stage;
@@ -127,7 +130,9 @@ impl LogConfig {
         }
     }
 
-    /// The largest payload that fits a batch and a segment.
+    /// The largest payload that fits a batch and a segment. For a record with an origin
+    /// ([`Log::push_with_origin`]) the limit applies to the origin block and the payload
+    /// together.
     pub fn payload_bytes_max(&self) -> usize {
         let segment_room = usize::try_from(
             self.segment_bytes
@@ -207,27 +212,20 @@ pub struct AppendedRecord<'a> {
     pub seq: u64,
     /// The shard's timestamp, nanoseconds since the Unix epoch.
     pub ts_ns: u64,
-    /// The payload as sent.
+    /// Where the record came from, if it was appended with [`Log::push_with_origin`].
+    pub origin: Option<Origin>,
+    /// The payload as sent (without the origin block).
     pub payload: &'a [u8],
 }
 
 impl<'a> AppendedBatch<'a> {
     /// Records in sequence order.
     pub fn records(&self) -> impl Iterator<Item = AppendedRecord<'a>> + 'a {
-        let bytes = self.bytes;
-        let mut pos = 0usize;
+        let mut rest = self.bytes;
         std::iter::from_fn(move || {
-            let head = bytes.get(pos..pos + RECORD_HEADER_BYTES)?;
-            let len = usize::try_from(u32::from_le_bytes(head[0..4].try_into().ok()?)).ok()?;
-            let seq = u64::from_le_bytes(head[16..24].try_into().ok()?);
-            let ts_ns = u64::from_le_bytes(head[24..32].try_into().ok()?);
-            let payload = &bytes[pos + RECORD_HEADER_BYTES..pos + RECORD_HEADER_BYTES + len];
-            pos += RECORD_HEADER_BYTES + len;
-            Some(AppendedRecord {
-                seq,
-                ts_ns,
-                payload,
-            })
+            let (record, len) = parse_staged(rest)?;
+            rest = &rest[len..];
+            Some(record)
         })
     }
 
@@ -240,6 +238,30 @@ impl<'a> AppendedBatch<'a> {
     pub fn is_empty(&self) -> bool {
         self.first_seq == self.end_seq
     }
+}
+
+/// The record at the start of `src`, which this log encoded into a stage (no checksum or
+/// reserved-byte check: the bytes never left this process), and its length; `None` if `src`
+/// is shorter than the record its header announces.
+fn parse_staged(src: &[u8]) -> Option<(AppendedRecord<'_>, usize)> {
+    let head = src.get(..RECORD_HEADER_BYTES)?;
+    let word = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"));
+    let half = |at: usize| u32::from_le_bytes(head[at..at + 4].try_into().expect("4 bytes"));
+    let len = usize::try_from(half(0)).ok()?;
+    let body = src.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len)?;
+    let (origin, payload) = if half(8) & FLAG_ORIGIN != 0 {
+        let block = body.get(..ORIGIN_BYTES)?;
+        (Some(Origin::fields(block)), &body[ORIGIN_BYTES..])
+    } else {
+        (None, body)
+    };
+    let record = AppendedRecord {
+        seq: word(16),
+        ts_ns: word(24),
+        origin,
+        payload,
+    };
+    Some((record, RECORD_HEADER_BYTES + len))
 }
 
 /// A sealed segment's extent, for retention.
@@ -427,15 +449,43 @@ impl Log {
 
     /// Stages one record into the open batch.
     pub fn push(&mut self, ts_ns: u64, payload: &[u8]) -> Result<Push> {
+        self.push_record(ts_ns, None, payload)
+    }
+
+    /// Stages one record that carries where it came from (see [`crate::record`]): its
+    /// origin block goes before the payload, and readers return it as the record's origin.
+    /// The payload limit ([`LogConfig::payload_bytes_max`]) applies to the block and the
+    /// payload together.
+    pub fn push_with_origin(
+        &mut self,
+        ts_ns: u64,
+        origin: &Origin,
+        payload: &[u8],
+    ) -> Result<Push> {
+        self.push_record(ts_ns, Some(origin), payload)
+    }
+
+    /// Stages one record, with an origin block when `origin` is given.
+    fn push_record(&mut self, ts_ns: u64, origin: Option<&Origin>, payload: &[u8]) -> Result<Push> {
         self.check_poison()?;
         let max = self.cfg.payload_bytes_max();
-        if payload.len() > max {
+        let body = record::origin_block_bytes(origin.is_some()) + payload.len();
+        if body > max {
+            let what = match origin {
+                None => format!("{} bytes exceeds the maximum {max}", payload.len()),
+                Some(_) => format!(
+                    "{} bytes plus the {ORIGIN_BYTES}-byte origin block exceeds the maximum \
+                     {max} (at most {} bytes of payload with an origin)",
+                    payload.len(),
+                    max.saturating_sub(ORIGIN_BYTES)
+                ),
+            };
             return Err(StorageError::Invalid {
                 field: "payload",
-                what: format!("{} bytes exceeds the maximum {max}", payload.len()),
+                what,
             });
         }
-        let rec = record_bytes(payload.len());
+        let rec = record_bytes(body);
         if self.open_events == self.cfg.batch_events_max
             || self.open_record_bytes + rec > self.cfg.batch_bytes_max
         {
@@ -464,7 +514,9 @@ impl Log {
             flags: if first { FLAG_BATCH_FIRST } else { 0 },
             committed: 0,
         };
-        stage.append_with(rec, |dst| record::encode(dst, &meta, payload));
+        stage.append_with(rec, |dst| {
+            record::encode_record(dst, &meta, origin, payload)
+        });
         if first {
             self.open_first = Some(at);
         }

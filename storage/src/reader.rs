@@ -48,7 +48,11 @@ pub struct StoredRecord {
     pub seq: u64,
     /// The shard's timestamp, nanoseconds since the Unix epoch.
     pub ts_ns: u64,
-    /// The payload, byte for byte as appended.
+    /// Where the record came from, if it was appended with an origin
+    /// ([`crate::Log::push_with_origin`]).
+    pub origin: Option<crate::record::Origin>,
+    /// The payload, byte for byte as appended (without the origin block; a slice of the
+    /// bytes read, not a copy).
     pub payload: Bytes,
 }
 
@@ -327,7 +331,8 @@ impl Reader {
                 out.push(StoredRecord {
                     seq: h.seq,
                     ts_ns: h.ts_ns,
-                    payload: rec.slice(RECORD_HEADER_BYTES..),
+                    origin: h.origin,
+                    payload: rec.slice(h.payload_offset()..),
                 });
                 events += 1;
                 bytes += h.record_bytes();

@@ -20,7 +20,9 @@
 use std::io;
 
 use crate::index::IndexEntry;
-use crate::record::{self, DecodeError, FLAG_BATCH_FIRST, RECORD_HEADER_BYTES, RecordHeader};
+use crate::record::{
+    self, DecodeError, FLAG_BATCH_FIRST, FLAGS_KNOWN, RECORD_HEADER_BYTES, RecordHeader,
+};
 use crate::segment::{SEGMENT_HEADER_BYTES, SegmentHeader};
 
 /// Bytes read from the file at a time (more when one record is larger).
@@ -196,7 +198,8 @@ impl Scan {
 }
 
 /// Scans the segment `base` of `shard` held by `src` (of `len` bytes); `on_record` sees every
-/// valid in-sequence record with its offset and payload, and returns false to stop the scan
+/// valid in-sequence record with its offset and payload (past the origin block of a record
+/// that has one; the header carries the decoded origin), and returns false to stop the scan
 /// there (the result then covers the records seen). I/O errors are the only errors; damage
 /// is in the result.
 pub fn scan<R: ReadAt + ?Sized>(
@@ -240,8 +243,8 @@ pub fn scan<R: ReadAt + ?Sized>(
         let expected = base.saturating_add(s.records);
         match step(&mut win, pos, expected)? {
             Step::Record(h) => {
-                let payload_at = pos + RECORD_HEADER_BYTES as u64;
-                let payload = win.get(payload_at, h.len as usize)?;
+                let payload_at = pos + h.payload_offset() as u64;
+                let payload = win.get(payload_at, h.payload_len())?;
                 let go_on = on_record(&h, pos, payload);
                 if h.is_batch_first() {
                     let end = base.saturating_add(u64::from(h.committed));
@@ -334,19 +337,19 @@ fn step<R: ReadAt + ?Sized>(win: &mut Window<'_, R>, pos: u64, expected: u64) ->
             "record header cut short: {n} of {RECORD_HEADER_BYTES} bytes"
         )));
     }
-    let Some(payload_len) = record::announced_len(head) else {
+    let Some(body_len) = record::announced_len(head) else {
         return Ok(Step::Damaged(format!(
             "length {} is over the maximum {}",
             u32::from_le_bytes(head[..4].try_into().expect("4 bytes")),
             record::RECORD_PAYLOAD_BYTES_MAX
         )));
     };
-    let total = RECORD_HEADER_BYTES + payload_len;
+    let total = RECORD_HEADER_BYTES + body_len;
     let bytes = win.get(pos, total)?;
     if bytes.len() < total {
         let got = bytes.len().saturating_sub(RECORD_HEADER_BYTES);
         return Ok(Step::Damaged(format!(
-            "record of {payload_len} payload bytes cut short after {got}"
+            "record body of {body_len} bytes cut short after {got}"
         )));
     }
     Ok(match record::decode(bytes) {
@@ -355,10 +358,8 @@ fn step<R: ReadAt + ?Sized>(win: &mut Window<'_, R>, pos: u64, expected: u64) ->
             "record has seq {} where seq {expected} belongs",
             h.seq
         )),
-        Err(DecodeError::Checksum { stored, computed }) => Step::Damaged(format!(
-            "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
-        )),
-        Err(e) => Step::Damaged(format!("not a record: {e:?}")),
+        Err(e @ DecodeError::Checksum { .. }) => Step::Damaged(e.to_string()),
+        Err(e) => Step::Damaged(format!("not a record: {e}")),
     })
 }
 
@@ -423,7 +424,6 @@ fn find_batch<R: ReadAt + ?Sized>(
     from: u64,
     min_seq: u64,
 ) -> io::Result<Option<(u64, u64)>> {
-    let flag = FLAG_BATCH_FIRST.to_le_bytes();
     let mut at = from;
     while at + RECORD_HEADER_BYTES as u64 <= win.len {
         let chunk = win.get(at, WINDOW_BYTES.max(RECORD_HEADER_BYTES))?;
@@ -431,7 +431,9 @@ fn find_batch<R: ReadAt + ?Sized>(
         let mut hit = None;
         for i in 0..=n.saturating_sub(RECORD_HEADER_BYTES) {
             let h = &chunk[i..i + RECORD_HEADER_BYTES];
-            if h[8..12] != flag {
+            // A batch's first record may carry other known flags too (an origin).
+            let flags = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+            if flags & FLAG_BATCH_FIRST == 0 || flags & !FLAGS_KNOWN != 0 {
                 continue;
             }
             let seq = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
@@ -470,13 +472,21 @@ fn peek_seq<R: ReadAt + ?Sized>(win: &mut Window<'_, R>, at: u64) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{RecordMeta, encode, record_bytes};
+    use crate::record::{Origin, RecordMeta, encode_record, origin_block_bytes, record_bytes};
 
     const BASE: u64 = 100;
 
     /// A segment of `batches` (each a list of payload sizes), batch-first records stamped with
     /// `committed` as the writer would (everything before the batch, here).
     fn segment(batches: &[&[usize]]) -> (Vec<u8>, Vec<u64>) {
+        segment_with(batches, |_| None)
+    }
+
+    /// [`segment`], where the record of each seq carries the origin `origin(seq)` gives.
+    fn segment_with(
+        batches: &[&[usize]],
+        origin: impl Fn(u64) -> Option<Origin>,
+    ) -> (Vec<u8>, Vec<u64>) {
         let mut bytes = vec![0u8; SEGMENT_HEADER_BYTES];
         SegmentHeader {
             shard: 1,
@@ -488,14 +498,16 @@ mod tests {
             let committed = u32::try_from(seq - BASE).unwrap();
             for (i, &n) in batch.iter().enumerate() {
                 let at = bytes.len();
-                bytes.resize(at + record_bytes(n), 0);
+                let o = origin(seq);
+                bytes.resize(at + record_bytes(origin_block_bytes(o.is_some()) + n), 0);
                 let meta = RecordMeta {
                     seq,
                     ts_ns: seq * 10,
                     flags: if i == 0 { FLAG_BATCH_FIRST } else { 0 },
                     committed: if i == 0 { committed } else { 0 },
                 };
-                encode(&mut bytes[at..], &meta, &vec![seq.to_le_bytes()[0]; n]);
+                let payload = vec![seq.to_le_bytes()[0]; n];
+                encode_record(&mut bytes[at..], &meta, o.as_ref(), &payload);
                 offsets.push(at as u64);
                 seq += 1;
             }
@@ -538,6 +550,70 @@ mod tests {
         assert_eq!(d.later.resumes_at, Some(offsets[2]));
         assert_eq!(d.later.committed_end, Some(BASE + 4));
         assert_eq!(d.later.seq_end, Some(BASE + 5));
+    }
+
+    #[test]
+    fn records_with_an_origin_scan_with_their_payload_and_are_found_beyond_damage() {
+        // Every record carries an origin, so every batch starts with a record flagged
+        // BATCH_FIRST | ORIGIN: the search beyond damage must still find it.
+        let origin = |seq: u64| {
+            Some(Origin {
+                node: 9,
+                shard: 2,
+                seq: seq * 3,
+            })
+        };
+        let (mut bytes, offsets) = segment_with(&[&[10, 20], &[30, 40], &[50]], origin);
+        let mut seen = Vec::new();
+        let s = scan(
+            &bytes[..],
+            bytes.len() as u64,
+            1,
+            BASE,
+            256,
+            &mut |h, _, p| {
+                seen.push((h.seq, h.origin, p.to_vec()));
+                true
+            },
+        )
+        .unwrap();
+        assert!(s.damage.is_none(), "{:?}", s.damage);
+        assert_eq!(seen.len(), 5);
+        for (i, (seq, o, p)) in seen.iter().enumerate() {
+            assert_eq!((*seq, *o), (BASE + i as u64, origin(BASE + i as u64)));
+            assert_eq!(p, &vec![seq.to_le_bytes()[0]; [10, 20, 30, 40, 50][i]]);
+        }
+        bytes[usize::try_from(offsets[1]).unwrap() + 40] ^= 1; // inside seq 101
+        let d = run(&bytes).damage.unwrap();
+        assert_eq!(d.offset, offsets[1]);
+        assert_eq!(d.later.resumes_at, Some(offsets[2]));
+        assert_eq!(d.later.committed_end, Some(BASE + 4));
+        assert_eq!(d.later.seq_end, Some(BASE + 5));
+    }
+
+    #[test]
+    fn nonzero_reserved_origin_bytes_are_damage() {
+        let origin = |_| {
+            Some(Origin {
+                node: 1,
+                shard: 1,
+                seq: 1,
+            })
+        };
+        let (mut bytes, offsets) = segment_with(&[&[10, 20], &[30]], origin);
+        let at = usize::try_from(offsets[1]).unwrap();
+        bytes[at + crate::record::RECORD_HEADER_BYTES + 20] = 1; // a reserved byte of seq 101
+        let total = record_bytes(crate::record::ORIGIN_BYTES + 20);
+        let crc = crc32c::crc32c_append(
+            crc32c::crc32c(&bytes[at + 8..at + 32]),
+            &bytes[at + 32..at + total],
+        );
+        bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        let s = run(&bytes);
+        let d = s.damage.unwrap();
+        assert_eq!((s.records, d.offset), (1, offsets[1]));
+        assert!(d.what.contains("reserved"), "{}", d.what);
+        assert_eq!(d.later.resumes_at, Some(offsets[2]));
     }
 
     #[test]
