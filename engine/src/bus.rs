@@ -113,6 +113,71 @@ struct MeshBus {
     /// indices (which the steering program returns) shift if a member closes, so a shard
     /// that dies must not take its socket out of the group.
     _group: Vec<std::os::fd::OwnedFd>,
+    /// Subscriptions: the key tokens are signed with, the admission the shards share, the
+    /// stats registry, the subscriber's stream limits.
+    signing_key: net_transport::token::SigningKey,
+    admission: Arc<crate::mesh_stream::Admission>,
+    registry: Arc<crate::mesh_stream::StreamRegistry>,
+    recv_limits: net_transport::stream::RecvLimits,
+    /// The log reader thread: its control, the rings it takes at start, its handle.
+    streamer: Arc<crate::streamer::StreamerControl>,
+    streamer_rings: Mutex<Vec<(crate::ring::RingReader, crate::ring::RingWriter)>>,
+    streamer_thread: Mutex<Option<JoinHandle<()>>>,
+    frame_max: usize,
+    describe_nonce: AtomicU64,
+}
+
+impl MeshBus {
+    /// Starts the log reader thread once the shards' logs are open.
+    fn start_streamer(&self, shards: &[ShardHandle]) -> Result<(), Error> {
+        let rings = std::mem::take(
+            &mut *self
+                .streamer_rings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let parts = rings
+            .into_iter()
+            .zip(shards)
+            .map(
+                |((requests, responses), shard)| crate::streamer::StreamerShard {
+                    requests,
+                    responses,
+                    reader: shard.view.reader(),
+                    signal: shard.shared.signal.clone(),
+                    scratch: Vec::with_capacity(self.frame_max + 1),
+                },
+            )
+            .collect();
+        let control = self.streamer.clone();
+        let frame_max = self.frame_max;
+        let handle = std::thread::Builder::new()
+            .name("net-mesh-reader".into())
+            .spawn(move || crate::streamer::run(parts, control, frame_max))
+            .map_err(|e| Error::Start {
+                shard: 0,
+                what: format!("the mesh's log reader thread: {e}"),
+            })?;
+        *self
+            .streamer_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(())
+    }
+
+    /// Stops the log reader thread.
+    fn stop_streamer(&self) {
+        self.streamer.stop.store(true, Ordering::Release);
+        self.streamer.wake.notify();
+        if let Some(h) = self
+            .streamer_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = h.join();
+        }
+    }
 }
 
 /// Reads the mesh's identity and PSK and binds every shard's socket; returns the setups the
@@ -149,6 +214,49 @@ fn mesh_setup(
         (None, Some(path)) => Psk::load(path).map_err(|e| bad("mesh.psk_file", e.to_string()))?,
         (None, None) => return Err(bad("mesh.psk", "a PSK is required".into())),
     };
+    let signing_path = mesh
+        .signing_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("mesh").join("signing_key"));
+    if let Some(dir) = signing_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            bad(
+                "mesh.signing_key_file",
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        })?;
+    }
+    let signing_key = net_transport::token::SigningKey::load_or_generate(&signing_path)
+        .map_err(|e| bad("mesh.signing_key_file", e.to_string()))?;
+    let admission = Arc::new(crate::mesh_stream::Admission {
+        verifier: Mutex::new(net_transport::token::Verifier::new(
+            identity.node_id(),
+            signing_key.public_key(),
+            mesh.revocations_max,
+        )),
+        roster: Mutex::new(net_transport::token::Roster::new(
+            mesh.subscriptions_per_node_max,
+        )),
+    });
+    let registry = Arc::new(crate::mesh_stream::StreamRegistry::default());
+    let streamer = Arc::new(crate::streamer::StreamerControl::default());
+    let timers = net_transport::stream::StreamTimers {
+        rto_ns: mesh.stream_rto_ms.saturating_mul(1_000_000),
+        rto_max_ns: 1_000_000_000u64.max(mesh.stream_rto_ms.saturating_mul(1_000_000)),
+        ack_interval_ns: mesh.stream_ack_interval_ms.saturating_mul(1_000_000),
+        nack_interval_ns: (mesh.stream_rto_ms.saturating_mul(1_000_000) / 4).max(1_000_000),
+    };
+    let frame_max = mesh.datagram_bytes_max - net_transport::codec::DATA_OVERHEAD;
+    let recv_limits = net_transport::stream::RecvLimits {
+        window: mesh.stream_window_bytes,
+        slots: usize::try_from(mesh.stream_window_bytes / 256)
+            .unwrap_or(usize::MAX)
+            .clamp(64, 16_384),
+        slot_bytes: frame_max,
+        record_bytes_max: config.payload_bytes_max(),
+    };
+    let mut streamer_rings = Vec::with_capacity(n);
+    let shard_count = u16::try_from(n).expect("mesh shards <= 256 (config checks it)");
     let sockets = net_transport::udp::bind_group(mesh.listen, n, mesh.socket_buffer_bytes)
         .map_err(|e| bad("mesh.listen", e.to_string()))?;
     let group = sockets
@@ -202,6 +310,12 @@ fn mesh_setup(
         });
         let ring = Arc::new(crate::ring::Ring::new(mesh.inbox_bytes));
         readers.push(crate::ring::RingReader::new(ring.clone()));
+        let requests = Arc::new(crate::ring::Ring::new(64 << 10));
+        let responses = Arc::new(crate::ring::Ring::new(4 << 20));
+        streamer_rings.push((
+            crate::ring::RingReader::new(requests.clone()),
+            crate::ring::RingWriter::new(responses.clone()),
+        ));
         setups.push(MeshSetup {
             socket,
             endpoint,
@@ -210,6 +324,18 @@ fn mesh_setup(
             shared: shared.clone(),
             packet_buffers: mesh.packet_buffers,
             datagram_bytes_max: mesh.datagram_bytes_max,
+            streams: crate::mesh_shard::StreamsSetup {
+                shard: u16::try_from(i).expect("mesh shards <= 256"),
+                shards: shard_count,
+                timers,
+                admission: admission.clone(),
+                registry: registry.clone(),
+                replies_dropped: Arc::new(AtomicU64::new(0)),
+                bad_frames: Arc::new(AtomicU64::new(0)),
+            },
+            reads_out: crate::ring::RingWriter::new(requests),
+            reads_in: crate::ring::RingReader::new(responses),
+            streamer: streamer.clone(),
         });
         shards.push(shared);
     }
@@ -219,9 +345,19 @@ fn mesh_setup(
             node_id: identity.node_id(),
             shards,
             inbox: Mutex::new(Some(Inbox::new(readers, notify))),
-            message_bytes_max: ep_cfg.message_bytes_max,
+            // One byte of every message says whether it is the application's or a stream's.
+            message_bytes_max: ep_cfg.message_bytes_max - 1,
             peer_queue_bytes: mesh.peer_queue_bytes,
             _group: group,
+            signing_key,
+            admission,
+            registry,
+            recv_limits,
+            streamer,
+            streamer_rings: Mutex::new(streamer_rings),
+            streamer_thread: Mutex::new(None),
+            frame_max,
+            describe_nonce: AtomicU64::new(1),
         },
         setups,
     ))
@@ -349,6 +485,11 @@ impl Bus {
                 Err(e) => return Err(bus.abort_start(e)),
             }
         }
+        if let Some(m) = &bus.mesh
+            && let Err(e) = m.start_streamer(&bus.shards)
+        {
+            return Err(bus.abort_start(e));
+        }
         Ok(bus)
     }
 
@@ -399,6 +540,15 @@ impl Bus {
         let idle = c.idle.clone();
         let dir = shard_dir(c, shard);
         let thread_shared = shared.clone();
+        // The mesh mirrors subscribed shards into this shard's log through its own origin
+        // lane, sized for a subscription's credit window (so a window's worth fits).
+        let mirror = mesh.as_ref().map(|_| {
+            let window = c.mesh.as_ref().map_or(0, |m| m.stream_window_bytes);
+            let bytes = usize::try_from(window.saturating_mul(2))
+                .unwrap_or(usize::MAX)
+                .min(64 << 20);
+            self.lanes.origin_writer(shard, &shared, bytes)
+        });
         let (handle, rx) = executor::spawn_shard(id, cpu, move || {
             let storage = |source| Error::Storage {
                 shard: ShardId(id),
@@ -410,7 +560,7 @@ impl Bus {
             let view = log.view().clone();
             let consumers = Consumers::new(ShardId(id), counters.appended_payload_bytes.clone());
             let ingest = Ingest::new(settings, log, thread_shared.clone());
-            let mesh = mesh.map(Mesh::new);
+            let mesh = mesh.map(|m| Mesh::new(m, view.clone(), mirror));
             let shard = Shard::new(
                 id,
                 idle,
@@ -575,11 +725,38 @@ impl Bus {
             shards.push(st);
             peers.extend(p);
         }
+        let stream = |c: &crate::mesh_stream::StreamCounters| crate::mesh::StreamStats::read(c);
+        let publications = m
+            .registry
+            .publications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|c| {
+                let mut st = stream(c);
+                let end = self
+                    .shards
+                    .get(usize::from(st.shard))
+                    .map_or(0, |h| h.view.visible_end());
+                st.lag_events = end.saturating_sub(st.acked);
+                st
+            })
+            .collect();
+        let subscriptions = m
+            .registry
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|c| stream(c))
+            .collect();
         Some(MeshStats {
             node_id: m.node_id,
             shards,
             peers,
             total,
+            publications,
+            subscriptions,
         })
     }
 
@@ -592,6 +769,164 @@ impl Bus {
         Ok((self.shards.iter().enumerate())
             .map(|(i, shard)| LaneWriter::new(self.lanes.lane(i, &shard.shared, kind)))
             .collect())
+    }
+
+    /// Signs a capability token that lets node `subject` (whose static mesh key is
+    /// `subject_key`) subscribe to `shards` of this node (`None`: every shard), valid from
+    /// now for `ttl`. Hand the bytes to the subscriber; revoke with [`Bus::revoke_token`]
+    /// and the id it returns.
+    pub fn issue_token(
+        &self,
+        subject: net_transport::identity::NodeId,
+        subject_key: [u8; 32],
+        shards: Option<&[u16]>,
+        ttl: Duration,
+    ) -> Result<(u64, Vec<u8>), Error> {
+        use net_transport::token::{Actions, ShardSet, Token};
+        let m = self.mesh()?;
+        let set = match shards {
+            None => ShardSet::all(),
+            Some(list) => ShardSet::of(list).map_err(|e| Error::Mesh {
+                what: e.to_string(),
+            })?,
+        };
+        let now = crate::clock::realtime_ns() / 1_000_000_000;
+        let id = crate::clock::realtime_ns() ^ m.describe_nonce.fetch_add(1, Ordering::Relaxed);
+        let token = Token::issue(
+            &m.signing_key,
+            m.node_id,
+            subject,
+            subject_key,
+            Actions::SUBSCRIBE,
+            set,
+            id,
+            now,
+            now.saturating_add(ttl.as_secs().max(1)),
+        );
+        Ok((id, token.to_bytes().to_vec()))
+    }
+
+    /// Revokes token `id`: subscriptions it authorised end (their subscribers are told why),
+    /// and it authorises nothing more.
+    pub fn revoke_token(&self, id: u64) -> Result<(), Error> {
+        let m = self.mesh()?;
+        m.admission
+            .verifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .revoke(id)
+            .map_err(|e| Error::Mesh {
+                what: e.to_string(),
+            })?;
+        for shard in &self.shards {
+            let _ = shard.shared.send(Control::Mesh(MeshControl::RecheckTokens));
+        }
+        Ok(())
+    }
+
+    /// Asks the node at `addr` (static key `key`) how many shards it has.
+    pub fn describe_node(
+        &self,
+        addr: std::net::SocketAddr,
+        key: [u8; 32],
+        timeout: Duration,
+    ) -> Result<u16, Error> {
+        let m = self.mesh()?;
+        self.check_alive(ShardId(0))?;
+        let nonce = u32::try_from(m.describe_nonce.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff)
+            .expect("masked");
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.shards[0]
+            .shared
+            .send(Control::Mesh(MeshControl::Describe {
+                addr,
+                key,
+                nonce,
+                reply: tx,
+            }))
+            .map_err(|_| self.dead_error(ShardId(0)))?;
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(what)) => Err(Error::Mesh { what }),
+            Err(_) => Err(Error::Timeout {
+                what: format!("node at {addr} to say how many shards it has"),
+            }),
+        }
+    }
+
+    /// Subscribes to the node at `addr` (static key `key`) with `token` (issued by that
+    /// node for this one): its shards `shards` (`None`: all of them) are mirrored into this
+    /// bus, origin shard `k` into local shard `k`, each event keeping its origin (node,
+    /// shard, seq), so local consumers `poll` them. Each origin shard resumes after the
+    /// highest origin seq this bus's log already holds (found by reading the log: its cost
+    /// grows with the log), so a restart neither loses nor repeats an event. Returns the
+    /// origin shards and where each starts.
+    pub fn subscribe(
+        &self,
+        addr: std::net::SocketAddr,
+        key: [u8; 32],
+        token: &[u8],
+        shards: Option<&[u16]>,
+    ) -> Result<Vec<(u16, u64)>, Error> {
+        let m = self.mesh()?;
+        let parsed = net_transport::token::Token::parse(token).map_err(|e| Error::Mesh {
+            what: format!("the token: {e}"),
+        })?;
+        let origin = parsed.issuer();
+        let wanted: Vec<u16> = match shards {
+            Some(list) => list.to_vec(),
+            None => {
+                let n = self.describe_node(addr, key, Duration::from_secs(10))?;
+                (0..n).collect()
+            }
+        };
+        if let Some(&k) = wanted
+            .iter()
+            .find(|&&k| usize::from(k) >= self.shards.len())
+        {
+            return Err(Error::Mesh {
+                what: format!(
+                    "origin shard {k} is mirrored into local shard {k}, but this bus has {}                      shards: give it at least {} shards, or subscribe to fewer",
+                    self.shards.len(),
+                    k + 1
+                ),
+            });
+        }
+        let positions = self.origin_positions(Some(origin))?;
+        let mut started = Vec::with_capacity(wanted.len());
+        for &k in &wanted {
+            let from = positions.get(&(origin, k)).copied().unwrap_or(0);
+            let counters = Arc::new(crate::mesh_stream::StreamCounters::default());
+            let (tx, rx) = mpsc::sync_channel(1);
+            let shard = usize::from(k);
+            self.check_alive(ShardId(k))?;
+            self.shards[shard]
+                .shared
+                .send(Control::Mesh(MeshControl::Subscribe(Box::new(
+                    crate::mesh_shard::SubscribeRequest {
+                        addr,
+                        key,
+                        origin,
+                        origin_shard: k,
+                        from,
+                        token: token.to_vec(),
+                        limits: m.recv_limits,
+                        counters,
+                        reply: tx,
+                    },
+                ))))
+                .map_err(|_| self.dead_error(ShardId(k)))?;
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(())) => started.push((k, from)),
+                Ok(Err(what)) => return Err(Error::Mesh { what }),
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        what: format!("shard {k} to start a subscription"),
+                    });
+                }
+            }
+        }
+        Ok(started)
     }
 
     /// A new producer with one lane per shard. Producers are `Send`, not `Sync`: one per
@@ -997,6 +1332,9 @@ impl Bus {
     }
 
     fn stop_and_account(&mut self, deadline: Duration) -> ShutdownReport {
+        if let Some(m) = &self.mesh {
+            m.stop_streamer();
+        }
         let lanes = self.stats.shared.lanes_snapshot();
         for lane in &lanes {
             lane.close();

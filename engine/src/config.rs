@@ -107,13 +107,28 @@ pub struct MeshConfig {
     pub socket_buffer_bytes: usize,
     /// Packet buffers in each shard's pool (allocated once at start).
     pub packet_buffers: usize,
-    /// Largest datagram sent or accepted; a message may be 32 bytes less. 1472 fits an
-    /// Ethernet MTU without IP fragmentation.
+    /// Largest datagram sent or accepted; an application message may be 33 bytes less. 1472
+    /// fits an Ethernet MTU without IP fragmentation.
     pub datagram_bytes_max: usize,
     /// Bytes of the ring from each shard to the application's mesh inbox (a power of two).
     pub inbox_bytes: usize,
     /// Bytes of each peer handle's ring to its shard (a power of two).
     pub peer_queue_bytes: usize,
+    /// The ed25519 key this node signs subscription tokens with (created 0600 if missing).
+    /// Absent: `<data_dir>/mesh/signing_key`.
+    pub signing_key_file: Option<PathBuf>,
+    /// Subscriptions one subscriber node may hold on this node (one per shard it
+    /// subscribes to); a re-subscription to one it holds is always accepted.
+    pub subscriptions_per_node_max: usize,
+    /// Token ids and subjects this node can hold revoked at once.
+    pub revocations_max: usize,
+    /// Record bytes a subscription lets its publisher send beyond what it consumed (the
+    /// credit window; also bounds its memory for frames held out of order).
+    pub stream_window_bytes: u64,
+    /// First retransmission timeout for a lost tail (doubles while nothing moves, up to 1 s).
+    pub stream_rto_ms: u64,
+    /// A subscription acknowledges at least this often.
+    pub stream_ack_interval_ms: u64,
 }
 
 impl Default for MeshConfig {
@@ -140,6 +155,12 @@ impl Default for MeshConfig {
             datagram_bytes_max: 1472,
             inbox_bytes: 8 << 20,
             peer_queue_bytes: 1 << 20,
+            signing_key_file: None,
+            subscriptions_per_node_max: 256,
+            revocations_max: 4096,
+            stream_window_bytes: 4 << 20,
+            stream_rto_ms: 20,
+            stream_ack_interval_ms: 20,
         }
     }
 }
@@ -172,6 +193,14 @@ impl MeshConfig {
             ("mesh.peers_max", as_u64(self.peers_max)),
             ("mesh.socket_buffer_bytes", as_u64(self.socket_buffer_bytes)),
             ("mesh.packet_buffers", as_u64(self.packet_buffers)),
+            (
+                "mesh.subscriptions_per_node_max",
+                as_u64(self.subscriptions_per_node_max),
+            ),
+            ("mesh.revocations_max", as_u64(self.revocations_max)),
+            ("mesh.stream_window_bytes", self.stream_window_bytes),
+            ("mesh.stream_rto_ms", self.stream_rto_ms),
+            ("mesh.stream_ack_interval_ms", self.stream_ack_interval_ms),
         ] {
             if value == 0 {
                 reject(field, "must not be 0")?;
@@ -208,6 +237,31 @@ impl MeshConfig {
             day,
         )?;
         in_range("mesh.peers_max", as_u64(self.peers_max), 1, 16_000)?;
+        in_range(
+            "mesh.subscriptions_per_node_max",
+            as_u64(self.subscriptions_per_node_max),
+            1,
+            as_u64(MESH_SHARDS_MAX),
+        )?;
+        in_range(
+            "mesh.revocations_max",
+            as_u64(self.revocations_max),
+            1,
+            1 << 20,
+        )?;
+        in_range(
+            "mesh.stream_window_bytes",
+            self.stream_window_bytes,
+            as_u64(4 * self.datagram_bytes_max),
+            1 << 30,
+        )?;
+        in_range("mesh.stream_rto_ms", self.stream_rto_ms, 1, 60_000)?;
+        in_range(
+            "mesh.stream_ack_interval_ms",
+            self.stream_ack_interval_ms,
+            1,
+            60_000,
+        )?;
         in_range("mesh.pacer_sources", as_u64(self.pacer_sources), 1, 1 << 20)?;
         in_range(
             "mesh.socket_buffer_bytes",

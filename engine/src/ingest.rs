@@ -72,7 +72,7 @@ impl Component for Ingest {
     }
 
     fn complete(&mut self, cx: &mut Cx<'_>, tag: u64, res: i32) {
-        self.on_completion(&mut cx.io, tag, res, cx.consumers);
+        self.on_completion(&mut cx.io, tag, res, cx.consumers, cx.mesh.as_deref_mut());
     }
 
     fn ready(&self) -> bool {
@@ -412,7 +412,14 @@ impl Ingest {
     }
 
     /// Handles one of the log's completions, then every batch it completed.
-    fn on_completion(&mut self, io: &mut Queue<'_>, tag: u64, res: i32, consumers: &mut Consumers) {
+    fn on_completion(
+        &mut self,
+        io: &mut Queue<'_>,
+        tag: u64,
+        res: i32,
+        consumers: &mut Consumers,
+        mut mesh: Option<&mut crate::mesh_shard::Mesh>,
+    ) {
         self.blocked = false;
         if let Err(e) = self.log.complete(io, tag, res)
             && self.failure.is_none()
@@ -423,7 +430,11 @@ impl Ingest {
         let mut published = false;
         while let Some(c) = self.log.pop_completed() {
             self.on_completed(c.first_seq, c.end_seq);
-            consumers.deliver(&self.log.appended(&c));
+            let batch = self.log.appended(&c);
+            consumers.deliver(&batch);
+            if let Some(m) = mesh.as_deref_mut() {
+                m.on_batch(&batch);
+            }
             published = true;
         }
         if published {

@@ -325,11 +325,22 @@ impl LaneFactory {
     /// dead shard drains nothing: its lane still exists so that sends to it fail with its
     /// failure instead of blocking.
     pub(crate) fn lane(&self, shard: usize, to: &ShardShared, kind: LaneKind) -> Arc<Lane> {
+        self.lane_sized(shard, to, kind, self.capacity)
+    }
+
+    /// As [`LaneFactory::lane`], with a ring of `capacity` bytes (a power of two).
+    fn lane_sized(
+        &self,
+        shard: usize,
+        to: &ShardShared,
+        kind: LaneKind,
+        capacity: usize,
+    ) -> Arc<Lane> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let lane = Arc::new(Lane::new(
             id,
             shard,
-            self.capacity,
+            capacity,
             kind,
             to.signal.clone(),
             to.counters.clone(),
@@ -350,10 +361,15 @@ impl LaneFactory {
     /// A writer of a new origin lane into shard `shard`, for a component that runs on that
     /// shard's own thread (the mesh, mirroring a remote log into this one). The shard takes
     /// the lane in at its next turn of the loop; what is written before then waits in it.
-    // The mesh's mirroring holds one; until it lands only the tests use this.
-    #[cfg_attr(any(not(test), loom), allow(dead_code))]
-    pub(crate) fn origin_writer(&self, shard: usize, to: &ShardShared) -> OriginLaneWriter {
-        OriginLaneWriter::new(self.lane(shard, to, LaneKind::Origin))
+    /// Its ring holds `capacity` bytes (a power of two; at least the producers' lanes').
+    pub(crate) fn origin_writer(
+        &self,
+        shard: usize,
+        to: &ShardShared,
+        capacity: usize,
+    ) -> OriginLaneWriter {
+        let capacity = capacity.max(self.capacity).next_power_of_two();
+        OriginLaneWriter::new(self.lane_sized(shard, to, LaneKind::Origin, capacity))
     }
 }
 
@@ -364,14 +380,11 @@ impl LaneFactory {
 /// later turn of the shard's loop (which drains the lane meanwhile). The shard reads the lane
 /// on its next turn, so publishing needs no wake-up. Every write happens inside the window
 /// (`enter_window`, check `is_closed`, `leave_window`) so that shutdown accounts exactly.
-// The mesh's mirroring holds one; until it lands only the tests use this.
-#[cfg_attr(any(not(test), loom), allow(dead_code))]
 #[derive(Debug)]
 pub(crate) struct OriginLaneWriter {
     w: LaneWriter,
 }
 
-#[cfg_attr(any(not(test), loom), allow(dead_code))]
 impl OriginLaneWriter {
     /// The writer of `lane`, an origin lane.
     ///
@@ -385,6 +398,7 @@ impl OriginLaneWriter {
     }
 
     /// The lane written.
+    #[cfg(test)]
     pub(crate) fn lane(&self) -> &Arc<Lane> {
         &self.w.lane
     }
@@ -596,7 +610,7 @@ mod tests {
             lossy: AtomicBool::new(false),
         });
         let factory = LaneFactory::new(stats.clone(), 1024);
-        let mut w = factory.origin_writer(0, &shared);
+        let mut w = factory.origin_writer(0, &shared, 0);
         assert_eq!(
             stats.lanes_snapshot().len(),
             1,

@@ -23,6 +23,7 @@ mod json;
 mod lane;
 mod mesh;
 mod mesh_shard;
+mod mesh_stream;
 mod mirror;
 mod notify;
 mod poll;
@@ -31,6 +32,7 @@ mod reactor;
 mod ring;
 mod shard;
 mod stats;
+mod streamer;
 mod wake;
 
 pub use bus::{Bus, ShutdownReport};
@@ -43,7 +45,9 @@ pub use consumer::{BatchConsumer, ConsumerStats};
 pub use cursor::Cursor;
 pub use error::{Error, SendError};
 pub use ids::{EventId, Seq, ShardId};
-pub use mesh::{Inbox, MeshMessage, MeshShardStats, MeshStats, Peer, PeerSendError, PeerStats};
+pub use mesh::{
+    Inbox, MeshMessage, MeshShardStats, MeshStats, Peer, PeerSendError, PeerStats, StreamStats,
+};
 pub use mirror::MirrorProducer;
 pub use net_storage::{
     AppendedBatch, AppendedRecord, LogView, ORIGIN_BYTES, Origin, ReadBatch, Reader, StorageError,

@@ -62,7 +62,7 @@ pub enum PeerSendError {
     TooLarge {
         /// The message's length.
         len: usize,
-        /// The largest message (`mesh.datagram_bytes_max` less 32).
+        /// The largest message (`mesh.datagram_bytes_max` less 33).
         max: usize,
     },
     /// The bus is shut down.
@@ -261,6 +261,87 @@ pub struct MeshStats {
     pub peers: Vec<PeerStats>,
     /// The sum over shards.
     pub total: CountersSnapshot,
+    /// This node's shards streamed to subscribers, one entry per subscription served
+    /// (ended ones stay, marked `ended`).
+    pub publications: Vec<StreamStats>,
+    /// Other nodes' shards this node mirrors, one entry per subscription.
+    pub subscriptions: Vec<StreamStats>,
+}
+
+/// One subscription's figures, on the publisher's side ([`MeshStats::publications`]) or the
+/// subscriber's ([`MeshStats::subscriptions`]).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStats {
+    /// The other node: the subscriber (publication) or the publisher (subscription).
+    pub node: NodeId,
+    /// The publisher's shard streamed (and, on the subscriber, the local shard mirroring
+    /// it).
+    pub shard: u16,
+    /// The stream's id (chosen by the subscriber).
+    pub stream: u32,
+    /// Publisher: the first sequence number not yet sent. Subscriber: the next one it
+    /// waits for (everything below is mirrored or was reported skipped).
+    pub next_seq: u64,
+    /// Publisher: the prefix the subscriber confirmed receiving.
+    pub acked: u64,
+    /// Publisher: events its log holds beyond `acked` (the subscriber's lag).
+    pub lag_events: u64,
+    /// Record bytes consumed by the subscriber, and the credit granted: `granted` is
+    /// `consumed + window` from one acknowledgement, so it is never below `consumed`.
+    pub consumed_bytes: u64,
+    pub granted_bytes: u64,
+    /// Publisher: record bytes sent as new data.
+    pub sent_bytes: u64,
+    /// Subscriber: events the publisher reported it no longer has (retention removed them
+    /// before they were mirrored): never skipped silently.
+    pub skipped_events: u64,
+    /// Subscriber: frames received twice; frames dropped for want of room to hold them
+    /// out of order (asked for again).
+    pub duplicates: u64,
+    pub no_room: u64,
+    /// Publisher: holes resent from the log, and tail timeouts.
+    pub resent_ranges: u64,
+    pub timeouts: u64,
+    /// Times the subscription was (re)started (a publisher restart makes it subscribe
+    /// again from where it is).
+    pub subscribes: u64,
+    /// Publisher: fed from batches as they complete (not catching up from the log).
+    pub live: bool,
+    /// Accepted and running.
+    pub active: bool,
+    /// Ended (unsubscribed, revoked, expired).
+    pub ended: bool,
+    /// Why it stopped (a refusal with its reason, a revoked or expired token).
+    pub error: Option<String>,
+}
+
+impl StreamStats {
+    pub(crate) fn read(c: &crate::mesh_stream::StreamCounters) -> StreamStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let consumed = get(&c.consumed);
+        StreamStats {
+            node: get(&c.node),
+            shard: u16::try_from(get(&c.origin_shard)).unwrap_or(u16::MAX),
+            stream: u32::try_from(get(&c.stream)).unwrap_or(u32::MAX),
+            next_seq: get(&c.next),
+            acked: get(&c.acked),
+            lag_events: 0,
+            consumed_bytes: consumed,
+            granted_bytes: consumed.saturating_add(get(&c.window)),
+            sent_bytes: get(&c.sent_bytes),
+            skipped_events: get(&c.skipped_events),
+            duplicates: get(&c.duplicates),
+            no_room: get(&c.no_room),
+            resent_ranges: get(&c.resent_ranges),
+            timeouts: get(&c.timeouts),
+            subscribes: get(&c.subscribes),
+            live: c.live.load(Ordering::Relaxed),
+            active: c.active.load(Ordering::Relaxed),
+            ended: c.ended.load(Ordering::Relaxed),
+            error: c.error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
 }
 
 impl MeshShard {

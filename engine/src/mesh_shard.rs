@@ -20,18 +20,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use io_uring::{opcode, types};
-use net_storage::Submit;
+use net_storage::{AppendedBatch, Submit};
+use net_transport::codec::DATA_HEADER_LEN;
 use net_transport::endpoint::{ConnectError, Endpoint, PeerId, Received};
 use net_transport::identity::NodeId;
 use net_transport::pool::{PacketBuf, PacketPool};
 use net_transport::stats::DropCause;
+use net_transport::stream::{self, DataFrameWriter};
 use net_transport::udp::{Backoff, RecvBatch, SendBatch, ShardSocket, SocketErrorClass, classify};
 
 use crate::clock::monotonic_ns;
 use crate::mesh::{MeshShard, PeerLink};
+use crate::mesh_stream::{Streams, SubState, Subscription, WantRead};
 use crate::notify::Notify;
 use crate::reactor::{Component, Cx, Source};
 use crate::ring::{RingReader, RingWriter};
+use crate::streamer::{self, ReadRequest, StreamerControl};
 
 /// Completion tags of the two readiness polls.
 const TAG_READABLE: u64 = 1;
@@ -63,6 +67,50 @@ pub(crate) struct MeshSetup {
     pub(crate) shared: Arc<MeshShard>,
     pub(crate) packet_buffers: usize,
     pub(crate) datagram_bytes_max: usize,
+    /// Subscriptions: the shard's stream state (completed on the shard's thread with its
+    /// log's view and mirror lane).
+    pub(crate) streams: StreamsSetup,
+    /// The rings to and from the bus's log reader, and its wake-up.
+    pub(crate) reads_out: RingWriter,
+    pub(crate) reads_in: RingReader,
+    pub(crate) streamer: Arc<StreamerControl>,
+}
+
+/// What [`Streams`] is built from besides the log's view and the mirror lane.
+pub(crate) struct StreamsSetup {
+    pub(crate) shard: u16,
+    pub(crate) shards: u16,
+    pub(crate) timers: net_transport::stream::StreamTimers,
+    pub(crate) admission: Arc<crate::mesh_stream::Admission>,
+    pub(crate) registry: Arc<crate::mesh_stream::StreamRegistry>,
+    pub(crate) replies_dropped: Arc<AtomicU64>,
+    pub(crate) bad_frames: Arc<AtomicU64>,
+}
+
+impl StreamsSetup {
+    pub(crate) fn build(
+        self,
+        view: net_storage::LogView,
+        mirror: Option<crate::lane::OriginLaneWriter>,
+    ) -> Streams {
+        Streams {
+            shard: self.shard,
+            shards: self.shards,
+            view,
+            timers: self.timers,
+            admission: self.admission,
+            registry: self.registry,
+            pubs: Vec::new(),
+            pub_by_node: std::collections::HashMap::new(),
+            subs: Vec::new(),
+            replies: Vec::with_capacity(64),
+            replies_dropped: self.replies_dropped,
+            bad_frames: self.bad_frames,
+            mirror,
+            describes: Vec::new(),
+            generation_seed: u32::from(self.shard).wrapping_mul(0x9e37_79b9) | 1,
+        }
+    }
 }
 
 impl std::fmt::Debug for MeshSetup {
@@ -86,6 +134,17 @@ pub(crate) enum MeshControl {
         link: Arc<PeerLink>,
         reply: std::sync::mpsc::SyncSender<Result<(), String>>,
     },
+    /// Subscribe (boxed: the control queue's entries stay small).
+    Subscribe(Box<SubscribeRequest>),
+    /// Ask the node at `addr` for its shard count.
+    Describe {
+        addr: SocketAddr,
+        key: [u8; 32],
+        nonce: u32,
+        reply: std::sync::mpsc::SyncSender<Result<u16, String>>,
+    },
+    /// Re-check every publication's token (one was revoked).
+    RecheckTokens,
 }
 
 impl std::fmt::Debug for MeshControl {
@@ -93,8 +152,25 @@ impl std::fmt::Debug for MeshControl {
         f.write_str(match self {
             MeshControl::Connect { .. } => "Connect",
             MeshControl::Attach { .. } => "Attach",
+            MeshControl::Subscribe { .. } => "Subscribe",
+            MeshControl::Describe { .. } => "Describe",
+            MeshControl::RecheckTokens => "RecheckTokens",
         })
     }
+}
+
+/// Subscribe to the publisher at `addr` (key `key`, node `origin`) for its shard
+/// `origin_shard`, from `from`, mirroring into this shard's log.
+pub(crate) struct SubscribeRequest {
+    pub(crate) addr: SocketAddr,
+    pub(crate) key: [u8; 32],
+    pub(crate) origin: NodeId,
+    pub(crate) origin_shard: u16,
+    pub(crate) from: u64,
+    pub(crate) token: Vec<u8>,
+    pub(crate) limits: net_transport::stream::RecvLimits,
+    pub(crate) counters: Arc<crate::mesh_stream::StreamCounters>,
+    pub(crate) reply: std::sync::mpsc::SyncSender<Result<(), String>>,
 }
 
 /// A peer handle's ring as the shard holds it.
@@ -205,6 +281,16 @@ pub(crate) struct Mesh {
     backoff: Backoff,
     /// A hard socket error stopped this shard's mesh.
     stopped: bool,
+    /// Subscriptions: publications of this shard's log and subscriptions it mirrors.
+    streams: Streams,
+    reads_out: RingWriter,
+    reads_in: Option<RingReader>,
+    streamer: Arc<StreamerControl>,
+    /// One past the last record of the last completed batch.
+    log_end: u64,
+    wants: Vec<WantRead>,
+    /// When tokens were last re-checked (expiry).
+    tokens_checked_ns: u64,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -217,8 +303,20 @@ impl std::fmt::Debug for Mesh {
 }
 
 impl Mesh {
-    pub(crate) fn new(setup: MeshSetup) -> Mesh {
+    pub(crate) fn new(
+        setup: MeshSetup,
+        view: net_storage::LogView,
+        mirror: Option<crate::lane::OriginLaneWriter>,
+    ) -> Mesh {
+        let log_end = view.visible_end();
         Mesh {
+            streams: setup.streams.build(view, mirror),
+            reads_out: setup.reads_out,
+            reads_in: Some(setup.reads_in),
+            streamer: setup.streamer,
+            log_end,
+            wants: Vec::with_capacity(16),
+            tokens_checked_ns: 0,
             pool: PacketPool::new(setup.packet_buffers, setup.datagram_bytes_max),
             socket: setup.socket,
             endpoint: setup.endpoint,
@@ -253,6 +351,65 @@ impl Mesh {
     /// Handles a control message for the mesh.
     pub(crate) fn control(&mut self, msg: MeshControl) {
         let now = monotonic_ns();
+        let msg = match msg {
+            MeshControl::Subscribe(req) => {
+                let SubscribeRequest {
+                    addr,
+                    key,
+                    origin,
+                    origin_shard,
+                    from,
+                    token,
+                    limits,
+                    counters,
+                    reply,
+                } = *req;
+                let r = self.subscribe(
+                    now,
+                    addr,
+                    key,
+                    origin,
+                    origin_shard,
+                    from,
+                    token,
+                    limits,
+                    counters,
+                );
+                let _ = reply.send(r);
+                return;
+            }
+            MeshControl::Describe {
+                addr,
+                key,
+                nonce,
+                reply,
+            } => {
+                match self.connect_held(now, addr, key) {
+                    Ok(peer) => {
+                        self.streams.describes.push((nonce, reply));
+                        self.streams.queue_reply(peer, |b| {
+                            stream::write_bare(
+                                b,
+                                stream::KIND_DESCRIBE,
+                                stream::StreamRef {
+                                    id: nonce,
+                                    generation: 0,
+                                },
+                            )
+                        });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+                return;
+            }
+            MeshControl::RecheckTokens => {
+                self.streams.recheck_tokens();
+                return;
+            }
+            other => other,
+        };
         let control = &mut self.control;
         let (peer, link, reply) = match msg {
             MeshControl::Connect {
@@ -287,6 +444,7 @@ impl Mesh {
                     return;
                 }
             },
+            _ => unreachable!("handled above"),
         };
         let _ = link.counters.set(self.endpoint.peer_counters(peer).clone());
         self.endpoint.hold(peer);
@@ -297,6 +455,440 @@ impl Mesh {
         });
         self.sync_peers();
         let _ = reply.send(Ok(()));
+    }
+
+    /// A peer for the node at `addr` with `key` (starting a handshake if it has no session),
+    /// held for as long as the shard runs.
+    fn connect_held(
+        &mut self,
+        now: u64,
+        addr: SocketAddr,
+        key: [u8; 32],
+    ) -> Result<PeerId, String> {
+        let control = &mut self.control;
+        let peer = self
+            .endpoint
+            .connect(now, addr, key, &mut |p, to, b| control.push(p, to, b))
+            .map_err(|e| match e {
+                ConnectError::PeerCap => format!(
+                    "this shard already keeps mesh.peers_max ({}) peers",
+                    self.shared.peers_max
+                ),
+                ConnectError::SelfKey => "that is this node's own key".to_owned(),
+            })?;
+        self.endpoint.hold(peer);
+        self.sync_peers();
+        Ok(peer)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn subscribe(
+        &mut self,
+        now: u64,
+        addr: SocketAddr,
+        key: [u8; 32],
+        origin: NodeId,
+        origin_shard: u16,
+        from: u64,
+        token: Vec<u8>,
+        limits: net_transport::stream::RecvLimits,
+        counters: Arc<crate::mesh_stream::StreamCounters>,
+    ) -> Result<(), String> {
+        if self.streams.mirror.is_none() {
+            return Err("this shard has no mirror lane".into());
+        }
+        if self
+            .streams
+            .subs
+            .iter()
+            .flatten()
+            .any(|s| s.origin == origin && s.origin_shard == origin_shard)
+        {
+            return Err(format!(
+                "shard {origin_shard} of node {origin:016x} is already subscribed"
+            ));
+        }
+        let peer = self.connect_held(now, addr, key)?;
+        let key_slot = self
+            .streams
+            .subs
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or_else(|| {
+                self.streams.subs.push(None);
+                self.streams.subs.len() - 1
+            });
+        counters.node.store(origin, Ordering::Relaxed);
+        counters
+            .origin_shard
+            .store(u64::from(origin_shard), Ordering::Relaxed);
+        counters.stream.store(key_slot as u64, Ordering::Relaxed);
+        counters.next.store(from, Ordering::Relaxed);
+        self.streams
+            .registry
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(counters.clone());
+        let placeholder = net_transport::stream::StreamRef::default();
+        self.streams.subs[key_slot] = Some(Subscription {
+            peer,
+            origin,
+            origin_shard,
+            token,
+            limits,
+            rx: net_transport::stream::RecvStream::new(
+                placeholder,
+                from,
+                limits,
+                self.streams.timers,
+            ),
+            state: SubState::Subscribing,
+            last_subscribe_ns: now,
+            counters,
+        });
+        self.streams.send_subscribe(now, key_slot);
+        Ok(())
+    }
+
+    // ---- subscriptions ----
+
+    /// The plaintext region of a packet buffer (a whole message).
+    fn plain<'a>(pool: &'a mut PacketPool, buf: &PacketBuf, max: usize) -> &'a mut [u8] {
+        &mut pool.buf_mut(buf)[DATA_HEADER_LEN..DATA_HEADER_LEN + max]
+    }
+
+    /// Seals the `plain_len` bytes of plaintext already in `buf` for `peer` and queues the
+    /// datagram (sending a full batch first). False, with the buffer freed, when it cannot
+    /// go now.
+    fn seal_and_queue(&mut self, now: u64, peer: PeerId, buf: PacketBuf, plain_len: usize) -> bool {
+        if self.tx.batch.is_full() && (self.write_blocked || !self.flush(now)) {
+            self.pool.free(buf);
+            return false;
+        }
+        match self
+            .endpoint
+            .seal_in_place(now, peer, self.pool.buf_mut(&buf), plain_len)
+        {
+            Ok((len, to)) => match self.tx.push(&self.pool, buf, len, to, peer) {
+                Ok(()) => true,
+                Err(buf) => {
+                    self.pool.free(buf);
+                    false
+                }
+            },
+            Err(_) => {
+                self.pool.free(buf);
+                false
+            }
+        }
+    }
+
+    /// A batch completed on this shard: publications at the log's end send it at once,
+    /// sealed from the batch's bytes (the copy into the packet buffer is the only one).
+    pub(crate) fn on_batch(&mut self, batch: &AppendedBatch<'_>) {
+        self.log_end = batch.end_seq;
+        if self.stopped || self.streams.pubs.is_empty() {
+            return;
+        }
+        let now = monotonic_ns();
+        for k in 0..self.streams.pubs.len() {
+            let Some(p) = self.streams.pubs[k].as_ref() else {
+                continue;
+            };
+            if !p.live {
+                continue;
+            }
+            let ok = p.tx.next_new() == batch.first_seq && self.send_live(now, k, batch);
+            if let Some(p) = self.streams.pubs[k].as_mut()
+                && !ok
+            {
+                // It catches up from the log (the log reader sends what this batch could not).
+                p.live = false;
+            }
+        }
+    }
+
+    /// Sends a batch's records to publication `k` within its credit; false when it stopped
+    /// short (credit, no session, no buffer, the socket full).
+    fn send_live(&mut self, now: u64, k: usize, batch: &AppendedBatch<'_>) -> bool {
+        let (peer, st) = {
+            let p = self.streams.pubs[k]
+                .as_ref()
+                .expect("checked by the caller");
+            (p.peer, p.tx.stream())
+        };
+        if !self.endpoint.can_send_at(now, peer) || self.write_blocked {
+            return false;
+        }
+        let max = self.endpoint.message_bytes_max();
+        let mut records = batch.records().peekable();
+        while let Some(first) = records.peek().copied() {
+            let bytes = stream::record_bytes(first.payload.len());
+            let tx = &self.streams.pubs[k].as_ref().expect("live").tx;
+            if !tx.may_send(bytes) {
+                return false;
+            }
+            if !DataFrameWriter::fits_alone(max, first.payload.len()) {
+                let mut i = 0;
+                loop {
+                    let Some(buf) = self.pool.alloc() else {
+                        return false;
+                    };
+                    let plain = Self::plain(&mut self.pool, &buf, max);
+                    let Some(n) =
+                        stream::write_fragment(plain, st, first.seq, first.ts_ns, first.payload, i)
+                    else {
+                        self.pool.free(buf);
+                        break;
+                    };
+                    if !self.seal_and_queue(now, peer, buf, n) {
+                        return false;
+                    }
+                    i += 1;
+                }
+                let p = self.streams.pubs[k].as_mut().expect("live");
+                p.tx.sent_new(first.seq + 1, bytes);
+                records.next();
+                continue;
+            }
+            let Some(buf) = self.pool.alloc() else {
+                return false;
+            };
+            let tx = &self.streams.pubs[k].as_ref().expect("live").tx;
+            let plain = &mut self.pool.buf_mut(&buf)[DATA_HEADER_LEN..DATA_HEADER_LEN + max];
+            let mut w = DataFrameWriter::new(plain, st, first.seq);
+            let mut out_of_credit = false;
+            while let Some(r) = records.peek() {
+                if !w.fits(r.payload.len()) {
+                    break;
+                }
+                if !tx.may_send(w.record_bytes() + stream::record_bytes(r.payload.len())) {
+                    out_of_credit = true;
+                    break;
+                }
+                w.push(r.ts_ns, r.payload);
+                records.next();
+            }
+            let (end, bytes) = (w.end_seq(), w.record_bytes());
+            let n = w.finish();
+            if !self.seal_and_queue(now, peer, buf, n) {
+                return false;
+            }
+            let p = self.streams.pubs[k].as_mut().expect("live");
+            p.tx.sent_new(end, bytes);
+            if out_of_credit {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends what the log reader answered; returns whether anything was handled.
+    fn drain_reads(&mut self, now: u64) -> bool {
+        let Some(mut reader) = self.reads_in.take() else {
+            return false;
+        };
+        let n = reader.drain(256, u64::MAX, |tag, bytes| self.on_read(now, tag, bytes));
+        self.reads_in = Some(reader);
+        n > 0
+    }
+
+    /// One answer of the log reader; false when it cannot be sent now (kept for later).
+    fn on_read(&mut self, now: u64, tag: u64, bytes: &[u8]) -> bool {
+        let (key, purpose) = streamer::untag(tag);
+        let Some(p) = self.streams.pubs.get(key as usize).and_then(Option::as_ref) else {
+            return true; // the publication ended
+        };
+        let st = p.tx.stream();
+        let Some((&kind, body)) = bytes.split_first() else {
+            return true;
+        };
+        match kind {
+            streamer::RESP_FRAME => {
+                let Ok(frame) = stream::decode(body) else {
+                    return true;
+                };
+                let (fs, new_end, new_bytes) = match frame {
+                    stream::Frame::Data {
+                        stream,
+                        first_seq,
+                        count,
+                        ..
+                    } => (
+                        stream,
+                        Some((first_seq, first_seq + u64::from(count))),
+                        (body.len() - stream::DATA_HEADER) as u64,
+                    ),
+                    stream::Frame::Skip { stream, from, to } => (stream, Some((from, to)), 0),
+                    stream::Frame::Fragment {
+                        stream,
+                        seq,
+                        total,
+                        offset,
+                        chunk,
+                        ..
+                    } => {
+                        let last = u64::from(offset) + chunk.len() as u64 == u64::from(total);
+                        let end = last.then_some((seq, seq + 1));
+                        (stream, end, stream::record_bytes(total as usize))
+                    }
+                    _ => return true,
+                };
+                if fs != st {
+                    return true; // an earlier generation's read
+                }
+                let peer = p.peer;
+                if purpose == streamer::READ_NEW {
+                    let first = match frame {
+                        stream::Frame::Fragment { seq, .. } => seq,
+                        _ => new_end.map_or(0, |e| e.0),
+                    };
+                    if first != p.tx.next_new() {
+                        return true; // stale: what it covers went out already
+                    }
+                }
+                if !self.endpoint.can_send_at(now, peer) {
+                    let control = &mut self.control;
+                    self.endpoint
+                        .want(now, peer, &mut |p, to, b| control.push(p, to, b));
+                    return false;
+                }
+                let Some(buf) = self.pool.alloc() else {
+                    return false;
+                };
+                let max = self.endpoint.message_bytes_max();
+                Self::plain(&mut self.pool, &buf, max)[..body.len()].copy_from_slice(body);
+                if !self.seal_and_queue(now, peer, buf, body.len()) {
+                    return false;
+                }
+                if purpose == streamer::READ_NEW
+                    && let Some((_, end)) = new_end
+                    && let Some(p) = self.streams.pubs[key as usize].as_mut()
+                {
+                    match frame {
+                        stream::Frame::Skip { .. } => p.tx.skipped_new(end),
+                        _ => p.tx.sent_new(end, new_bytes),
+                    }
+                }
+                true
+            }
+            streamer::RESP_DONE => {
+                let Some((generation, reached)) = streamer::parse_done(bytes) else {
+                    return true;
+                };
+                if generation != st.generation {
+                    return true;
+                }
+                let log_end = self.log_end;
+                let p = self.streams.pubs[key as usize].as_mut().expect("checked");
+                p.reading = false;
+                if purpose == streamer::READ_NEW {
+                    if p.tx.next_new() >= log_end {
+                        p.live = true;
+                    }
+                } else if reached < p.reading_to {
+                    p.tx.resend_later(reached, p.reading_to);
+                }
+                true
+            }
+            _ => {
+                if let Some(p) = self.streams.pubs[key as usize].as_mut() {
+                    p.counters.fail(String::from_utf8_lossy(body).into_owned());
+                    p.reading = false;
+                }
+                true
+            }
+        }
+    }
+
+    /// Asks the log reader for what publications need; returns whether anything was asked.
+    fn request_reads(&mut self, now: u64) -> bool {
+        self.wants.clear();
+        self.streams
+            .wanted_reads(now, self.log_end, &mut self.wants);
+        if self.wants.is_empty() {
+            return false;
+        }
+        for w in &self.wants {
+            let req = ReadRequest {
+                key: w.key,
+                stream: w.stream,
+                from: w.from,
+                to: w.to,
+                max_bytes: w.max_bytes,
+                purpose: w.purpose,
+            }
+            .encode();
+            let need = self.reads_out.bytes_needed(req.len());
+            if self.reads_out.has_room(need) {
+                self.reads_out.stage(0, &req);
+            } else if let Some(p) = self.streams.pubs[w.key as usize].as_mut() {
+                p.reading = false;
+                if w.purpose == streamer::READ_RESEND {
+                    p.tx.resend_later(w.from, w.to);
+                }
+            }
+        }
+        self.reads_out.publish();
+        self.streamer.wake.notify();
+        true
+    }
+
+    /// Sends queued stream replies (acknowledgements, subscriptions, answers) to peers
+    /// with a session; returns whether any went.
+    fn send_replies(&mut self, now: u64) -> bool {
+        let mut i = 0;
+        let mut sent = false;
+        let max = self.endpoint.message_bytes_max();
+        while i < self.streams.replies.len() {
+            let peer = self.streams.replies[i].peer;
+            if !self.endpoint.can_send_at(now, peer) {
+                let control = &mut self.control;
+                self.endpoint
+                    .want(now, peer, &mut |p, to, b| control.push(p, to, b));
+                i += 1;
+                continue;
+            }
+            let Some(buf) = self.pool.alloc() else {
+                break;
+            };
+            let r = &self.streams.replies[i];
+            let len = r.len;
+            Self::plain(&mut self.pool, &buf, max)[..len].copy_from_slice(&r.bytes[..len]);
+            if !self.seal_and_queue(now, peer, buf, len) {
+                break;
+            }
+            self.streams.replies.remove(i);
+            sent = true;
+        }
+        sent
+    }
+
+    /// The subscription steps of one turn.
+    fn work_streams(&mut self, now: u64) -> bool {
+        let mut busy = self.drain_reads(now);
+        self.streams.tick_subscriptions(now);
+        if now.saturating_sub(self.tokens_checked_ns) >= 1_000_000_000 {
+            self.tokens_checked_ns = now;
+            self.streams.recheck_tokens();
+        }
+        busy |= self.request_reads(now);
+        busy |= self.send_replies(now);
+        for p in self.streams.pubs.iter().flatten() {
+            Streams::publish_pub_counters(p);
+        }
+        busy
+    }
+
+    /// Whether stream work is waiting that needs no completion.
+    fn streams_ready(&self, now: u64) -> bool {
+        self.reads_in.as_ref().is_some_and(|r| !r.is_empty())
+            || self
+                .streams
+                .replies
+                .iter()
+                .any(|r| self.endpoint.can_send_at(now, r.peer))
     }
 
     /// Publishes peer node ids (learned by handshakes) to the stats registry and the handles.
@@ -353,6 +945,7 @@ impl Mesh {
                 control,
                 inbox,
                 shared,
+                streams,
                 ..
             } = self;
             let mut staged = 0usize;
@@ -363,14 +956,25 @@ impl Mesh {
                     return;
                 }
                 let r = endpoint.receive(now, src, buf, &mut |p, to, b| control.push(p, to, b));
-                if let Received::Message { node, range, .. } = r {
-                    let payload = &buf[range];
-                    let need = inbox.bytes_needed(payload.len());
-                    if inbox.has_room(need) {
-                        inbox.stage(node, payload);
-                        staged += 1;
-                    } else {
-                        shared.inbox_dropped.fetch_add(1, Ordering::Relaxed);
+                if let Received::Message { peer, node, range } = r {
+                    let message = &buf[range];
+                    match message.split_first() {
+                        Some((&stream::KIND_APP, payload)) => {
+                            let need = inbox.bytes_needed(payload.len());
+                            if inbox.has_room(need) {
+                                inbox.stage(node, payload);
+                                staged += 1;
+                            } else {
+                                shared.inbox_dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Some(_) => {
+                            let key = endpoint.peer_key(peer);
+                            streams.on_frame(now, peer, node, &key, message);
+                        }
+                        None => {
+                            streams.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             });
@@ -532,7 +1136,10 @@ impl Mesh {
                 let Some(buf) = pool.alloc() else {
                     return false;
                 };
-                match endpoint.seal(now, peer, msg, pool.buf_mut(&buf)) {
+                let plain = &mut pool.buf_mut(&buf)[net_transport::codec::DATA_HEADER_LEN..];
+                plain[0] = stream::KIND_APP;
+                plain[1..=msg.len()].copy_from_slice(msg);
+                match endpoint.seal_in_place(now, peer, pool.buf_mut(&buf), msg.len() + 1) {
                     Ok((len, to)) => {
                         if let Err(buf) = tx.push(pool, buf, len, to, peer) {
                             pool.free(buf);
@@ -556,6 +1163,7 @@ impl Mesh {
     /// that were dropped and drained.
     fn settle_links(&mut self) {
         while let Some(peer) = self.endpoint.take_failed() {
+            self.streams.replies.retain(|r| r.peer != peer);
             for l in self.links.iter_mut().filter(|l| l.peer == peer) {
                 let n = l.reader.drain(usize::MAX, u64::MAX, |_, _| true) as u64;
                 l.link.unsent_dropped.fetch_add(n, Ordering::Relaxed);
@@ -631,6 +1239,7 @@ impl Component for Mesh {
                 .tick(now, &mut |p, to, b| control.push(p, to, b));
         }
         self.settle_links();
+        busy |= self.work_streams(now);
         if !self.write_blocked {
             busy |= self.send_queued(now);
         }
@@ -687,14 +1296,15 @@ impl Component for Mesh {
         }
         self.readable
             || !self.control.packets.is_empty()
-            || (!self.write_blocked && (self.has_sendable(now) || !self.tx.batch.is_empty()))
+            || (!self.write_blocked
+                && (self.has_sendable(now) || !self.tx.batch.is_empty() || self.streams_ready(now)))
     }
 
     fn deadline_ns(&self) -> Option<u64> {
         if self.stopped {
             return None;
         }
-        let d = self.endpoint.deadline_ns();
+        let d = self.endpoint.deadline_ns().min(self.streams.deadline_ns());
         let d = if self.backoff.ready(u64::MAX) && !self.backoff.ready(monotonic_ns()) {
             d.min(self.backoff.retry_at_ns())
         } else {

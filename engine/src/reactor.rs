@@ -209,6 +209,9 @@ impl Reactor {
 pub(crate) struct Cx<'a> {
     pub(crate) io: Queue<'a>,
     pub(crate) consumers: &'a mut crate::consumer::Consumers,
+    /// The shard's mesh, for the log's completions: its publications take each completed
+    /// batch as it is (`None` for the mesh's own steps).
+    pub(crate) mesh: Option<&'a mut crate::mesh_shard::Mesh>,
     pub(crate) stopping: bool,
 }
 

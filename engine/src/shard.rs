@@ -110,34 +110,54 @@ impl Shard {
     /// Lets every component do what is due; returns whether any made progress.
     fn work(&mut self) -> bool {
         let stopping = self.stop_deadline_ns.is_some();
-        let mut busy = false;
-        for c in Self::components(&mut self.ingest, &mut self.mesh) {
+        let mut cx = Cx {
+            io: self.reactor.queue(self.ingest.source()),
+            consumers: &mut self.consumers,
+            mesh: self.mesh.as_mut(),
+            stopping,
+        };
+        let mut busy = self.ingest.work(&mut cx);
+        if let Some(mesh) = &mut self.mesh {
             let mut cx = Cx {
-                io: self.reactor.queue(c.source()),
+                io: self.reactor.queue(mesh.source()),
                 consumers: &mut self.consumers,
+                mesh: None,
                 stopping,
             };
-            busy |= c.work(&mut cx);
+            busy |= mesh.work(&mut cx);
         }
         busy
     }
 
-    /// Hands every ready completion to its component; returns whether there were any.
+    /// Hands every ready completion to its component; returns whether there were any. The
+    /// log's completions come with the mesh, whose publications take each completed batch.
     fn reap(&mut self) -> bool {
         let n = self.reactor.reap().len();
         let stopping = self.stop_deadline_ns.is_some();
         for i in 0..n {
             let done = self.reactor.completion(i);
-            for c in Self::components(&mut self.ingest, &mut self.mesh) {
-                if done.source != Some(c.source()) {
-                    continue;
+            match done.source {
+                Some(Source::Log) => {
+                    let mut cx = Cx {
+                        io: self.reactor.queue(Source::Log),
+                        consumers: &mut self.consumers,
+                        mesh: self.mesh.as_mut(),
+                        stopping,
+                    };
+                    self.ingest.complete(&mut cx, done.tag, done.res);
                 }
-                let mut cx = Cx {
-                    io: self.reactor.queue(c.source()),
-                    consumers: &mut self.consumers,
-                    stopping,
-                };
-                c.complete(&mut cx, done.tag, done.res);
+                Some(Source::Mesh) => {
+                    if let Some(mesh) = &mut self.mesh {
+                        let mut cx = Cx {
+                            io: self.reactor.queue(Source::Mesh),
+                            consumers: &mut self.consumers,
+                            mesh: None,
+                            stopping,
+                        };
+                        mesh.complete(&mut cx, done.tag, done.res);
+                    }
+                }
+                _ => {}
             }
         }
         n > 0

@@ -57,8 +57,9 @@ const DATAGRAM_MAX: usize = 1472;
 
 /// A legit message: its number and the number's complement.
 const PAYLOAD_LEN: usize = 16;
-/// The datagram carrying one.
-const MSG_LEN: usize = DATA_MIN_LEN + PAYLOAD_LEN;
+/// The datagram carrying one (its sealed plaintext starts with the byte that marks an
+/// application message).
+const MSG_LEN: usize = DATA_MIN_LEN + 1 + PAYLOAD_LEN;
 /// Legit messages sent but not yet in B's inbox, at most.
 const IN_FLIGHT: u64 = 64;
 /// Legit messages before the attack (the window must have moved past its first 8128 counters

@@ -178,6 +178,8 @@ pub enum Status {
     /// Refused: the subscriber is ahead of the publisher's log (it was reset, or this is
     /// another node's log): continuing would skip or duplicate silently.
     Ahead = 4,
+    /// The publisher has no such subscription (it restarted, or ended it): subscribe again.
+    Unknown = 5,
 }
 
 impl Status {
@@ -188,6 +190,7 @@ impl Status {
             2 => Status::Full,
             3 => Status::NoShard,
             4 => Status::Ahead,
+            5 => Status::Unknown,
             _ => return None,
         })
     }
