@@ -240,18 +240,24 @@ fn mesh_setup(
     });
     let registry = Arc::new(crate::mesh_stream::StreamRegistry::default());
     let streamer = Arc::new(crate::streamer::StreamerControl::default());
+    let ms = |v: u64| v.saturating_mul(1_000_000);
     let timers = net_transport::stream::StreamTimers {
-        rto_ns: mesh.stream_rto_ms.saturating_mul(1_000_000),
-        rto_max_ns: 1_000_000_000u64.max(mesh.stream_rto_ms.saturating_mul(1_000_000)),
-        ack_interval_ns: mesh.stream_ack_interval_ms.saturating_mul(1_000_000),
-        nack_interval_ns: (mesh.stream_rto_ms.saturating_mul(1_000_000) / 4).max(1_000_000),
+        rto_ns: ms(mesh.stream_rto_ms),
+        rto_max_ns: ms(1000).max(ms(mesh.stream_rto_ms)),
+        ack_interval_ns: ms(mesh.stream_ack_interval_ms),
+        ack_delay_ns: ms(mesh.stream_ack_interval_ms).min(ms(2)),
+        nack_interval_ns: (ms(mesh.stream_rto_ms) / 8).max(ms(1)),
     };
     let frame_max = mesh.datagram_bytes_max - net_transport::codec::DATA_OVERHEAD;
     let recv_limits = net_transport::stream::RecvLimits {
         window: mesh.stream_window_bytes,
-        slots: usize::try_from(mesh.stream_window_bytes / 256)
+        // Frames held out of order: a window's worth of full frames (smaller frames beyond
+        // that are dropped and asked for again), so a subscription's arena is about its
+        // window.
+        slots: usize::try_from(mesh.stream_window_bytes / frame_max as u64)
             .unwrap_or(usize::MAX)
-            .clamp(64, 16_384),
+            .clamp(64, 16_384)
+            + 64,
         slot_bytes: frame_max,
         record_bytes_max: config.payload_bytes_max(),
     };

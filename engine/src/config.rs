@@ -125,7 +125,9 @@ pub struct MeshConfig {
     /// Record bytes a subscription lets its publisher send beyond what it consumed (the
     /// credit window; also bounds its memory for frames held out of order).
     pub stream_window_bytes: u64,
-    /// First retransmission timeout for a lost tail (doubles while nothing moves, up to 1 s).
+    /// First retransmission timeout for a lost tail (doubles while nothing moves, up to 1 s);
+    /// keep it a few times `stream_ack_interval_ms`'s 2 ms delayed acknowledgement and the
+    /// round trip.
     pub stream_rto_ms: u64,
     /// A subscription acknowledges at least this often.
     pub stream_ack_interval_ms: u64,
@@ -159,7 +161,7 @@ impl Default for MeshConfig {
             subscriptions_per_node_max: 256,
             revocations_max: 4096,
             stream_window_bytes: 4 << 20,
-            stream_rto_ms: 20,
+            stream_rto_ms: 50,
             stream_ack_interval_ms: 20,
         }
     }

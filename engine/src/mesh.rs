@@ -306,6 +306,9 @@ pub struct StreamStats {
     /// Times the subscription was (re)started (a publisher restart makes it subscribe
     /// again from where it is).
     pub subscribes: u64,
+    /// Publisher: times it fell behind the completed batches (out of credit, the socket
+    /// full) and caught up by reading its log.
+    pub catchups: u64,
     /// Publisher: fed from batches as they complete (not catching up from the log).
     pub live: bool,
     /// Accepted and running.
@@ -336,6 +339,7 @@ impl StreamStats {
             resent_ranges: get(&c.resent_ranges),
             timeouts: get(&c.timeouts),
             subscribes: get(&c.subscribes),
+            catchups: get(&c.catchups),
             live: c.live.load(Ordering::Relaxed),
             active: c.active.load(Ordering::Relaxed),
             ended: c.ended.load(Ordering::Relaxed),

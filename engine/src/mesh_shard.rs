@@ -605,6 +605,7 @@ impl Mesh {
             {
                 // It catches up from the log (the log reader sends what this batch could not).
                 p.live = false;
+                p.counters.catchups.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -52,6 +52,8 @@ pub(crate) struct StreamCounters {
     pub(crate) resent_ranges: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     pub(crate) subscribes: AtomicU64,
+    /// Publisher: times it fell behind the batches and caught up from the log.
+    pub(crate) catchups: AtomicU64,
     pub(crate) live: AtomicBool,
     pub(crate) active: AtomicBool,
     pub(crate) ended: AtomicBool,

@@ -795,6 +795,9 @@ impl Ranges {
     }
 }
 
+/// Records resent when the tail timeout fires.
+pub const TAIL_PROBE: u64 = 4;
+
 /// Timers of a stream.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamTimers {
@@ -805,6 +808,9 @@ pub struct StreamTimers {
     /// The subscriber acknowledges at least this often while subscribed (credit and
     /// progress keep flowing even when acknowledgements are lost).
     pub ack_interval_ns: u64,
+    /// ...and within this long of new data arriving (so the publisher's timeout, which
+    /// should be several times this, never fires while data flows).
+    pub ack_delay_ns: u64,
     /// The subscriber names a hole again at most this often, and the publisher resends a
     /// range at most this often (duplicate requests for it are ignored).
     pub nack_interval_ns: u64,
@@ -813,9 +819,10 @@ pub struct StreamTimers {
 impl Default for StreamTimers {
     fn default() -> StreamTimers {
         StreamTimers {
-            rto_ns: 20_000_000,
+            rto_ns: 50_000_000,
             rto_max_ns: 1_000_000_000,
             ack_interval_ns: 20_000_000,
+            ack_delay_ns: 2_000_000,
             nack_interval_ns: 4_000_000,
         }
     }
@@ -966,7 +973,10 @@ impl SendStream {
     }
 
     /// The next range to resend, if any: a hole the subscriber named, or, once the timeout
-    /// passed with data outstanding and no progress, everything outstanding (a lost tail).
+    /// passed with data outstanding and no progress, the last few records sent (a probe, as
+    /// TCP's tail-loss probe: if more of the tail was lost, the subscriber now sees the hole
+    /// and names it; resending everything outstanding would repeat a window's worth when
+    /// only an acknowledgement was late).
     pub fn take_resend(&mut self, now_ns: u64) -> Option<(u64, u64)> {
         if self.acked < self.next_new {
             if self.progress_ns == 0 {
@@ -976,7 +986,8 @@ impl SendStream {
                 self.timeouts += 1;
                 self.progress_ns = now_ns;
                 self.rto_ns = (self.rto_ns * 2).min(self.timers.rto_max_ns);
-                self.resend.add(self.acked, self.next_new);
+                let probe = self.next_new.saturating_sub(TAIL_PROBE).max(self.acked);
+                self.resend.add(probe, self.next_new);
             }
         }
         let (from, to) = self.resend.pop_first()?;
@@ -1097,6 +1108,8 @@ pub struct RecvStream {
     frag: Reassembly,
     /// Acknowledgement state.
     ack_now: bool,
+    /// New data arrived since the last acknowledgement.
+    fresh: bool,
     last_ack_ns: u64,
     last_nack_ns: u64,
     acked_consumed: u64,
@@ -1123,6 +1136,7 @@ impl RecvStream {
             held: Vec::with_capacity(slots as usize),
             frag: Reassembly::default(),
             ack_now: true,
+            fresh: false,
             last_ack_ns: 0,
             last_nack_ns: 0,
             acked_consumed: 0,
@@ -1226,6 +1240,9 @@ impl RecvStream {
 
     fn note_arrival(&mut self, now_ns: u64, r: Arrival) {
         let _ = now_ns;
+        if r == Arrival::New {
+            self.fresh = true;
+        }
         match r {
             // The publisher resends what it thinks was lost: tell it what arrived.
             Arrival::Duplicate => self.ack_now = true,
@@ -1469,7 +1486,9 @@ impl RecvStream {
     /// Whether an `ACK` should go now.
     pub fn ack_due(&self, now_ns: u64) -> bool {
         let since_ack = now_ns.saturating_sub(self.last_ack_ns);
-        if since_ack >= self.timers.ack_interval_ns {
+        if since_ack >= self.timers.ack_interval_ns
+            || (self.fresh && since_ack >= self.timers.ack_delay_ns)
+        {
             return true;
         }
         if !self.ack_now {
@@ -1481,7 +1500,11 @@ impl RecvStream {
 
     /// When an `ACK` is next due without anything arriving (monotonic ns).
     pub fn deadline_ns(&self) -> u64 {
-        let periodic = self.last_ack_ns.saturating_add(self.timers.ack_interval_ns);
+        let periodic = self.last_ack_ns.saturating_add(if self.fresh {
+            self.timers.ack_delay_ns
+        } else {
+            self.timers.ack_interval_ns
+        });
         if self.ack_now {
             periodic.min(
                 self.last_nack_ns
@@ -1535,6 +1558,7 @@ impl RecvStream {
         self.last_ack_ns = now_ns;
         self.acked_consumed = self.consumed;
         self.ack_now = false;
+        self.fresh = false;
         ack
     }
 }
