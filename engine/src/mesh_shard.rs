@@ -775,7 +775,7 @@ impl Mesh {
                 true
             }
             streamer::RESP_DONE => {
-                let Some((generation, reached)) = streamer::parse_done(bytes) else {
+                let Some((generation, reached, by_budget)) = streamer::parse_done(bytes) else {
                     return true;
                 };
                 if generation != st.generation {
@@ -788,6 +788,11 @@ impl Mesh {
                     if p.tx.next_new() >= log_end {
                         p.live = true;
                     }
+                    // A read that sent nothing (the next record needs more credit than the
+                    // read had) is not asked again until the grant moves past the one it had
+                    // (it may have moved already while the read was out).
+                    p.stuck_at_grant = (by_budget && reached == p.reading_from && !p.live)
+                        .then_some(p.reading_grant);
                 } else if reached < p.reading_to {
                     p.tx.resend_later(reached, p.reading_to);
                 }
@@ -818,6 +823,7 @@ impl Mesh {
                 from: w.from,
                 to: w.to,
                 max_bytes: w.max_bytes,
+                oversize_ok: w.oversize_ok,
                 purpose: w.purpose,
             }
             .encode();

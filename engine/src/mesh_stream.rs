@@ -96,7 +96,13 @@ pub(crate) struct Publication {
     pub(crate) live: bool,
     /// A read of the log is outstanding for it, up to this sequence number.
     pub(crate) reading: bool,
+    pub(crate) reading_from: u64,
     pub(crate) reading_to: u64,
+    /// The grant at which a read of new data sent nothing (the next record needs more
+    /// credit): no new read until the grant moves.
+    pub(crate) stuck_at_grant: Option<u64>,
+    /// The grant when the outstanding read was asked for.
+    pub(crate) reading_grant: u64,
     pub(crate) token: net_transport::token::Token,
     pub(crate) counters: Arc<StreamCounters>,
 }
@@ -137,6 +143,7 @@ pub(crate) struct WantRead {
     pub(crate) from: u64,
     pub(crate) to: u64,
     pub(crate) max_bytes: u64,
+    pub(crate) oversize_ok: bool,
     pub(crate) purpose: u8,
 }
 
@@ -316,6 +323,7 @@ impl Streams {
             p.peer = peer;
             p.live = from == end;
             p.reading = false;
+            p.stuck_at_grant = None;
             p.token = token;
             p.counters.set(&p.counters.stream, u64::from(s.id));
             p.counters.subscribes.fetch_add(1, Ordering::Relaxed);
@@ -346,7 +354,10 @@ impl Streams {
                 tx: SendStream::new(s, from, window, now_ns, self.timers),
                 live: from == end,
                 reading: false,
+                reading_from: 0,
                 reading_to: 0,
+                stuck_at_grant: None,
+                reading_grant: 0,
                 token,
                 counters,
             };
@@ -486,6 +497,7 @@ impl Streams {
             let key = u32::try_from(k).expect("publications fit u32");
             if let Some((from, to)) = p.tx.take_resend(now_ns) {
                 p.reading = true;
+                p.reading_from = from;
                 p.reading_to = to;
                 out.push(WantRead {
                     key,
@@ -493,19 +505,30 @@ impl Streams {
                     from,
                     to,
                     max_bytes: 256 << 10,
+                    oversize_ok: true,
                     purpose: crate::streamer::READ_RESEND,
                 });
                 continue;
             }
-            if !p.live && p.tx.next_new() < log_end && p.tx.may_send(1) {
+            // New data when there is credit, but not again at the same credit after a read
+            // found the next record too large for it (that read sent nothing).
+            let oversize_ok = p.tx.may_send(u64::MAX);
+            if !p.live
+                && p.tx.next_new() < log_end
+                && (p.tx.credit() > 0 || oversize_ok)
+                && p.stuck_at_grant != Some(p.tx.granted())
+            {
                 p.reading = true;
+                p.reading_from = p.tx.next_new();
                 p.reading_to = u64::MAX;
+                p.reading_grant = p.tx.granted();
                 out.push(WantRead {
                     key,
                     stream: p.tx.stream(),
                     from: p.tx.next_new(),
                     to: u64::MAX,
-                    max_bytes: p.tx.credit().clamp(1, 256 << 10),
+                    max_bytes: p.tx.credit().min(256 << 10),
+                    oversize_ok,
                     purpose: crate::streamer::READ_NEW,
                 });
             }

@@ -29,7 +29,7 @@ pub(crate) const RESP_ERROR: u8 = 2;
 pub(crate) const READ_NEW: u8 = 0;
 pub(crate) const READ_RESEND: u8 = 1;
 /// Bytes of an encoded request.
-const REQUEST_BYTES: usize = 4 + 4 + 4 + 8 + 8 + 8 + 1;
+const REQUEST_BYTES: usize = 4 + 4 + 4 + 8 + 8 + 8 + 1 + 1;
 /// Records and bytes one log read asks for.
 const READ_EVENTS: usize = 1024;
 const READ_BYTES: usize = 256 << 10;
@@ -43,8 +43,11 @@ pub(crate) struct ReadRequest {
     pub(crate) from: u64,
     /// One past the last sequence number wanted (`u64::MAX`: up to the visible end).
     pub(crate) to: u64,
-    /// Record bytes to send at most (at least one record goes).
+    /// Record bytes to send at most...
     pub(crate) max_bytes: u64,
+    /// ...except that the first record goes whatever its size (the subscriber consumed
+    /// everything sent: a record larger than its window still goes, alone).
+    pub(crate) oversize_ok: bool,
     pub(crate) purpose: u8,
 }
 
@@ -58,6 +61,7 @@ impl ReadRequest {
         b[20..28].copy_from_slice(&self.to.to_le_bytes());
         b[28..36].copy_from_slice(&self.max_bytes.to_le_bytes());
         b[36] = self.purpose;
+        b[37] = u8::from(self.oversize_ok);
         b
     }
 
@@ -77,6 +81,7 @@ impl ReadRequest {
             to: u64_at(20),
             max_bytes: u64_at(28),
             purpose: b[36],
+            oversize_ok: b[37] != 0,
         })
     }
 
@@ -94,23 +99,26 @@ pub(crate) fn untag(tag: u64) -> (u32, u8) {
     )
 }
 
-/// A `DONE` response's payload.
-pub(crate) fn done_payload(generation: u32, reached: u64) -> [u8; 13] {
-    let mut b = [0u8; 13];
+/// A `DONE` response's payload: where the read stopped, and whether the byte budget
+/// stopped it (rather than the range's end or the log's visible end).
+pub(crate) fn done_payload(generation: u32, reached: u64, by_budget: bool) -> [u8; 14] {
+    let mut b = [0u8; 14];
     b[0] = RESP_DONE;
     b[1..5].copy_from_slice(&generation.to_le_bytes());
     b[5..13].copy_from_slice(&reached.to_le_bytes());
+    b[13] = u8::from(by_budget);
     b
 }
 
-/// Decodes a `DONE` payload: (generation, reached).
-pub(crate) fn parse_done(b: &[u8]) -> Option<(u32, u64)> {
-    if b.len() != 13 || b[0] != RESP_DONE {
+/// Decodes a `DONE` payload: (generation, reached, stopped by the budget).
+pub(crate) fn parse_done(b: &[u8]) -> Option<(u32, u64, bool)> {
+    if b.len() != 14 || b[0] != RESP_DONE {
         return None;
     }
     Some((
         u32::from_le_bytes(b[1..5].try_into().ok()?),
         u64::from_le_bytes(b[5..13].try_into().ok()?),
+        b[13] != 0,
     ))
 }
 
@@ -192,17 +200,17 @@ fn respond(s: &mut StreamerShard, tag: u64, parts: &[&[u8]], control: &StreamerC
 /// Serves one request: frames for a prefix of its range, then `DONE`.
 fn serve(s: &mut StreamerShard, r: &ReadRequest, frame: &mut [u8], control: &StreamerControl) {
     let tag = r.tag();
-    let reached = match pack(s, r, frame, control) {
-        Ok(at) => at,
+    let (reached, by_budget) = match pack(s, r, frame, control) {
+        Ok(stop) => stop,
         Err(what) => {
             respond(s, tag, &[&[RESP_ERROR], what.as_bytes()], control);
-            r.from
+            (r.from, false)
         }
     };
     respond(
         s,
         tag,
-        &[&done_payload(r.stream.generation, reached)],
+        &[&done_payload(r.stream.generation, reached, by_budget)],
         control,
     );
     s.responses.publish();
@@ -213,13 +221,15 @@ fn pack(
     r: &ReadRequest,
     frame: &mut [u8],
     control: &StreamerControl,
-) -> Result<u64, String> {
+) -> Result<(u64, bool), String> {
     let tag = r.tag();
     let mut at = r.from;
     let mut budget = r.max_bytes;
-    let mut sent_any = false;
+    // Whether the budget is strict: from the start, unless the first record may go whatever
+    // its size; after any record went, always.
+    let mut strict = !r.oversize_ok;
     let frame_len = frame.len();
-    'reads: while at < r.to && (budget > 0 || !sent_any) {
+    'reads: while at < r.to && (budget > 0 || !strict) {
         let batch = s
             .reader
             .read(at, READ_EVENTS, READ_BYTES)
@@ -235,7 +245,7 @@ fn pack(
             let to = hole_end.min(r.to);
             let n = stream::write_skip(frame, r.stream, at, to);
             if !respond(s, tag, &[&[RESP_FRAME], &frame[..n]], control) {
-                return Ok(at);
+                return Ok((at, false));
             }
             at = to;
             continue;
@@ -251,21 +261,23 @@ fn pack(
                 continue 'reads;
             }
             let bytes = stream::record_bytes(rec.payload.len());
-            if sent_any && bytes > budget {
-                break 'reads;
+            if strict && bytes > budget {
+                return Ok((at, true));
             }
+            // Only the first record of an `oversize_ok` read gets here over the budget.
+            budget = budget.max(bytes);
             if !DataFrameWriter::fits_alone(frame_len, rec.payload.len()) {
                 let mut k = 0;
                 while let Some(n) =
                     stream::write_fragment(frame, r.stream, rec.seq, rec.ts_ns, &rec.payload, k)
                 {
                     if !respond(s, tag, &[&[RESP_FRAME], &frame[..n]], control) {
-                        return Ok(at);
+                        return Ok((at, false));
                     }
                     k += 1;
                 }
                 budget = budget.saturating_sub(bytes);
-                sent_any = true;
+                strict = true;
                 at += 1;
                 i += 1;
                 continue;
@@ -277,25 +289,25 @@ fn pack(
                 if rec.seq != w.end_seq()
                     || rec.seq >= r.to
                     || !w.fits(rec.payload.len())
-                    || (sent_any && bytes > budget)
+                    || (strict && bytes > budget)
                 {
                     break;
                 }
                 w.push(rec.ts_ns, &rec.payload);
                 budget = budget.saturating_sub(bytes);
-                sent_any = true;
+                strict = true;
                 i += 1;
             }
             let end = w.end_seq();
             let n = w.finish();
             if !respond(s, tag, &[&[RESP_FRAME], &frame[..n]], control) {
-                return Ok(at);
+                return Ok((at, false));
             }
             at = end;
             if budget == 0 {
-                break 'reads;
+                return Ok((at, true));
             }
         }
     }
-    Ok(at)
+    Ok((at, false))
 }

@@ -378,7 +378,17 @@ fn events_removed_by_retention_are_reported_as_skipped() {
 
 #[test]
 fn a_stalled_subscriber_makes_its_publication_lag_not_the_publisher_stall() {
-    let p = pair(1);
+    // A small window (and so a small mirror lane, twice the window): what the subscriber can
+    // absorb while stalled is far below what the publisher writes.
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut cb = common::mesh_config(db.path(), 1);
+    let window = 64 << 10;
+    cb.mesh.as_mut().unwrap().stream_window_bytes = window;
+    let p = Pair {
+        a: node(da.path(), 1),
+        b: Bus::start(cb).unwrap(),
+        _dirs: (da, db),
+    };
     let token = token_for(&p.a, &p.b);
     subscribe_with(&p, &token, None).unwrap();
     wait_until("active", Duration::from_secs(10), || {
@@ -387,17 +397,29 @@ fn a_stalled_subscriber_makes_its_publication_lag_not_the_publisher_stall() {
     // The subscriber's shard stops taking events: its mirror lane fills, its credit stops.
     p.b.pause_shard(ShardId(0), true).unwrap();
     produce(&p.a, 100_000, 0);
-    let a = stats(&p.a);
     assert_eq!(
         p.a.stats().total.persisted,
         100_000,
         "the publisher ingested everything"
     );
-    let pubn = &a.publications[0];
-    assert!(pubn.lag_events > 0, "{pubn:?}");
+    // Let whatever the credit allowed arrive, then look: it stays put.
+    std::thread::sleep(Duration::from_millis(300));
+    let pubn = stats(&p.a).publications[0].clone();
+    let sub = subs(&p.b)[0].clone();
+    assert!(pubn.lag_events > 50_000, "{pubn:?}");
     assert!(
-        pubn.sent_bytes <= pubn.granted_bytes + (1 << 16),
+        pubn.sent_bytes <= pubn.granted_bytes,
         "never beyond the credit: {pubn:?}"
+    );
+    assert!(
+        sub.granted_bytes - sub.consumed_bytes == window,
+        "the grant is consumed + window, from one acknowledgement: {sub:?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let later = stats(&p.a).publications[0].clone();
+    assert_eq!(
+        later.sent_bytes, pubn.sent_bytes,
+        "nothing more went: {later:?}"
     );
     p.b.pause_shard(ShardId(0), false).unwrap();
     wait_until("the catch-up", Duration::from_secs(60), || {
