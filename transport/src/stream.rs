@@ -1567,6 +1567,129 @@ impl RecvStream {
 mod tests {
     use super::*;
 
+    fn limits() -> RecvLimits {
+        RecvLimits {
+            window: 1 << 20,
+            slots: 8,
+            slot_bytes: 1400,
+            record_bytes_max: 10_000,
+        }
+    }
+
+    fn frag(seq: u64, total: u32, offset: u32, chunk: &[u8]) -> Vec<u8> {
+        frag_sized(seq, total, offset, chunk, chunk.len())
+    }
+
+    fn frag_sized(seq: u64, total: u32, offset: u32, chunk: &[u8], size: usize) -> Vec<u8> {
+        let s = StreamRef {
+            id: 1,
+            generation: 1,
+        };
+        let mut b = vec![0u8; FRAGMENT_HEADER + chunk.len()];
+        write_stream_header(&mut b, KIND_FRAGMENT, s);
+        let h = STREAM_HEADER;
+        b[h..h + 8].copy_from_slice(&seq.to_le_bytes());
+        b[h + 16..h + 20].copy_from_slice(&total.to_le_bytes());
+        b[h + 20..h + 24].copy_from_slice(&offset.to_le_bytes());
+        let cs = u16::try_from(size).unwrap();
+        b[h + 24..h + 26].copy_from_slice(&cs.to_le_bytes());
+        b[FRAGMENT_HEADER..].copy_from_slice(chunk);
+        b
+    }
+
+    #[test]
+    fn a_hostile_fragment_cannot_make_the_subscriber_reserve_memory() {
+        // v0.10 parked unfinished reassembly per (origin, seq) without a bound: here only the
+        // next record is put together, and only up to the largest record allowed.
+        let s = StreamRef {
+            id: 1,
+            generation: 1,
+        };
+        let mut rx = RecvStream::new(s, 0, limits(), StreamTimers::default());
+        let mut got = 0;
+        let mut deliver = |_: Delivery<'_>| {
+            got += 1;
+            true
+        };
+        let huge = frag(0, u32::MAX - 99, 0, &[1u8; 100]);
+        let f = decode(&huge).unwrap();
+        assert_eq!(rx.on_frame(0, &f, &huge, &mut deliver), Arrival::Refused);
+        let ahead = frag(5, 200, 0, &[1u8; 100]);
+        let f = decode(&ahead).unwrap();
+        assert_eq!(rx.on_frame(0, &f, &ahead, &mut deliver), Arrival::Refused);
+        assert_eq!(rx.frag.bytes.capacity(), 0, "nothing was reserved");
+        // A genuine two-piece record goes through, and a repeated piece is a duplicate.
+        let a = frag(0, 150, 0, &[7u8; 100]);
+        let b = frag_sized(0, 150, 100, &[8u8; 50], 100);
+        let (fa, fb) = (decode(&a).unwrap(), decode(&b).unwrap());
+        assert_eq!(rx.on_frame(0, &fa, &a, &mut deliver), Arrival::New);
+        assert_eq!(rx.on_frame(0, &fa, &a, &mut deliver), Arrival::Duplicate);
+        assert_eq!(rx.on_frame(0, &fb, &b, &mut deliver), Arrival::New);
+        assert_eq!(got, 1);
+        assert_eq!(rx.next(), 1);
+    }
+
+    #[test]
+    fn declared_counts_are_checked_against_the_bytes_before_anything_trusts_them() {
+        let s = StreamRef {
+            id: 1,
+            generation: 1,
+        };
+        let mut buf = vec![0u8; 200];
+        let mut w = DataFrameWriter::new(&mut buf, s, 0);
+        w.push(1, b"abc");
+        let n = w.finish();
+        // A count larger than the records present.
+        buf[STREAM_HEADER + 8..DATA_HEADER].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert_eq!(decode(&buf[..n]), Err(FrameError::Truncated("DATA")));
+        // Holes out of order, or an ACK claiming more holes than it carries.
+        let ack = Ack {
+            stream: s,
+            next: 10,
+            consumed: 0,
+            window: 1,
+            nacks: {
+                let mut h = [(0, 0); NACKS_MAX];
+                h[0] = (20, 30);
+                h[1] = (25, 40);
+                h
+            },
+            nack_count: 2,
+        };
+        let mut b = [0u8; ACK_MAX];
+        let n = write_ack(&mut b, &ack);
+        assert!(matches!(decode(&b[..n]), Err(FrameError::Invalid("ACK", _))));
+        b[ACK_HEADER - 1] = 200;
+        assert!(decode(&b[..n]).is_err());
+    }
+
+    #[test]
+    fn the_grant_is_never_below_what_was_consumed() {
+        let s = StreamRef {
+            id: 1,
+            generation: 1,
+        };
+        let mut rx = RecvStream::new(s, 0, limits(), StreamTimers::default());
+        let mut buf = vec![0u8; 1400];
+        let mut w = DataFrameWriter::new(&mut buf, s, 0);
+        for _ in 0..10 {
+            w.push(0, &[0u8; 100]);
+        }
+        let n = w.finish();
+        let f = decode(&buf[..n]).unwrap();
+        rx.on_frame(0, &f, &buf[..n], &mut |_| true);
+        let ack = rx.make_ack(1);
+        assert_eq!(ack.consumed, 10 * record_bytes(100));
+        assert_eq!(rx.granted(), ack.consumed + ack.window);
+        // The publisher takes consumed and window from the same acknowledgement, and never
+        // believes more was consumed than it sent.
+        let mut tx = SendStream::new(s, 0, 1 << 20, 0, StreamTimers::default());
+        tx.sent_new(10, 10 * record_bytes(100));
+        tx.on_ack(2, &ack);
+        assert_eq!(tx.granted(), ack.consumed + ack.window);
+        assert!(tx.granted() >= tx.sent_bytes());
+    }
+
     #[test]
     fn ranges_merge_and_cap() {
         let mut r = Ranges::new(2);
