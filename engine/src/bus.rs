@@ -342,6 +342,7 @@ fn mesh_setup(
             reads_out: crate::ring::RingWriter::new(requests),
             reads_in: crate::ring::RingReader::new(responses),
             streamer: streamer.clone(),
+            publication_idle_ns: ms(mesh.session_timeout_ms).saturating_mul(3),
         });
         shards.push(shared);
     }
@@ -933,6 +934,35 @@ impl Bus {
             }
         }
         Ok(started)
+    }
+
+    /// Ends this node's subscriptions to `shards` of node `origin` (`None`: all of them);
+    /// the publisher is told. Returns the shards that were subscribed. What was mirrored stays
+    /// in the log; a later `subscribe` resumes after it.
+    pub fn unsubscribe(
+        &self,
+        origin: net_transport::identity::NodeId,
+        shards: Option<&[u16]>,
+    ) -> Result<Vec<u16>, Error> {
+        self.mesh()?;
+        let all: Vec<u16> = (0..self.shards.len()).map(shard_u16).collect();
+        let mut ended = Vec::new();
+        for &k in shards.unwrap_or(&all) {
+            let handle = self.shard(ShardId(k))?;
+            let (tx, rx) = mpsc::sync_channel(1);
+            handle
+                .shared
+                .send(Control::Mesh(MeshControl::Unsubscribe {
+                    origin,
+                    origin_shard: k,
+                    reply: tx,
+                }))
+                .map_err(|_| self.dead_error(ShardId(k)))?;
+            if rx.recv_timeout(Duration::from_secs(10)).unwrap_or(false) {
+                ended.push(k);
+            }
+        }
+        Ok(ended)
     }
 
     /// A new producer with one lane per shard. Producers are `Send`, not `Sync`: one per

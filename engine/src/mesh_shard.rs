@@ -74,6 +74,7 @@ pub(crate) struct MeshSetup {
     pub(crate) reads_out: RingWriter,
     pub(crate) reads_in: RingReader,
     pub(crate) streamer: Arc<StreamerControl>,
+    pub(crate) publication_idle_ns: u64,
 }
 
 /// What [`Streams`] is built from besides the log's view and the mirror lane.
@@ -145,6 +146,12 @@ pub(crate) enum MeshControl {
     },
     /// Re-check every publication's token (one was revoked).
     RecheckTokens,
+    /// End the subscription to shard `origin_shard` of node `origin`.
+    Unsubscribe {
+        origin: NodeId,
+        origin_shard: u16,
+        reply: std::sync::mpsc::SyncSender<bool>,
+    },
 }
 
 impl std::fmt::Debug for MeshControl {
@@ -155,6 +162,7 @@ impl std::fmt::Debug for MeshControl {
             MeshControl::Subscribe { .. } => "Subscribe",
             MeshControl::Describe { .. } => "Describe",
             MeshControl::RecheckTokens => "RecheckTokens",
+            MeshControl::Unsubscribe { .. } => "Unsubscribe",
         })
     }
 }
@@ -289,8 +297,10 @@ pub(crate) struct Mesh {
     /// One past the last record of the last completed batch.
     log_end: u64,
     wants: Vec<WantRead>,
-    /// When tokens were last re-checked (expiry).
+    /// When tokens were last re-checked (expiry), and silent subscribers looked for.
     tokens_checked_ns: u64,
+    /// A publication whose subscriber is silent this long ends.
+    publication_idle_ns: u64,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -317,6 +327,7 @@ impl Mesh {
             log_end,
             wants: Vec::with_capacity(16),
             tokens_checked_ns: 0,
+            publication_idle_ns: setup.publication_idle_ns,
             pool: PacketPool::new(setup.packet_buffers, setup.datagram_bytes_max),
             socket: setup.socket,
             endpoint: setup.endpoint,
@@ -406,6 +417,14 @@ impl Mesh {
             }
             MeshControl::RecheckTokens => {
                 self.streams.recheck_tokens();
+                return;
+            }
+            MeshControl::Unsubscribe {
+                origin,
+                origin_shard,
+                reply,
+            } => {
+                let _ = reply.send(self.streams.unsubscribe(origin, origin_shard));
                 return;
             }
             other => other,
@@ -750,10 +769,13 @@ impl Mesh {
                     }
                 }
                 if !self.endpoint.can_send_at(now, peer) {
+                    // No session now: drop the frame rather than hold up the ring for the
+                    // other publications. Nothing is lost: new data is counted sent only when
+                    // sealed (the next read starts there), and a hole is asked for again.
                     let control = &mut self.control;
                     self.endpoint
                         .want(now, peer, &mut |p, to, b| control.push(p, to, b));
-                    return false;
+                    return true;
                 }
                 let Some(buf) = self.pool.alloc() else {
                     return false;
@@ -811,8 +833,13 @@ impl Mesh {
     /// Asks the log reader for what publications need; returns whether anything was asked.
     fn request_reads(&mut self, now: u64) -> bool {
         self.wants.clear();
-        self.streams
-            .wanted_reads(now, self.log_end, &mut self.wants);
+        let endpoint = &self.endpoint;
+        self.streams.wanted_reads(
+            now,
+            self.log_end,
+            |peer| endpoint.can_send_at(now, peer),
+            &mut self.wants,
+        );
         if self.wants.is_empty() {
             return false;
         }
@@ -879,6 +906,7 @@ impl Mesh {
         if now.saturating_sub(self.tokens_checked_ns) >= 1_000_000_000 {
             self.tokens_checked_ns = now;
             self.streams.recheck_tokens();
+            self.streams.end_silent(now, self.publication_idle_ns);
         }
         busy |= self.request_reads(now);
         busy |= self.send_replies(now);

@@ -103,6 +103,8 @@ pub(crate) struct Publication {
     pub(crate) stuck_at_grant: Option<u64>,
     /// The grant when the outstanding read was asked for.
     pub(crate) reading_grant: u64,
+    /// When the subscriber last acknowledged (or subscribed).
+    pub(crate) heard_ns: u64,
     pub(crate) token: net_transport::token::Token,
     pub(crate) counters: Arc<StreamCounters>,
 }
@@ -324,6 +326,7 @@ impl Streams {
             p.live = from == end;
             p.reading = false;
             p.stuck_at_grant = None;
+            p.heard_ns = now_ns;
             p.token = token;
             p.counters.set(&p.counters.stream, u64::from(s.id));
             p.counters.subscribes.fetch_add(1, Ordering::Relaxed);
@@ -358,6 +361,7 @@ impl Streams {
                 reading_to: 0,
                 stuck_at_grant: None,
                 reading_grant: 0,
+                heard_ns: now_ns,
                 token,
                 counters,
             };
@@ -386,6 +390,7 @@ impl Streams {
             .and_then(|&k| self.pubs[k as usize].as_mut());
         match p {
             Some(p) if p.tx.stream() == a.stream => {
+                p.heard_ns = now_ns;
                 p.tx.on_ack(now_ns, a);
                 let c = &p.counters;
                 c.set(&c.acked, p.tx.acked());
@@ -441,6 +446,43 @@ impl Streams {
         }
     }
 
+    /// Ends publications whose subscriber has not been heard from for `idle_ns` (it went
+    /// away: a restart of it subscribes again, and is readmitted).
+    pub(crate) fn end_silent(&mut self, now_ns: u64, idle_ns: u64) {
+        let silent: Vec<(NodeId, StreamRef)> = self
+            .pubs
+            .iter()
+            .flatten()
+            .filter(|p| now_ns.saturating_sub(p.heard_ns) >= idle_ns)
+            .map(|p| (p.node, p.tx.stream()))
+            .collect();
+        for (node, s) in silent {
+            let why = format!(
+                "the subscriber was silent for {} s",
+                idle_ns / 1_000_000_000
+            );
+            self.end_publication(node, s, Some(why));
+        }
+    }
+
+    /// Ends subscription `key` (this node unsubscribes): the publisher is told.
+    pub(crate) fn unsubscribe(&mut self, origin: NodeId, origin_shard: u16) -> bool {
+        let Some(key) = self.subs.iter().position(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.origin == origin && s.origin_shard == origin_shard)
+        }) else {
+            return false;
+        };
+        let s = self.subs[key].take().expect("found");
+        s.counters.active.store(false, Ordering::Relaxed);
+        s.counters.ended.store(true, Ordering::Relaxed);
+        let st = s.rx.stream();
+        self.queue_reply(s.peer, |b| {
+            stream::write_bare(b, stream::KIND_UNSUBSCRIBE, st)
+        });
+        true
+    }
+
     /// Ends publications whose token was revoked or expired.
     pub(crate) fn recheck_tokens(&mut self) {
         let now = unix_now_s();
@@ -486,12 +528,20 @@ impl Streams {
 
     /// The reads publications need now: holes to resend, and new data for those that
     /// fell behind and have credit.
-    pub(crate) fn wanted_reads(&mut self, now_ns: u64, log_end: u64, out: &mut Vec<WantRead>) {
+    /// (`can_send` says whether a peer has a session now: a publication whose subscriber
+    /// cannot be reached reads nothing meanwhile.)
+    pub(crate) fn wanted_reads(
+        &mut self,
+        now_ns: u64,
+        log_end: u64,
+        can_send: impl Fn(PeerId) -> bool,
+        out: &mut Vec<WantRead>,
+    ) {
         for (k, slot) in self.pubs.iter_mut().enumerate() {
             let Some(p) = slot else {
                 continue;
             };
-            if p.reading {
+            if p.reading || !can_send(p.peer) {
                 continue;
             }
             let key = u32::try_from(k).expect("publications fit u32");

@@ -1658,7 +1658,10 @@ mod tests {
         };
         let mut b = [0u8; ACK_MAX];
         let n = write_ack(&mut b, &ack);
-        assert!(matches!(decode(&b[..n]), Err(FrameError::Invalid("ACK", _))));
+        assert!(matches!(
+            decode(&b[..n]),
+            Err(FrameError::Invalid("ACK", _))
+        ));
         b[ACK_HEADER - 1] = 200;
         assert!(decode(&b[..n]).is_err());
     }
