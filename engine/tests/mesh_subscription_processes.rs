@@ -1055,11 +1055,14 @@ fn a_subscriber_killed_mid_stream_resumes_without_loss_or_duplicate() {
     let resumed_ms = killed.elapsed().as_millis();
     let started: Vec<(u16, u64)> = serde_json::from_value(ready["started"].clone()).unwrap();
     eprintln!("B killed at {at_kill:?}; the restarted B resumes at {started:?}");
+    // The last progress line is up to one report old at the kill (B went on mirroring
+    // after it), so it bounds nothing from above; the mirror check below proves that
+    // resuming at `from` repeated and skipped nothing.
     for (k, from) in &started {
         assert!(
-            *from > 0 && *from <= at_kill[usize::from(*k)],
-            "origin shard {k}: the restarted B resumes at {from}, but before the kill its \
-             mirror had reached {at_kill:?} (its log must hold something, and no more)"
+            *from > 0 && *from <= per_shard,
+            "origin shard {k}: the restarted B resumes at {from} (killed at about \
+             {at_kill:?}): its log must hold something, and no more than A wrote"
         );
     }
     b.watch(
