@@ -516,6 +516,15 @@ impl Mesh {
         if self.streams.mirror.is_none() {
             return Err("this shard has no mirror lane".into());
         }
+        // One that was refused (or whose token was revoked) may be started again.
+        for slot in &mut self.streams.subs {
+            let refused = slot.as_ref().is_some_and(|s| {
+                s.origin == origin && s.origin_shard == origin_shard && s.state == SubState::Failed
+            });
+            if refused && let Some(s) = slot.take() {
+                s.counters.ended.store(true, Ordering::Relaxed);
+            }
+        }
         if self
             .streams
             .subs

@@ -242,13 +242,19 @@ fn expect_refusal(p: &Pair, token: &[u8], want: &str) {
 }
 
 #[test]
-fn an_expired_token_is_refused() {
+fn an_expired_token_is_refused_and_a_good_one_then_accepted() {
     let p = pair(1);
     let t = crafted(&p, p._dirs.0.path(), |c| {
         c.not_before -= 1000;
         c.expires = c.not_before + 10;
     });
     expect_refusal(&p, &t, "expired");
+    // The refused subscription can be started again with a valid token.
+    produce(&p.a, 100, 0);
+    subscribe_with(&p, &token_for(&p.a, &p.b), Some(&[0])).unwrap();
+    wait_until("the mirror", Duration::from_secs(10), || {
+        subs(&p.b).iter().any(|s| s.active && s.next_seq == 100)
+    });
 }
 
 #[test]
