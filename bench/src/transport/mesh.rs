@@ -63,7 +63,8 @@ fn node(
 
 /// Bytes a mesh datagram adds to its message (header, counter, tag).
 fn net_transport_overhead() -> usize {
-    32
+    // A data packet's header and tag, and the byte that marks an application message.
+    net_transport::codec::DATA_OVERHEAD + 1
 }
 
 fn send_blocking(peer: &mut Peer, msg: &[u8]) -> Result<(), Failure> {
