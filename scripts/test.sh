@@ -33,4 +33,8 @@ bench="${CARGO_TARGET_DIR:-target}/release/net-bench"
 # the mesh must allocate nothing per packet (its losses are printed: a CPU-starved receiver
 # on a shared CI machine can overflow its socket buffer).
 "$bench" transport --packets 200000 --pings 2000 --warmup-pings 200 --json | tail -n 1 | python3 -c 'import json,sys; j=json.load(sys.stdin); missing=[k for k in ("mesh_pps","raw_pps","baseline_pps","raw_ratio","baseline_ratio","mesh_p50_us","mesh_p99_us","raw_p99_us","p99_ratio","lost","allocs_per_packet","attack_rate_ratio") if k not in j]; assert not missing, missing; assert j["allocs_per_packet"]==0, j; print("transport json ok:", j["mesh_pps"], "packets/s, raw ratio", j["raw_ratio"], "lost", j["lost"])'
+# The subscription scenario, small (two processes: this bench and its publisher child): its
+# JSON must carry the fields the README's row quotes, the mirror must be exact (the bench
+# also fails on its own if it is not), and the subscriber must allocate nothing per event.
+"$bench" mesh --events 200000 --warmup 20000 --latency-events 50000 --json | tail -n 1 | python3 -c 'import json,sys; j=json.load(sys.stdin); missing=[k for k in ("events_per_s","durable_events_per_s","e2e_p50_us","e2e_p99_us","raw_events_per_s","raw_ratio","lost","duplicates","allocs_per_event","publisher_allocs_per_event","events","rate") if k not in j]; assert not missing, missing; assert j["scenario"]=="mesh" and j["events"]==200000, j; assert j["lost"]==0 and j["duplicates"]==0, j; assert j["allocs_per_event"]==0, j; print("mesh json ok:", j["events_per_s"], "events/s, raw ratio", j["raw_ratio"], "e2e p99", j["e2e_p99_us"], "us")'
 echo "== all tests passed"

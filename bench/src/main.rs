@@ -15,6 +15,7 @@ mod ffi;
 mod ingest;
 mod latency;
 mod ledger;
+mod mesh;
 mod pace;
 mod payload;
 mod plot;
@@ -53,6 +54,12 @@ enum Scenario {
     Ingest(ingest::Args),
     /// Durable, visible and ingest latency of one paced shard against the raw disk.
     Latency(latency::Args),
+    /// A subscription mirroring a publisher process's log over the mesh: events/s, durable
+    /// events/s and end-to-end latency against plaintext UDP, with exactness and allocations.
+    Mesh(mesh::Args),
+    /// The publisher process of `mesh` (started by it).
+    #[command(hide = true)]
+    MeshNode(mesh::NodeArgs),
     /// RedEX append and read throughput and net's durable ingest against the raw disk.
     Storage(storage::Args),
     /// Encrypted mesh packets/s and latency against plaintext sendmmsg and a tokio + snow baseline.
@@ -99,6 +106,8 @@ fn main() -> ExitCode {
         Scenario::Ffi(args) => ffi::run(args),
         Scenario::Ingest(args) => ingest::run(args),
         Scenario::Latency(args) => latency::run(args),
+        Scenario::Mesh(args) => mesh::run(args),
+        Scenario::MeshNode(args) => mesh::run_node(args),
         Scenario::Storage(args) => storage::run(args),
         Scenario::Transport(args) => transport::run(args),
         Scenario::Write(args) => writer::run(args),

@@ -33,7 +33,10 @@ use crate::{Failure, parse_positive};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-pub use raw::{PingResult, Placement, RawResult, raw_limit, raw_ping_pong};
+pub use raw::{
+    Buffers, PingResult, Placement, RawResult, bound_socket, raw_limit, raw_ping_pong, receive_raw,
+    send_raw,
+};
 pub use tokio_snow::{BaselineResult, tokio_snow_baseline};
 
 /// A receiver that has seen nothing for this long stops: what it has not seen is lost.

@@ -132,6 +132,29 @@ pub fn socket_pair(
     Ok((a, b, buffers))
 }
 
+/// One UDP socket on 127.0.0.1 (the kernel picks the port), set up as `socket_pair` sets up
+/// each of its two: `O_NONBLOCK` when `nonblocking`, both buffers raised to `buffer` bytes
+/// (0: kernel defaults). For references whose two ends live in different processes.
+pub fn bound_socket(buffer: usize, nonblocking: bool) -> Result<(UdpSocket, Buffers), Failure> {
+    let socket = UdpSocket::bind("127.0.0.1:0").map_err(Failure::io("binding a UDP socket"))?;
+    socket
+        .set_nonblocking(nonblocking)
+        .map_err(Failure::io("setting O_NONBLOCK"))?;
+    let fd = socket.as_raw_fd();
+    let mut how = BufferOption::Default;
+    if buffer > 0 {
+        how = raise(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, buffer)?;
+        raise(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, buffer)?;
+    }
+    let buffers = Buffers {
+        asked: buffer,
+        how,
+        sndbuf: get_option(fd, libc::SO_SNDBUF)?,
+        rcvbuf: get_option(fd, libc::SO_RCVBUF)?,
+    };
+    Ok((socket, buffers))
+}
+
 /// Sets a buffer size with `force` (root), or else with `plain`.
 fn raise(
     fd: RawFd,
@@ -267,16 +290,16 @@ pub(super) fn seq_of(datagram: &[u8]) -> u64 {
 
 /// What the raw sender did.
 #[derive(Debug)]
-struct Sent {
-    first: Instant,
-    last: Instant,
+pub struct Sent {
+    pub first: Instant,
+    pub last: Instant,
 }
 
 /// What the raw receiver saw.
 #[derive(Debug)]
-struct Received {
-    tally: Tally,
-    last: Option<Instant>,
+pub struct Received {
+    pub tally: Tally,
+    pub last: Option<Instant>,
 }
 
 /// The raw limit: `packets` plaintext datagrams of `payload` bytes, `batch` per `sendmmsg`,
@@ -325,7 +348,7 @@ pub fn raw_limit(
 
 /// Sends `packets` numbered datagrams; `start` is called once set up, and returns when the
 /// window opens. Returning ends the sender's part of the window (the caller's pass drops).
-fn send_raw(
+pub fn send_raw(
     socket: &UdpSocket,
     packets: u64,
     batch: usize,
@@ -378,7 +401,7 @@ fn send_raw(
 }
 
 /// Receives until `packets` distinct datagrams or `IDLE` without one.
-fn receive_raw(
+pub fn receive_raw(
     socket: &UdpSocket,
     packets: u64,
     batch: usize,
