@@ -28,6 +28,9 @@ pub(crate) const REPLY_BYTES: usize = 512;
 /// Replies queued at most per shard; past it they are dropped and counted (every one is
 /// repeated: acknowledgements periodically, subscriptions until answered).
 const REPLIES_MAX: usize = 1024;
+/// Record bytes one read of new data asks for at most (the reader's answer ring holds 4 MiB;
+/// it waits for the shard to drain it).
+const NEW_READ_BYTES_MAX: u64 = 8 << 20;
 /// A subscription not yet answered is asked again this often.
 const SUBSCRIBE_RETRY_NS: u64 = 200_000_000;
 
@@ -577,7 +580,9 @@ impl Streams {
                     stream: p.tx.stream(),
                     from: p.tx.next_new(),
                     to: u64::MAX,
-                    max_bytes: p.tx.credit().min(256 << 10),
+                    // Up to the whole credit: a read costs the reader thread a round trip
+                    // through the shard, so it should carry as much as may be sent.
+                    max_bytes: p.tx.credit().min(NEW_READ_BYTES_MAX),
                     oversize_ok,
                     purpose: crate::streamer::READ_NEW,
                 });

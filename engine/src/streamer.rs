@@ -185,6 +185,10 @@ fn respond(s: &mut StreamerShard, tag: u64, parts: &[&[u8]], control: &StreamerC
     let bytes = &entry[..];
     let need = s.responses.bytes_needed(bytes.len());
     let mut nap = Duration::from_micros(20);
+    if !s.responses.has_room(need) {
+        // What is staged must be visible to the shard, or it can never make room.
+        s.responses.publish();
+    }
     while !s.responses.has_room(need) {
         if control.stop.load(Ordering::Acquire) || s.responses.is_closed() {
             return false;

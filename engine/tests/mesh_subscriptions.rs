@@ -434,3 +434,27 @@ fn a_stalled_subscriber_makes_its_publication_lag_not_the_publisher_stall() {
     p.b.flush().unwrap();
     check_mirror(&mirrored(&p.b), p.a.mesh_identity().unwrap().0, 1, 100_000);
 }
+
+#[test]
+fn a_catch_up_read_larger_than_the_readers_answer_ring_completes() {
+    // A subscriber with a large window starts far behind: the publisher's reads of new data
+    // carry up to 8 MiB, twice the 4 MiB ring the log reader answers through. (The reader
+    // once staged a whole answer before publishing it, so an answer larger than the ring
+    // waited forever for room the shard could not see.)
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut cb = common::mesh_config(db.path(), 1);
+    cb.mesh.as_mut().unwrap().stream_window_bytes = 32 << 20;
+    let p = Pair {
+        a: node(da.path(), 1),
+        b: Bus::start(cb).unwrap(),
+        _dirs: (da, db),
+    };
+    produce(&p.a, 200_000, 0);
+    let token = token_for(&p.a, &p.b);
+    subscribe_with(&p, &token, None).unwrap();
+    wait_until("the mirror", Duration::from_secs(60), || {
+        subs(&p.b).iter().all(|s| s.next_seq == 200_000)
+    });
+    p.b.flush().unwrap();
+    check_mirror(&mirrored(&p.b), p.a.mesh_identity().unwrap().0, 1, 200_000);
+}
