@@ -743,6 +743,13 @@ impl Streams {
             if s.state != SubState::Active {
                 continue;
             }
+            if let Some(mirror) = self.mirror.as_mut() {
+                // Room for a full frame of records: the stream may name holes again.
+                let frame = mirror.bytes_needed(s.limits.slot_bytes);
+                if mirror.has_room(frame) {
+                    s.rx.consumer_ready();
+                }
+            }
             if s.rx.held() > 0
                 && let Some(mirror) = self.mirror.as_mut()
             {

@@ -427,6 +427,12 @@ fn a_stalled_subscriber_makes_its_publication_lag_not_the_publisher_stall() {
         later.sent_bytes, pubn.sent_bytes,
         "nothing more went: {later:?}"
     );
+    // A subscriber that cannot take what it has does not name holes: the publisher does not
+    // read and resend in a loop (it did, every few ms, for as long as the stall lasted).
+    assert_eq!(
+        later.resent_ranges, pubn.resent_ranges,
+        "no resends while stalled: {later:?}"
+    );
     p.b.pause_shard(ShardId(0), false).unwrap();
     wait_until("the catch-up", Duration::from_secs(60), || {
         subs(&p.b).iter().all(|s| s.next_seq == 100_000)
@@ -457,4 +463,43 @@ fn a_catch_up_read_larger_than_the_readers_answer_ring_completes() {
     });
     p.b.flush().unwrap();
     check_mirror(&mirrored(&p.b), p.a.mesh_identity().unwrap().0, 1, 200_000);
+}
+
+#[test]
+fn a_stalled_subscriber_with_a_full_arena_asks_for_no_resends() {
+    // The default window (4 MiB) and twice that of mirror lane: once both are full, frames
+    // the subscriber cannot hold are dropped and leave holes. It must not name them while it
+    // cannot take anything: the publisher would read its log and resend, every few
+    // milliseconds, for as long as the stall lasts (it did).
+    let p = pair(1);
+    let token = token_for(&p.a, &p.b);
+    subscribe_with(&p, &token, None).unwrap();
+    wait_until("active", Duration::from_secs(10), || {
+        subs(&p.b).iter().any(|s| s.active)
+    });
+    p.b.pause_shard(ShardId(0), true).unwrap();
+    produce(&p.a, 300_000, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = stats(&p.a).publications[0].clone();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = stats(&p.a).publications[0].clone();
+    assert!(after.lag_events > 0, "{after:?}");
+    // Holes named: none. The publisher's own tail probe still fires, backing off to 1 s
+    // (it cannot tell a stalled subscriber from a lost tail): at most a couple here.
+    let named = |s: &StreamStats| s.resent_ranges - s.timeouts;
+    assert_eq!(
+        named(&after),
+        named(&before),
+        "resends asked for while the subscriber was stalled: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.timeouts - before.timeouts <= 2,
+        "tail probes back off: {before:?} -> {after:?}"
+    );
+    p.b.pause_shard(ShardId(0), false).unwrap();
+    wait_until("the catch-up", Duration::from_secs(60), || {
+        subs(&p.b).iter().all(|s| s.next_seq == 300_000)
+    });
+    p.b.flush().unwrap();
+    check_mirror(&mirrored(&p.b), p.a.mesh_identity().unwrap().0, 1, 300_000);
 }

@@ -1110,6 +1110,10 @@ pub struct RecvStream {
     ack_now: bool,
     /// New data arrived since the last acknowledgement.
     fresh: bool,
+    /// The consumer refused the last record offered (its queue is full): holes are not
+    /// named meanwhile, since what a resend brings could not be taken either (a stalled
+    /// subscriber would otherwise make its publisher read and resend in a loop).
+    blocked: bool,
     last_ack_ns: u64,
     last_nack_ns: u64,
     acked_consumed: u64,
@@ -1137,6 +1141,7 @@ impl RecvStream {
             frag: Reassembly::default(),
             ack_now: true,
             fresh: false,
+            blocked: false,
             last_ack_ns: 0,
             last_nack_ns: 0,
             acked_consumed: 0,
@@ -1219,6 +1224,7 @@ impl RecvStream {
                 &mut self.skipped_events,
                 deliver,
             );
+            self.blocked = !done;
             if !done && !self.hold(first, end, raw) {
                 self.no_room += 1;
                 Arrival::NoRoom
@@ -1247,7 +1253,7 @@ impl RecvStream {
             // The publisher resends what it thinks was lost: tell it what arrived.
             Arrival::Duplicate => self.ack_now = true,
             // A hole appeared or remains: name it (rate-limited in `ack_due`).
-            _ if self.seen_end > self.received_through() => self.ack_now = true,
+            _ if !self.blocked && self.seen_end > self.received_through() => self.ack_now = true,
             _ => {}
         }
         if self.consumed.saturating_sub(self.acked_consumed) >= self.limits.window / 4 {
@@ -1369,8 +1375,10 @@ impl RecvStream {
             ts_ns: f.ts_ns,
             payload: &f.bytes,
         }) {
+            self.blocked = true;
             return false;
         }
+        self.blocked = false;
         self.next = f.seq + 1;
         self.consumed += record_bytes(f.total);
         f.active = false;
@@ -1446,6 +1454,7 @@ impl RecvStream {
             if self.next > before {
                 moved += 1;
             }
+            self.blocked = !done;
             if !done {
                 break;
             }
@@ -1481,6 +1490,16 @@ impl RecvStream {
             }
         }
         through
+    }
+
+    /// The consumer can take records again (its queue has room): holes are named again.
+    pub fn consumer_ready(&mut self) {
+        if self.blocked {
+            self.blocked = false;
+            if self.seen_end > self.received_through() {
+                self.ack_now = true;
+            }
+        }
     }
 
     /// Whether an `ACK` should go now.
@@ -1526,8 +1545,9 @@ impl RecvStream {
             nacks: [(0, 0); NACKS_MAX],
             nack_count: 0,
         };
-        // Holes: the gaps between held frames after the prefix, up to the highest seen.
-        let mut at = through;
+        // Holes: the gaps between held frames after the prefix, up to the highest seen (none
+        // while the consumer refuses: a resend could not be taken).
+        let mut at = if self.blocked { u64::MAX } else { through };
         let mut n = 0;
         let mut push = |from: u64, to: u64, n: &mut usize| {
             if from < to && *n < NACKS_MAX {
@@ -1544,7 +1564,7 @@ impl RecvStream {
             }
             at = at.max(h.end);
         }
-        if self.frag.active && self.frag.seq >= at && self.frag.missing > 0 {
+        if !self.blocked && self.frag.active && self.frag.seq >= at && self.frag.missing > 0 {
             // The record being put together is named whole: its pieces already here are
             // ignored when they come again.
             push(at.max(self.frag.seq), self.frag.seq + 1, &mut n);

@@ -290,6 +290,9 @@ fn run(
         }
         // Subscriber: frames, then the acknowledgement when due.
         let refusing = rng.chance(refuse);
+        if !refusing {
+            rx.consumer_ready();
+        }
         let mut deliver = |d: Delivery<'_>| -> bool {
             match d {
                 Delivery::Record {
