@@ -148,6 +148,7 @@ pub enum Part {
     Durable,
     Latency,
     Raw,
+    Stalled,
 }
 
 impl Part {
@@ -157,6 +158,7 @@ impl Part {
             Part::Durable => "durable",
             Part::Latency => "latency",
             Part::Raw => "raw",
+            Part::Stalled => "stalled",
         }
     }
 }
@@ -1013,6 +1015,117 @@ struct Figures {
     durable: Option<MeshOutcome>,
     latency: Option<MeshOutcome>,
     raw: Option<RawOutcome>,
+    stalled: Option<StalledOutcome>,
+}
+
+/// The publisher's ingest with a subscriber that stopped consuming, against the same
+/// ingest with no subscriber: both buses in this process, one after the other.
+#[derive(Debug)]
+struct StalledOutcome {
+    alone_per_s: f64,
+    stalled_per_s: f64,
+    lag_events: u64,
+}
+
+impl StalledOutcome {
+    fn ratio(&self) -> f64 {
+        self.stalled_per_s / self.alone_per_s
+    }
+}
+
+/// Ingests `n` events into `bus` from 2 producers (one per shard); returns events/s to
+/// persisted (`fsync: never`).
+fn ingest_rate(bus: &Bus, n: u64) -> Result<f64, Failure> {
+    let started = Instant::now();
+    std::thread::scope(|s| -> Result<(), Failure> {
+        let workers: Vec<_> = (0..SHARDS)
+            .map(|k| {
+                s.spawn(move || -> Result<(), Failure> {
+                    let mut p = bus
+                        .producer()
+                        .map_err(|e| Failure::engine("a producer", e))?;
+                    let payload = [0u8; EVENT_BYTES];
+                    for _ in 0..n / SHARDS as u64 {
+                        p.send_to(k, &payload)
+                            .map_err(|e| Failure::engine("sending", e))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("a producer does not panic")?;
+        }
+        Ok(())
+    })?;
+    bus.flush().map_err(|e| Failure::engine("flush", e))?;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// (d): the publisher's ingest rate with a stalled subscriber (its shards paused after it
+/// subscribed, so it consumes nothing and its credit runs out) over the rate alone.
+fn stalled_run(args: &Args, scratch: &Path) -> Result<StalledOutcome, Failure> {
+    let psk = net_transport::identity::Psk::generate().to_hex();
+    let config = |name: &str| -> Result<Config, Failure> {
+        let text = json!({
+            "data_dir": scratch.join(name),
+            "shards": SHARDS,
+            "pin": false,
+            "storage": {"fsync": "never"},
+            "mesh": {"listen": "127.0.0.1:0", "psk": psk},
+        })
+        .to_string();
+        Config::from_json(&text).map_err(|e| Failure::engine("the stalled run's config", e))
+    };
+    let start = |name: &str| {
+        Bus::start(config(name)?).map_err(|e| Failure::engine("starting a stalled-run bus", e))
+    };
+    let n = args.events;
+    // The reference runs the same threads: a second bus, idle, with no subscription.
+    let (alone, idle) = (start("stalled-alone")?, start("stalled-idle")?);
+    let alone_per_s = ingest_rate(&alone, n)?;
+    crate::shut_down_cleanly(alone, Duration::from_secs(10))?;
+    crate::shut_down_cleanly(idle, Duration::from_secs(10))?;
+    let (a, b) = (start("stalled-a")?, start("stalled-b")?);
+    let (b_node, b_key) = b.mesh_identity().expect("a mesh");
+    let (_, a_key) = a.mesh_identity().expect("a mesh");
+    let (_, token) = a
+        .issue_token(b_node, b_key, None, Duration::from_secs(600))
+        .map_err(|e| Failure::engine("a token", e))?;
+    let addr = a.mesh_addr().expect("a mesh");
+    b.subscribe(addr, a_key, &token, None)
+        .map_err(|e| Failure::engine("subscribing", e))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b
+        .mesh_stats()
+        .is_some_and(|m| m.subscriptions.iter().filter(|s| s.active).count() == SHARDS)
+    {
+        if Instant::now() > deadline {
+            return Err(Failure::Verification(
+                "the stalled run's subscriptions were not accepted in 10 s".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for k in 0..SHARDS {
+        b.pause_shard(ShardId::from_index(k), true)
+            .map_err(|e| Failure::engine("pausing the subscriber", e))?;
+    }
+    let stalled_per_s = ingest_rate(&a, n)?;
+    let lag_events = a
+        .mesh_stats()
+        .map_or(0, |m| m.publications.iter().map(|p| p.lag_events).sum());
+    for k in 0..SHARDS {
+        b.pause_shard(ShardId::from_index(k), false)
+            .map_err(|e| Failure::engine("resuming the subscriber", e))?;
+    }
+    crate::shut_down_cleanly(a, Duration::from_secs(10))?;
+    crate::shut_down_cleanly(b, Duration::from_secs(10))?;
+    Ok(StalledOutcome {
+        alone_per_s,
+        stalled_per_s,
+        lag_events,
+    })
 }
 
 impl Figures {
@@ -1115,6 +1228,9 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     }
     if wanted(Part::Raw) {
         figures.raw = Some(raw_run(args)?);
+    }
+    if wanted(Part::Stalled) {
+        figures.stalled = Some(stalled_run(args, scratch.path())?);
     }
     scratch
         .close()
@@ -1385,6 +1501,22 @@ fn json_line(args: &Args, f: &Figures, command: String) -> JsonLine {
         )
         .field("raw_events_per_s", raw.map(|r| rate(r.events_per_s())))
         .field("raw_ratio", f.raw_ratio().map(|r| report::round_to(r, 3)))
+        .field(
+            "stalled_ingest_ratio",
+            f.stalled.as_ref().map(|s| report::round_to(s.ratio(), 3)),
+        )
+        .field(
+            "stalled_ingest_events_per_s",
+            f.stalled.as_ref().map(|s| rate(s.stalled_per_s)),
+        )
+        .field(
+            "alone_ingest_events_per_s",
+            f.stalled.as_ref().map(|s| rate(s.alone_per_s)),
+        )
+        .field(
+            "stalled_lag_events",
+            f.stalled.as_ref().map(|s| s.lag_events),
+        )
         .field(
             "durable_ratio",
             never.zip(durable).map(|(n, d)| {
