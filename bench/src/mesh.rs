@@ -1096,10 +1096,13 @@ fn stalled_run(args: &Args, scratch: &Path) -> Result<StalledOutcome, Failure> {
     b.subscribe(addr, a_key, &token, None)
         .map_err(|e| Failure::engine("subscribing", e))?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !b
-        .mesh_stats()
-        .is_some_and(|m| m.subscriptions.iter().filter(|s| s.active).count() == SHARDS)
-    {
+    loop {
+        let accepted = b
+            .mesh_stats()
+            .map_or(0, |m| m.subscriptions.iter().filter(|s| s.active).count());
+        if accepted == SHARDS {
+            break;
+        }
         if Instant::now() > deadline {
             return Err(Failure::Verification(
                 "the stalled run's subscriptions were not accepted in 10 s".into(),
