@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh machine (idempotent). Today that is only the Rust
 # toolchain's rustfmt and clippy components, python3 (used by test.sh to check JSON), a C
-# compiler and valgrind (the C API's test programs, ffi/tests/c_programs.rs); later issues add
-# redis-server and nats-server here.
+# compiler and valgrind (the C API's test programs, ffi/tests/c_programs.rs). redis-server and
+# nats-server are installed by scripts/services.sh when it starts them.
 set -euo pipefail
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
     rustup component add rustfmt clippy
