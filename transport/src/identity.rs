@@ -40,6 +40,28 @@ pub enum IdentityError {
     Format { path: PathBuf, what: String },
 }
 
+/// Loads the private file at `path` with `load`, or, when there is none, makes a value with
+/// `generate` and saves it there with `save` (identities and signing keys).
+pub(crate) fn load_or_generate_with<T>(
+    path: &Path,
+    load: impl FnOnce(&Path) -> Result<T, IdentityError>,
+    generate: impl FnOnce() -> T,
+    save: impl FnOnce(&T, &Path) -> Result<(), IdentityError>,
+) -> Result<T, IdentityError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => load(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let value = generate();
+            save(&value, path)?;
+            Ok(value)
+        }
+        Err(source) => Err(IdentityError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// A node's id and static key pair.
 #[derive(Clone)]
 pub struct Identity {
@@ -114,18 +136,7 @@ impl Identity {
     /// Loads the identity at `path`, or generates one and saves it there if the file does not
     /// exist.
     pub fn load_or_generate(path: &Path) -> Result<Identity, IdentityError> {
-        match fs::symlink_metadata(path) {
-            Ok(_) => Identity::load(path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let id = Identity::generate();
-                id.save(path)?;
-                Ok(id)
-            }
-            Err(source) => Err(IdentityError::Io {
-                path: path.to_owned(),
-                source,
-            }),
-        }
+        load_or_generate_with(path, Identity::load, Identity::generate, Identity::save)
     }
 
     /// Loads the identity at `path`.

@@ -45,7 +45,6 @@
 use std::collections::HashSet;
 use std::collections::hash_map::{Entry, HashMap};
 use std::fmt;
-use std::io;
 use std::ops::BitOr;
 use std::path::Path;
 
@@ -468,18 +467,12 @@ impl SigningKey {
     /// Loads the key at `path`, or generates one and saves it there if the file does not
     /// exist.
     pub fn load_or_generate(path: &Path) -> Result<SigningKey, IdentityError> {
-        match std::fs::symlink_metadata(path) {
-            Ok(_) => SigningKey::load(path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let key = SigningKey::generate();
-                key.save(path)?;
-                Ok(key)
-            }
-            Err(source) => Err(IdentityError::Io {
-                path: path.to_owned(),
-                source,
-            }),
-        }
+        crate::identity::load_or_generate_with(
+            path,
+            SigningKey::load,
+            SigningKey::generate,
+            SigningKey::save,
+        )
     }
 
     /// Loads the key at `path`: refused if the file's group or others can read or write it,
