@@ -476,6 +476,14 @@ impl Mesh {
         let _ = reply.send(Ok(()));
     }
 
+    /// Makes sure `peer` has a session or a handshake under way (handshake packets go to the
+    /// control queue).
+    fn want(&mut self, now: u64, peer: PeerId) {
+        let control = &mut self.control;
+        self.endpoint
+            .want(now, peer, &mut |p, to, b| control.push(p, to, b));
+    }
+
     /// A peer for the node at `addr` with `key` (starting a handshake if it has no session),
     /// held for as long as the shard runs.
     fn connect_held(
@@ -781,9 +789,7 @@ impl Mesh {
                     // No session now: drop the frame rather than hold up the ring for the
                     // other publications. Nothing is lost: new data is counted sent only when
                     // sealed (the next read starts there), and a hole is asked for again.
-                    let control = &mut self.control;
-                    self.endpoint
-                        .want(now, peer, &mut |p, to, b| control.push(p, to, b));
+                    self.want(now, peer);
                     return true;
                 }
                 let Some(buf) = self.pool.alloc() else {
@@ -887,9 +893,7 @@ impl Mesh {
         while i < self.streams.replies.len() {
             let peer = self.streams.replies[i].peer;
             if !self.endpoint.can_send_at(now, peer) {
-                let control = &mut self.control;
-                self.endpoint
-                    .want(now, peer, &mut |p, to, b| control.push(p, to, b));
+                self.want(now, peer);
                 i += 1;
                 continue;
             }
@@ -1140,9 +1144,7 @@ impl Mesh {
             let peer = self.links[i].peer;
             if !self.endpoint.can_send_at(now, peer) {
                 if !self.links[i].reader.is_empty() {
-                    let control = &mut self.control;
-                    self.endpoint
-                        .want(now, peer, &mut |p, to, b| control.push(p, to, b));
+                    self.want(now, peer);
                 }
                 continue;
             }

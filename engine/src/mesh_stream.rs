@@ -278,12 +278,9 @@ impl Streams {
         window: u64,
         token: &[u8],
     ) {
-        let first = self.view.first_seq();
         let end = self.view.visible_end();
         let refuse = |me: &mut Streams, status: Status, why: String| {
-            me.queue_reply(peer, |b| {
-                stream::write_subscribed(b, s, status, first, end, &why)
-            });
+            me.answer(peer, s, status, &why);
         };
         if shard != self.shard {
             let why = format!(
@@ -317,9 +314,7 @@ impl Streams {
             let p = self.pubs[k as usize].as_mut().expect("indexed");
             if p.tx.stream() == s {
                 // The answer was lost: answer again, change nothing.
-                self.queue_reply(peer, |b| {
-                    stream::write_subscribed(b, s, Status::Accepted, first, end, "")
-                });
+                self.answer(peer, s, Status::Accepted, "");
                 return;
             }
             // The subscriber started over (a new generation, or it restarted): the stream
@@ -381,8 +376,14 @@ impl Streams {
             self.pub_by_node
                 .insert(node, u32::try_from(k).expect("publications fit u32"));
         }
+        self.answer(peer, s, Status::Accepted, "");
+    }
+
+    /// Queues a `SUBSCRIBED` answer, with the log's extent now.
+    fn answer(&mut self, peer: PeerId, st: StreamRef, status: Status, reason: &str) {
+        let (first, end) = (self.view.first_seq(), self.view.visible_end());
         self.queue_reply(peer, |b| {
-            stream::write_subscribed(b, s, Status::Accepted, first, end, "")
+            stream::write_subscribed(b, st, status, first, end, reason)
         });
     }
 
@@ -403,18 +404,7 @@ impl Streams {
             _ => {
                 // Not a subscription of ours (we restarted, or it ended): say so, and the
                 // subscriber subscribes again from where it is.
-                let (first, end) = (self.view.first_seq(), self.view.visible_end());
-                let s = a.stream;
-                self.queue_reply(peer, |b| {
-                    stream::write_subscribed(
-                        b,
-                        s,
-                        Status::Unknown,
-                        first,
-                        end,
-                        "no such subscription here",
-                    )
-                });
+                self.answer(peer, a.stream, Status::Unknown, "no such subscription here");
             }
         }
     }
@@ -440,11 +430,7 @@ impl Streams {
         p.counters.active.store(false, Ordering::Relaxed);
         p.counters.ended.store(true, Ordering::Relaxed);
         if let Some(why) = why {
-            let (first, end) = (self.view.first_seq(), self.view.visible_end());
-            let st = p.tx.stream();
-            self.queue_reply(p.peer, |b| {
-                stream::write_subscribed(b, st, Status::Unauthorized, first, end, &why)
-            });
+            self.answer(p.peer, p.tx.stream(), Status::Unauthorized, &why);
             p.counters.fail(why);
         }
     }
@@ -712,24 +698,10 @@ impl Streams {
         let Some(mirror) = self.mirror.as_mut() else {
             return;
         };
-        mirror.enter_window();
-        if mirror.is_closed() {
-            // Shutting down: nothing more is mirrored (a restart resumes from the log).
-            mirror.leave_window();
-            return;
-        }
-        let mut sink = MirrorSink {
-            mirror,
-            origin: s.origin,
-            shard: s.origin_shard,
-            now_ns,
-            staged: false,
-        };
-        s.rx.on_frame(now_ns, frame, raw, &mut |d| sink.offer(d));
-        if sink.staged {
-            sink.mirror.publish();
-        }
-        sink.mirror.leave_window();
+        let (origin, shard) = (s.origin, s.origin_shard);
+        MirrorSink::deliver(mirror, origin, shard, now_ns, |offer| {
+            s.rx.on_frame(now_ns, frame, raw, offer);
+        });
     }
 
     /// Delivers what subscriptions hold now that the mirror may have room, queues the
@@ -753,23 +725,10 @@ impl Streams {
             if s.rx.held() > 0
                 && let Some(mirror) = self.mirror.as_mut()
             {
-                mirror.enter_window();
-                if !mirror.is_closed() {
-                    let mut sink = MirrorSink {
-                        mirror,
-                        origin: s.origin,
-                        shard: s.origin_shard,
-                        now_ns,
-                        staged: false,
-                    };
-                    s.rx.pump(&mut |d| sink.offer(d));
-                    if sink.staged {
-                        sink.mirror.publish();
-                    }
-                    sink.mirror.leave_window();
-                } else {
-                    mirror.leave_window();
-                }
+                let (origin, shard) = (s.origin, s.origin_shard);
+                MirrorSink::deliver(mirror, origin, shard, now_ns, |offer| {
+                    s.rx.pump(offer);
+                });
             }
             let c = &s.counters;
             c.set(&c.next, s.rx.next());
@@ -798,6 +757,33 @@ struct MirrorSink<'a> {
 }
 
 impl MirrorSink<'_> {
+    /// Runs `with` with a delivery sink into `mirror`, inside the lane's write window, and
+    /// publishes what it staged. When the lane is closed (shutting down) nothing is
+    /// mirrored: a restart resumes from the log.
+    fn deliver(
+        mirror: &mut OriginLaneWriter,
+        origin: NodeId,
+        shard: u16,
+        now_ns: u64,
+        with: impl FnOnce(&mut dyn FnMut(Delivery<'_>) -> bool),
+    ) {
+        mirror.enter_window();
+        if !mirror.is_closed() {
+            let mut sink = MirrorSink {
+                mirror: &mut *mirror,
+                origin,
+                shard,
+                now_ns,
+                staged: false,
+            };
+            with(&mut |d| sink.offer(d));
+            if sink.staged {
+                sink.mirror.publish();
+            }
+        }
+        mirror.leave_window();
+    }
+
     /// Takes one delivery; false when the lane is full (the stream holds the rest).
     fn offer(&mut self, d: Delivery<'_>) -> bool {
         match d {
