@@ -1,0 +1,1 @@
+//! A private redis-server a test can SIGKILL and restart (owned by the Redis adapter work).
