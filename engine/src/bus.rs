@@ -34,6 +34,7 @@ use crate::control::{Control, ShardShared};
 use crate::cursor::Cursor;
 use crate::error::Error;
 use crate::executor;
+use crate::feed::{FeedConsumer, FeedReader, RetentionHold};
 use crate::ids::{EventId, Seq, ShardId};
 use crate::ingest::{Ingest, IngestSettings, LATENCY_NS_MAX};
 use crate::lane::{LaneFactory, LaneKind, LaneWriter};
@@ -43,6 +44,7 @@ use crate::mirror::MirrorProducer;
 use crate::poll::{Event, PollResponse, merge};
 use crate::producer::Producer;
 use crate::reactor::Reactor;
+use crate::ring::Ring;
 use crate::shard::{Shard, ShardExit};
 use crate::stats::{ShardCounters, ShardFailure, Stats, StatsHandle, StatsShared};
 use crate::wake::ShardSignal;
@@ -1084,6 +1086,41 @@ impl Bus {
             .shared
             .send(Control::AddConsumer(consumer, counters))
             .map_err(|_| self.dead_error(shard))
+    }
+
+    /// A feed of `shard`'s completed batches for a consumer's own thread (see [`FeedReader`]):
+    /// copies of each batch's records through a ring of `capacity_bytes` (a power of two, at
+    /// least 4 KiB), filled while it has room; the records that did not fit are read from the
+    /// log ([`Bus::shard_reader`]). The feed starts with the next batch; `name` identifies it
+    /// in the stats.
+    pub fn batch_feed(
+        &self,
+        shard: ShardId,
+        name: &str,
+        capacity_bytes: usize,
+    ) -> Result<FeedReader, Error> {
+        if !capacity_bytes.is_power_of_two() || capacity_bytes < 4096 {
+            return Err(Error::Config {
+                field: "batch_feed.capacity_bytes".into(),
+                what: format!("{capacity_bytes}: must be a power of two of at least 4096"),
+            });
+        }
+        let ring = Arc::new(Ring::new(capacity_bytes));
+        self.add_batch_consumer(shard, name, Box::new(FeedConsumer::new(ring.clone())))?;
+        Ok(FeedReader::new(ring, shard))
+    }
+
+    /// Holds `shard`'s retention at `from`: no segment holding a sequence number at or above
+    /// it is removed while the hold lives (see [`RetentionHold`]).
+    pub fn hold_retention(&self, shard: ShardId, from: Seq) -> Result<RetentionHold, Error> {
+        let handle = self.shard(shard)?;
+        self.check_alive(shard)?;
+        let at = Arc::new(AtomicU64::new(from.0));
+        handle
+            .shared
+            .send(Control::HoldRetention(at.clone()))
+            .map_err(|_| self.dead_error(shard))?;
+        Ok(RetentionHold::new(at))
     }
 
     /// A reader of `shard`'s log for a consumer's own thread (catching up after refusing

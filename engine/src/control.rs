@@ -24,6 +24,9 @@ use crate::wake::ShardSignal;
 pub(crate) enum Control {
     AddLane(Arc<Lane>),
     AddConsumer(Box<dyn BatchConsumer>, Arc<ConsumerCounters>),
+    /// Keep every segment holding a sequence number at or above the value (see
+    /// [`crate::RetentionHold`]); released when the shard holds the last reference.
+    HoldRetention(Arc<std::sync::atomic::AtomicU64>),
     /// Resolve when every listed lane is durable (or dropped) up to its head at flush entry.
     Flush {
         heads: Vec<(u64, u64)>,
@@ -52,6 +55,7 @@ impl std::fmt::Debug for Control {
         let name = match self {
             Control::AddLane(_) => "AddLane",
             Control::AddConsumer(..) => "AddConsumer",
+            Control::HoldRetention(_) => "HoldRetention",
             Control::Flush { .. } => "Flush",
             Control::SyncNow => "SyncNow",
             Control::Latency { .. } => "Latency",

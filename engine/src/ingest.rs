@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdrhistogram::Histogram;
 use net_storage::record::split_origin;
@@ -113,6 +113,8 @@ pub(crate) struct Ingest {
     sync_requested: bool,
     /// Segment count and time at the last retention sweep.
     retention_checked: (usize, u64),
+    /// Positions below which consumers let retention remove segments ([`crate::RetentionHold`]).
+    retention_holds: Vec<Arc<AtomicU64>>,
     /// The log refused more records until I/O in flight completes (a full batch with a write
     /// in flight, or a roll waiting for the previous seal): lanes wait for a completion.
     blocked: bool,
@@ -144,6 +146,7 @@ impl Ingest {
             failure: None,
             last_sync_ns: 0,
             sync_requested: false,
+            retention_holds: Vec::new(),
             retention_checked: (0, 0),
             blocked: false,
         }
@@ -544,7 +547,18 @@ impl Ingest {
         if self.log.segments() == segments && now.saturating_sub(at) < RETENTION_CHECK_NS {
             return;
         }
-        match self.log.retain(io, &self.s.retention, realtime_ns()) {
+        // A hold whose handle was dropped is released.
+        self.retention_holds.retain(|h| Arc::strong_count(h) > 1);
+        let keep_from = self
+            .retention_holds
+            .iter()
+            .map(|h| h.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX);
+        match self
+            .log
+            .retain_held(io, &self.s.retention, realtime_ns(), keep_from)
+        {
             Ok(swept) if swept.segments > 0 => {
                 let c = &self.shared.counters;
                 c.retained_first
@@ -554,6 +568,11 @@ impl Ingest {
             Err(e) => eprintln!("net: shard {}: retention sweep failed: {e}", self.s.id),
         }
         self.retention_checked = (self.log.segments(), now);
+    }
+
+    /// Adds a retention hold (see [`crate::RetentionHold`]).
+    pub(crate) fn add_retention_hold(&mut self, at: Arc<AtomicU64>) {
+        self.retention_holds.push(at);
     }
 
     /// Lanes of dropped producers go once drained and durable; their rings are freed.

@@ -17,6 +17,7 @@ mod control;
 mod cursor;
 mod error;
 mod executor;
+mod feed;
 mod ids;
 mod ingest;
 mod json;
@@ -44,6 +45,7 @@ pub use config::{
 pub use consumer::{BatchConsumer, ConsumerStats};
 pub use cursor::Cursor;
 pub use error::{Error, SendError};
+pub use feed::{FeedReader, FeedRecord, RetentionHold};
 pub use ids::{EventId, Seq, ShardId};
 pub use mesh::{
     Inbox, MeshMessage, MeshShardStats, MeshStats, Peer, PeerSendError, PeerStats, StreamStats,

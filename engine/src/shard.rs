@@ -182,6 +182,7 @@ impl Shard {
             match msg {
                 Control::AddLane(lane) => self.ingest.add_lane(lane),
                 Control::AddConsumer(consumer, counters) => self.consumers.add(consumer, counters),
+                Control::HoldRetention(at) => self.ingest.add_retention_hold(at),
                 Control::Flush { heads, reply } => self.ingest.add_flush((heads, reply)),
                 Control::SyncNow => self.ingest.request_sync(),
                 Control::Latency { reply } => {

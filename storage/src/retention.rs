@@ -73,11 +73,25 @@ impl Log {
         policy: &Retention,
         now_ns: u64,
     ) -> Result<Swept> {
+        self.retain_held(sq, policy, now_ns, u64::MAX)
+    }
+
+    /// [`Log::retain`], removing no segment that holds a sequence number at or above
+    /// `keep_from` (a consumer that must not lose unread events holds retention there; the
+    /// limits are then exceeded until it moves on).
+    pub fn retain_held(
+        &mut self,
+        sq: &mut dyn Submit,
+        policy: &Retention,
+        now_ns: u64,
+        keep_from: u64,
+    ) -> Result<Swept> {
         self.check_poison()?;
         if self.retention.is_some() {
             return Ok(Swept::default());
         }
-        let k = self.segments_over(policy, now_ns);
+        let over = self.segments_over(policy, now_ns);
+        let k = self.sealed[..over].partition_point(|s| s.end <= keep_from);
         if k == 0 {
             return Ok(Swept::default());
         }
