@@ -10,6 +10,7 @@
 //! A source reads a backend's streams by a cursor that names its backend, and can import them
 //! into a bus exactly once (the bus's log records where each imported event came from).
 
+mod checkpoint;
 mod error;
 mod event;
 pub mod jetstream;
@@ -17,7 +18,11 @@ pub mod redis;
 mod sink;
 mod source;
 
+pub use checkpoint::Checkpoint;
 pub use error::{AdapterError, ErrorClass};
 pub use event::{OutBatch, OutEvent};
-pub use sink::{ShardWriter, SinkBackend};
+pub use sink::{
+    RetentionPolicy, ShardWriter, Sink, SinkBackend, SinkConfig, SinkShardStats, SinkStats,
+    SinkStatus,
+};
 pub use source::{Dedup, SourceCursor, SourceEvent, SourcePoll, StreamSource};
