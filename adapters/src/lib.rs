@@ -13,6 +13,7 @@
 mod checkpoint;
 mod error;
 mod event;
+mod import;
 pub mod jetstream;
 pub mod redis;
 mod sink;
@@ -21,6 +22,7 @@ mod source;
 pub use checkpoint::Checkpoint;
 pub use error::{AdapterError, ErrorClass};
 pub use event::{OutBatch, OutEvent};
+pub use import::{ImportReport, Importer};
 pub use sink::{
     RetentionPolicy, ShardWriter, Sink, SinkBackend, SinkConfig, SinkShardStats, SinkStats,
     SinkStatus,

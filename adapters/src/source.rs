@@ -270,3 +270,51 @@ impl Dedup {
         self.dropped
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_name_what_is_wrong() {
+        let mut c = SourceCursor::start("redis");
+        c.set(3, "1700000000000-42").unwrap();
+        c.set(0, "5-0").unwrap();
+        let text = c.encode();
+        assert_eq!(text, "netsrc1:redis:0=5-0,3=1700000000000-42");
+        assert_eq!(SourceCursor::decode(&text).unwrap(), c);
+        assert_eq!(
+            SourceCursor::decode("netsrc1:jetstream:").unwrap(),
+            SourceCursor::start("jetstream")
+        );
+        for (bad, says) in [
+            ("net1.0000", "local bus"),
+            ("netsrc2:redis:", "format 1"),
+            ("netsrc1:redis", "expected"),
+            ("netsrc1:Redis:", "lowercase"),
+            ("netsrc1:redis:3=1,1=2", "out of order"),
+            ("netsrc1:redis:1=2,1=3", "out of order"),
+            ("netsrc1:redis:x=1", "not a number"),
+            ("netsrc1:redis:70000=1", "not a number"),
+            ("netsrc1:redis:1", "shard=position"),
+            ("netsrc1:redis:1=", "empty"),
+        ] {
+            let err = SourceCursor::decode(bad).unwrap_err();
+            assert!(err.message.contains(says), "{bad}: {err}");
+        }
+        let err = c.check_backend("jetstream").unwrap_err();
+        assert!(err.message.contains("start again"), "{err}");
+        assert!(c.check_backend("redis").is_ok());
+    }
+
+    #[test]
+    fn dedup_remembers_exactly_its_capacity() {
+        assert!(Dedup::new(0).is_err());
+        let mut d = Dedup::new(3).unwrap();
+        assert!(d.insert(b"0:1") && d.insert(b"0:2") && d.insert(b"0:3"));
+        assert!(!d.insert(b"0:1"), "a repeat within the capacity is dropped");
+        assert!(d.insert(b"0:4"), "a fourth id evicts the oldest");
+        assert!(d.insert(b"0:1"), "the oldest was forgotten");
+        assert_eq!((d.len(), d.duplicates()), (3, 1));
+    }
+}
