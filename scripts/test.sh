@@ -8,6 +8,11 @@ export CARGO_TERM_COLOR=never
 echo "== setup"
 bash scripts/setup.sh
 
+# The real servers the adapters are tested against (redis-server, nats-server -js) on private
+# loopback ports; under CI (CI=true) a server that cannot start fails the run here.
+echo "== services"
+bash scripts/services.sh start
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
