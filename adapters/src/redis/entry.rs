@@ -36,9 +36,17 @@ pub(crate) fn origin_field(out: &mut String, o: &Origin) {
 /// Whether `id` is a stream entry id `{ms}-{seq}` (two decimal u64s).
 pub(crate) fn is_entry_id(id: &str) -> bool {
     match id.split_once('-') {
-        Some((ms, seq)) => ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok(),
+        Some((ms, seq)) => decimal::<u64>(ms).is_some() && decimal::<u64>(seq).is_some(),
         None => false,
     }
+}
+
+/// Digits only (no sign, no space: `str::parse` would take `+5`), within the type's range.
+fn decimal<T: std::str::FromStr>(text: &str) -> Option<T> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// One entry of a stream reply: its id and its fields, as Redis sent them.
@@ -52,6 +60,7 @@ fn text(v: &Value) -> Option<&str> {
     match v {
         Value::BulkString(b) => std::str::from_utf8(b).ok(),
         Value::SimpleString(s) => Some(s),
+        Value::VerbatimString { text, .. } => Some(text),
         _ => None,
     }
 }
@@ -82,7 +91,13 @@ pub(crate) fn entries(reply: Value) -> Result<Vec<RawEntry>, String> {
             None => return Err(format!("expected an entry id, got {id:?}")),
         };
         let fields = match fields {
-            Some(Value::Array(f)) => f,
+            Some(Value::Array(f)) if f.len() % 2 == 0 => f,
+            Some(Value::Array(f)) => {
+                return Err(format!(
+                    "entry {id}: an odd number ({}) of field/value items",
+                    f.len()
+                ));
+            }
             Some(Value::Map(m)) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
             Some(Value::Nil) => Vec::new(),
             other => return Err(format!("entry {id}: expected its fields, got {other:?}")),
@@ -95,7 +110,7 @@ pub(crate) fn entries(reply: Value) -> Result<Vec<RawEntry>, String> {
 /// Parses an `id` field `{shard}:{seq}`.
 pub(crate) fn parse_id(text: &str) -> Option<(u16, u64)> {
     let (shard, seq) = text.split_once(':')?;
-    Some((shard.parse().ok()?, seq.parse().ok()?))
+    Some((decimal(shard)?, decimal(seq)?))
 }
 
 fn parse_origin(text: &str) -> Option<Origin> {
@@ -103,28 +118,34 @@ fn parse_origin(text: &str) -> Option<Origin> {
     let node = parts.next()?;
     let shard = parts.next()?;
     let seq = parts.next()?;
-    if parts.next().is_some() || node.len() != 16 {
+    if parts.next().is_some() || node.len() != 16 || !node.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     Some(Origin {
         node: u64::from_str_radix(node, 16).ok()?,
-        shard: shard.parse().ok()?,
-        seq: seq.parse().ok()?,
+        shard: decimal(shard)?,
+        seq: decimal(seq)?,
     })
 }
 
 impl RawEntry {
-    /// The field named `name`.
-    fn field(&self, name: &str) -> Option<&Value> {
-        self.fields
-            .chunks_exact(2)
-            .find(|kv| text(&kv[0]) == Some(name))
-            .map(|kv| &kv[1])
+    /// The field named `name`; a field given twice is an error (which one is meant?).
+    fn field(&self, name: &str) -> Result<Option<&Value>, String> {
+        let mut found = None;
+        for kv in self.fields.chunks_exact(2) {
+            if text(&kv[0]) == Some(name) {
+                if found.is_some() {
+                    return Err(format!("its `{name}` field appears twice"));
+                }
+                found = Some(&kv[1]);
+            }
+        }
+        Ok(found)
     }
 
     /// The `id` field as `(shard, seq)`; `Err` says what is wrong with it.
     pub(crate) fn event_id(&self) -> Result<(u16, u64), String> {
-        let Some(v) = self.field("id") else {
+        let Some(v) = self.field("id")? else {
             return Err("it has no `id` field".into());
         };
         let Some(t) = text(v) else {
@@ -141,14 +162,14 @@ impl RawEntry {
                 "its `id` field names shard {id_shard}, but it is in the stream of shard {shard}"
             ));
         }
-        let ts_ns = match self.field("ts") {
+        let ts_ns = match self.field("ts")? {
             None => return Err("it has no `ts` field".into()),
-            Some(v) => match text(v).and_then(|t| t.parse::<u64>().ok()) {
+            Some(v) => match text(v).and_then(decimal::<u64>) {
                 Some(ts) => ts,
                 None => return Err(format!("its `ts` field is not a decimal u64: {v:?}")),
             },
         };
-        let origin = match self.field("origin") {
+        let origin = match self.field("origin")? {
             None => None,
             Some(v) => match text(v).and_then(parse_origin) {
                 Some(o) => Some(o),
@@ -159,6 +180,7 @@ impl RawEntry {
                 }
             },
         };
+        self.field("data")?;
         // The payload is moved out of the reply, not copied.
         let data = self
             .fields
@@ -169,6 +191,7 @@ impl RawEntry {
             None => return Err("it has no `data` field".into()),
             Some(Value::BulkString(b)) => Bytes::from(b),
             Some(Value::SimpleString(s)) => Bytes::from(s.into_bytes()),
+            Some(Value::VerbatimString { text, .. }) => Bytes::from(text.into_bytes()),
             Some(other) => return Err(format!("its `data` field is not a string: {other:?}")),
         };
         Ok(SourceEvent {
@@ -218,6 +241,20 @@ mod tests {
         assert!(is_entry_id("1700000000000-5"));
         assert!(!is_entry_id("1700000000000"));
         assert!(!is_entry_id("a-5"));
+        assert!(!is_entry_id("+1-5"));
+        for bad in [
+            "", "1", "1:", ":1", "x:1", "1:-1", "1:+1", "65536:1", "1:1:1", " 1:1",
+        ] {
+            assert_eq!(parse_id(bad), None, "{bad}");
+        }
+        for bad in [
+            "ab:7:1",
+            "00000000000000ab:7",
+            "00000000000000ab:7:1:1",
+            "+000000000000ab:7:1",
+        ] {
+            assert_eq!(parse_origin(bad), None, "{bad}");
+        }
     }
 
     #[test]
@@ -240,6 +277,15 @@ mod tests {
             entry("1-8", &[("id", b"1:8"), ("ts", b"1"), ("data", b"x")]),
             entry("1-9", &[("id", b"zero"), ("ts", b"1"), ("data", b"x")]),
             entry("1-10", &[("id", b"0:10"), ("ts", b"soon"), ("data", b"x")]),
+            entry(
+                "1-11",
+                &[
+                    ("id", b"0:11"),
+                    ("ts", b"1"),
+                    ("data", b"x"),
+                    ("data", b"y"),
+                ],
+            ),
         ]);
         let mut es = entries(reply).unwrap().into_iter();
         let e = es.next().unwrap().decode(0).unwrap();
@@ -261,6 +307,16 @@ mod tests {
         assert!(wrong[1].contains("names shard 1"), "{}", wrong[1]);
         assert!(wrong[2].contains("`id` field `zero`"), "{}", wrong[2]);
         assert!(wrong[3].contains("`ts`"), "{}", wrong[3]);
+        assert!(
+            wrong[4].contains("`data` field appears twice"),
+            "{}",
+            wrong[4]
+        );
+        let odd = Value::Array(vec![Value::Array(vec![
+            bulk(b"1-1"),
+            Value::Array(vec![bulk(b"id")]),
+        ])]);
+        assert!(entries(odd).unwrap_err().contains("odd number"));
         assert!(entries(Value::Int(3)).is_err());
         assert!(entries(Value::Nil).unwrap().is_empty());
     }
