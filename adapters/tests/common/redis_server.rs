@@ -149,6 +149,14 @@ impl RedisServer {
         assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
     }
 
+    /// Whether it has exited (killed from another thread, say); reaps it if so.
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => true,
+            Some(c) => c.try_wait().ok().flatten().is_some(),
+        }
+    }
+
     /// SIGKILL, and waits for it to be gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
