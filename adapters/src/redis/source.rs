@@ -3,10 +3,11 @@
 //! A poll reads each shard with one `XRANGE key (<position> + COUNT n` under the command
 //! timeout (the first read of a shard starts at `-`). The position of a shard is the id of the
 //! last entry returned (or skipped as a duplicate), so the exclusive range never returns an
-//! entry twice and never needs `limit + 1`. The limit is shared out over the shards with
-//! saturating arithmetic (`usize::MAX` is a valid limit) and each read is capped, so a huge
-//! limit means "as much as one read per shard returns", never an overflow or a request Redis
-//! refuses.
+//! entry twice and never needs `limit + 1`. The limit is shared out over the shards in turn
+//! (each gets an even share of what the shards before it left; the first shard read rotates
+//! from poll to poll) with arithmetic that cannot overflow (`usize::MAX` is a valid limit),
+//! and each read is capped at [`MAX_READ`], so a huge limit means "as much as one read per
+//! shard returns", never an overflow or a count Redis refuses.
 //!
 //! A shard whose read fails is listed in `failed_shards`; the others' events are returned. An
 //! entry that cannot be decoded stops its shard: the entries before it are returned with the
@@ -120,14 +121,17 @@ impl StreamSource for RedisSource {
             return Ok(out);
         }
         let shards = self.shards;
-        let per_shard = (limit / usize::from(shards)).clamp(1, MAX_READ);
         let mut budget = limit;
         let first = self.next_first % shards;
         self.next_first = (first + 1) % shards;
-        for shard in (first..shards).chain(0..first) {
+        for (visited, shard) in (first..shards).chain(0..first).enumerate() {
             if budget == 0 {
                 break;
             }
+            // An even share of what is left over the shards left, so what an empty shard does
+            // not use goes to the others (`div_ceil` cannot overflow, even on usize::MAX).
+            let left = usize::from(shards) - visited;
+            let count = budget.div_ceil(left).clamp(1, MAX_READ).min(budget);
             let key = self.link.shared().config.key(shard);
             let start = match cursor.position(shard) {
                 None => "-".to_owned(),
@@ -146,7 +150,6 @@ impl StreamSource for RedisSource {
                     continue;
                 }
             };
-            let count = per_shard.min(budget);
             let reply = match self.read(&key, &start, count).await {
                 Ok(r) => r,
                 Err(e) => {
