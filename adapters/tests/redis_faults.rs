@@ -11,7 +11,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::redis_server::RedisServer;
 use net_adapters::redis::{RedisConfig, RedisSink, RedisWriter};
-use net_adapters::{AdapterError, ErrorClass, OutBatch, ShardWriter, SinkBackend};
+use net_adapters::{
+    AdapterError, ErrorClass, OutBatch, ShardWriter, SinkBackend, SourceCursor, StreamSource,
+};
 use redis::Value;
 
 /// A deadline no passing run comes near: only there to turn a hang into a failure.
@@ -135,6 +137,24 @@ async fn a_paused_server_times_out_transiently_and_recovers() {
     .unwrap_err();
     assert_eq!(e.class, ErrorClass::Transient, "{e}");
     assert!(e.message.contains("PING"), "{e}");
+    // The source's reads time out too: each shard fails transiently, and the poll returns.
+    let mut source = source_of(&sink);
+    let p = within(
+        "a source poll",
+        tokio::time::timeout(GENEROUS, source.poll(&SourceCursor::start("redis"), 100)).await,
+    )
+    .unwrap();
+    assert_eq!(p.failed_shards.len(), 2, "{:?}", p.failed_shards);
+    assert!(
+        p.failed_shards.iter().all(|(_, e)| e.is_transient()),
+        "{:?}",
+        p.failed_shards
+    );
+    assert!(
+        p.failed_shards[0].1.message.contains("XRANGE"),
+        "{:?}",
+        p.failed_shards
+    );
     server.resume();
 
     // The sink's retry: what the backend holds is dropped, the rest written. The abandoned
@@ -156,6 +176,61 @@ async fn a_paused_server_times_out_transiently_and_recovers() {
     sink.health().await.unwrap();
     let want: Vec<String> = (0..10).map(|s| format!("0:{s}")).collect();
     assert_eq!(ids(&url, &key).await, want);
+    let p = source
+        .poll(&SourceCursor::start("redis"), 100)
+        .await
+        .unwrap();
+    assert!(p.failed_shards.is_empty(), "{:?}", p.failed_shards);
+    assert_eq!(p.events.len(), 10);
+}
+
+/// A source sharing `sink`'s connections' shutdown, reading its two shards.
+fn source_of(sink: &RedisSink) -> net_adapters::redis::RedisSource {
+    let mut cfg = sink.config().clone();
+    cfg.shards = Some(2);
+    cfg.dedup_capacity = Some(1000);
+    RedisSink::new(cfg).unwrap().source().unwrap()
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_connection_even_of_writers_still_held() {
+    let test = "shutdown_closes_every_connection_even_of_writers_still_held";
+    let Some(server) = RedisServer::start(test, &[]) else {
+        return;
+    };
+    let mut cfg = config(&server.url(), "close", 2000);
+    cfg.shards = Some(1);
+    cfg.dedup_capacity = Some(100);
+    let mut sink = RedisSink::new(cfg).unwrap();
+    let mut w0 = sink.writer(0).await.unwrap();
+    let mut w1 = sink.writer(1).await.unwrap();
+    let mut source = sink.source().unwrap();
+    w0.write(&batch(0, 0..2, now_ns(), 8)).await.unwrap();
+    sink.health().await.unwrap();
+    source
+        .poll(&SourceCursor::start("redis"), 10)
+        .await
+        .unwrap();
+    let clients = |s: &RedisServer| s.cli(&["CLIENT", "LIST"]).lines().count();
+    // Two writers, the health check, the source, and redis-cli asking.
+    assert_eq!(clients(&server), 5, "{}", server.cli(&["CLIENT", "LIST"]));
+
+    sink.shutdown().await;
+    // The connections' tasks close their sockets when next polled: let the runtime run.
+    let deadline = Instant::now() + GENEROUS;
+    while clients(&server) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "connections still open: {}",
+            server.cli(&["CLIENT", "LIST"])
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The writers still exist, and refuse.
+    let e = w1.write(&batch(1, 0..1, now_ns(), 8)).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Fatal, "{e}");
+    assert!(e.message.contains("redis adapter has shut down"), "{e}");
+    assert_eq!(clients(&server), 1, "a refused write opens no connection");
 }
 
 #[tokio::test]

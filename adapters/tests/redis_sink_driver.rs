@@ -1,0 +1,220 @@
+//! The sink driver with the Redis backend, end to end: a bus's events carried to Redis
+//! Streams exactly once, a restart that lost its checkpoint resumed from what Redis holds, and
+//! a private redis-server SIGKILLed in the middle of a sink run and restarted on its data dir.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis_server::RedisServer;
+use net_adapters::redis::{RedisConfig, RedisSink};
+use net_adapters::{Sink, SinkConfig, SinkStatus};
+use net_engine::{Bus, Config, IdleStrategy};
+use redis::Value;
+
+fn bus(dir: &std::path::Path, shards: usize) -> Bus {
+    let mut c = Config {
+        data_dir: dir.join("data"),
+        shards: Some(shards),
+        pin: false,
+        ..Config::default()
+    };
+    c.lane.capacity_bytes = 64 << 10;
+    c.batch.max_events = 256;
+    c.batch.max_bytes = 64 << 10;
+    c.storage.segment_bytes = 1 << 20;
+    c.idle.strategy = IdleStrategy::Park;
+    Bus::start(c).unwrap()
+}
+
+fn sink_config(dir: &std::path::Path) -> SinkConfig {
+    std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
+    let mut c = SinkConfig::new("redis", dir.join("checkpoints"));
+    c.batch_events_max = 256;
+    c.feed_bytes = 1 << 16;
+    c.backoff_min_ms = 5;
+    c.backoff_max_ms = 100;
+    c.health_interval_ms = 50;
+    c
+}
+
+fn send(bus: &Bus, from: u64, to: u64) {
+    let mut p = bus.producer().unwrap();
+    for i in from..to {
+        p.send(&i.to_le_bytes(), format!("event {i}").as_bytes())
+            .unwrap();
+    }
+    bus.flush().unwrap();
+}
+
+/// Every entry of `key`: (entry id, id field, ts field, data field).
+async fn entries(url: &str, key: &str) -> Vec<(String, String, u64, Vec<u8>)> {
+    let mut c = redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).expect("utf8"),
+        other => panic!("not text: {other:?}"),
+    };
+    let mut out = Vec::new();
+    let mut start = "-".to_owned();
+    loop {
+        let v: Value = redis::cmd("XRANGE")
+            .arg(key)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut c)
+            .await
+            .expect("XRANGE");
+        let Value::Array(list) = v else {
+            panic!("XRANGE: {v:?}")
+        };
+        if list.is_empty() {
+            return out;
+        }
+        for e in list {
+            let Value::Array(pair) = e else {
+                panic!("entry: {e:?}")
+            };
+            let Value::Array(f) = &pair[1] else {
+                panic!("fields: {pair:?}")
+            };
+            let Value::BulkString(data) = &f[5] else {
+                panic!("data: {f:?}")
+            };
+            let entry_id = text(&pair[0]);
+            out.push((
+                entry_id.clone(),
+                text(&f[1]),
+                text(&f[3]).parse().expect("ts"),
+                data.clone(),
+            ));
+            start = format!("({entry_id}");
+        }
+    }
+}
+
+/// Checks that Redis holds every event of the bus exactly once, as the bus stored it.
+fn assert_exactly_once(url: &str, prefix: &str, bus: &Bus) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let resp = bus.poll(&net_engine::Cursor::start(), usize::MAX).unwrap();
+    let mut total = 0;
+    for shard in 0..bus.shards() {
+        let shard = u16::try_from(shard).unwrap();
+        let got = rt.block_on(entries(url, &format!("{prefix}:{shard}")));
+        let want: Vec<_> = resp
+            .events
+            .iter()
+            .filter(|e| e.id.shard.0 == shard)
+            .collect();
+        assert_eq!(got.len(), want.len(), "shard {shard}: every event once");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.1, format!("{shard}:{}", w.id.seq.0));
+            assert_eq!(g.0, format!("{}-{}", w.ts_ns / 1_000_000, w.id.seq.0));
+            assert_eq!(g.2, w.ts_ns);
+            assert_eq!(g.3, w.payload[..]);
+        }
+        total += got.len() as u64;
+    }
+    total
+}
+
+#[test]
+fn a_sink_carries_the_bus_to_redis_exactly_once_and_resumes_from_what_redis_holds() {
+    let test = "a_sink_carries_the_bus_to_redis_exactly_once_and_resumes_from_what_redis_holds";
+    let Some(url) = common::redis_url(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus(dir.path(), 2);
+    let mut cfg = RedisConfig::single(&url);
+    cfg.prefix = common::unique("drv");
+
+    let sink = Sink::start(
+        &bus,
+        RedisSink::new(cfg.clone()).unwrap(),
+        sink_config(dir.path()),
+    )
+    .unwrap();
+    send(&bus, 0, 5_000);
+    sink.wait_caught_up(Duration::from_secs(30)).unwrap();
+    let stats = sink.stop(Duration::from_secs(5));
+    assert_eq!(stats.status, SinkStatus::Stopped);
+    assert_eq!(stats.backend, "redis");
+    assert_eq!(stats.shards.iter().map(|s| s.written).sum::<u64>(), 5_000);
+    assert_eq!(assert_exactly_once(&url, &cfg.prefix, &bus), 5_000);
+
+    // The checkpoint is lost; the next sink resumes after what Redis holds, not at 0.
+    std::fs::remove_file(dir.path().join("checkpoints/redis.sink")).unwrap();
+    send(&bus, 5_000, 8_000);
+    let sink = Sink::start(
+        &bus,
+        RedisSink::new(cfg.clone()).unwrap(),
+        sink_config(dir.path()),
+    )
+    .unwrap();
+    sink.wait_caught_up(Duration::from_secs(30)).unwrap();
+    let stats = sink.stop(Duration::from_secs(5));
+    assert_eq!(
+        stats.shards.iter().map(|s| s.written).sum::<u64>(),
+        3_000,
+        "{stats:?}"
+    );
+    assert_eq!(assert_exactly_once(&url, &cfg.prefix, &bus), 8_000);
+}
+
+#[test]
+fn a_redis_killed_during_a_sink_run_ends_with_every_event_exactly_once() {
+    let test = "a_redis_killed_during_a_sink_run_ends_with_every_event_exactly_once";
+    let Some(mut server) = RedisServer::start(test, &[]) else {
+        return;
+    };
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus(dir.path(), 2);
+    let mut cfg = RedisConfig::single(&url);
+    cfg.prefix = common::unique("kill");
+    cfg.command_timeout_ms = 1_000;
+    cfg.connect_timeout_ms = 1_000;
+
+    let sink = Sink::start(
+        &bus,
+        RedisSink::new(cfg.clone()).unwrap(),
+        sink_config(dir.path()),
+    )
+    .unwrap();
+    send(&bus, 0, 10_000);
+    // Killed while the sink is (most likely) still writing what was just sent.
+    server.kill();
+    send(&bus, 10_000, 15_000);
+    std::thread::sleep(Duration::from_millis(300));
+    let down = sink.stats();
+    assert_eq!(
+        down.status,
+        SinkStatus::Running,
+        "a dead server is transient: {down:?}"
+    );
+    assert!(
+        down.shards.iter().map(|s| s.transient_errors).sum::<u64>() > 0,
+        "{down:?}"
+    );
+    server.restart();
+    send(&bus, 15_000, 20_000);
+    sink.wait_caught_up(Duration::from_secs(45)).unwrap();
+    let stats = sink.stop(Duration::from_secs(5));
+    eprintln!("after the kill and restart: {stats:?}");
+    assert_eq!(stats.status, SinkStatus::Stopped, "{stats:?}");
+    assert_eq!(
+        stats.shards.iter().map(|s| s.fatal_errors).sum::<u64>(),
+        0,
+        "{stats:?}"
+    );
+    assert_eq!(assert_exactly_once(&url, &cfg.prefix, &bus), 20_000);
+}
