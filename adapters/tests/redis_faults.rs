@@ -302,6 +302,33 @@ async fn bad_credentials_and_missing_permissions_are_fatal_at_once() {
         "{e}"
     );
 
+    // The least privileges the docs name suffice: the sink's user writes, reads its
+    // position and pings; the source's user reads.
+    for user in [
+        "sink on >pw ~* +xadd +xrevrange +ping",
+        "reader on >pw ~* +xrange",
+    ] {
+        let mut args = vec!["-a", "s3cret", "--no-auth-warning", "ACL", "SETUSER"];
+        args.extend(user.split(' '));
+        assert!(server.cli(&args).contains("OK"), "ACL SETUSER {user}");
+    }
+    let mut cfg = config(&format!("redis://sink:pw@127.0.0.1:{port}"), "least", 2000);
+    cfg.shards = Some(1);
+    cfg.dedup_capacity = Some(10);
+    let mut sink = RedisSink::new(cfg.clone()).unwrap();
+    let mut w = sink.writer(0).await.unwrap();
+    w.write(&b).await.unwrap();
+    assert_eq!(w.last_held().await.unwrap(), Some(2));
+    sink.health().await.unwrap();
+    cfg.url = Some(format!("redis://reader:pw@127.0.0.1:{port}"));
+    let mut source = net_adapters::redis::RedisSource::new(cfg).unwrap();
+    let p = source
+        .poll(&SourceCursor::start("redis"), 10)
+        .await
+        .unwrap();
+    assert!(p.failed_shards.is_empty(), "{:?}", p.failed_shards);
+    assert_eq!(p.events.len(), 3);
+
     // The right password writes.
     let cfg = config(&format!("redis://:s3cret@127.0.0.1:{port}"), "ok", 2000);
     let key = format!("{}:0", cfg.prefix);

@@ -1,14 +1,15 @@
 //! The sink driver with the Redis backend, end to end: a bus's events carried to Redis
-//! Streams exactly once, a restart that lost its checkpoint resumed from what Redis holds, and
-//! a private redis-server SIGKILLed in the middle of a sink run and restarted on its data dir.
+//! Streams exactly once, a restart that lost its checkpoint resumed from what Redis holds, a
+//! private redis-server SIGKILLed in the middle of a sink run and restarted on its data dir,
+//! and the streams imported into another bus exactly once through the source.
 
 mod common;
 
 use std::time::Duration;
 
 use common::redis_server::RedisServer;
-use net_adapters::redis::{RedisConfig, RedisSink};
-use net_adapters::{Sink, SinkConfig, SinkStatus};
+use net_adapters::redis::{RedisConfig, RedisSink, RedisSource};
+use net_adapters::{Importer, Sink, SinkConfig, SinkStatus, SourceCursor};
 use net_engine::{Bus, Config, IdleStrategy};
 use redis::Value;
 
@@ -217,4 +218,81 @@ fn a_redis_killed_during_a_sink_run_ends_with_every_event_exactly_once() {
         "{stats:?}"
     );
     assert_eq!(assert_exactly_once(&url, &cfg.prefix, &bus), 20_000);
+}
+
+#[test]
+fn redis_streams_import_into_another_bus_exactly_once() {
+    let test = "redis_streams_import_into_another_bus_exactly_once";
+    let Some(url) = common::redis_url(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let from = bus(&dir.path().join("from"), 2);
+    let mut cfg = RedisConfig::single(&url);
+    cfg.prefix = common::unique("imp");
+    cfg.shards = Some(2);
+    cfg.dedup_capacity = Some(100_000);
+    let sink = Sink::start(
+        &from,
+        RedisSink::new(cfg.clone()).unwrap(),
+        sink_config(dir.path()),
+    )
+    .unwrap();
+    send(&from, 0, 3_000);
+    sink.wait_caught_up(Duration::from_secs(30)).unwrap();
+    drop(sink);
+
+    let into = bus(&dir.path().join("into"), 2);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tag = 0x7ed1_5000;
+    let import_all = |cursor: SourceCursor| {
+        rt.block_on(async {
+            let mut source = RedisSource::new(cfg.clone()).unwrap();
+            let mut importer = Importer::new(&into, tag).unwrap();
+            let mut cursor = cursor;
+            loop {
+                let r = importer.step(&mut source, &cursor, 700).await.unwrap();
+                assert!(
+                    r.poll.failed_shards.is_empty(),
+                    "{:?}",
+                    r.poll.failed_shards
+                );
+                if r.poll.next == cursor {
+                    break;
+                }
+                cursor = r.poll.next.clone();
+            }
+            into.flush().unwrap();
+            (importer.totals(), cursor)
+        })
+    };
+    let ((imported, already), _) = import_all(SourceCursor::start("redis"));
+    assert_eq!((imported, already), (3_000, 0));
+    // Again from the start (a lost cursor): everything is read, nothing stored twice.
+    let ((imported, already), _) = import_all(SourceCursor::start("redis"));
+    assert_eq!((imported, already), (0, 3_000));
+
+    let original = from.poll(&net_engine::Cursor::start(), usize::MAX).unwrap();
+    let copied = into.poll(&net_engine::Cursor::start(), usize::MAX).unwrap();
+    assert_eq!(copied.events.len(), 3_000);
+    let mut want: Vec<_> = original
+        .events
+        .iter()
+        .map(|e| ((e.id.shard.0, e.id.seq.0), e.payload.clone()))
+        .collect();
+    let mut got: Vec<_> = copied
+        .events
+        .iter()
+        .map(|e| {
+            let o = e.origin.expect("an imported event has its origin");
+            assert_eq!(o.node, tag);
+            ((o.shard, o.seq), e.payload.clone())
+        })
+        .collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
 }
