@@ -16,8 +16,9 @@ use crate::error::AdapterError;
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// One Redis node: `redis://[user:password@]host:port[/db]` (or `rediss://` where the
-    /// client supports TLS). Exactly one of `url` and `cluster_nodes`.
+    /// One Redis node: `redis://[user:password@]host:port[/db]` (or `unix:///path`). TLS
+    /// (`rediss://`) is not built in: such a URL is refused at start. Exactly one of `url` and
+    /// `cluster_nodes`.
     #[serde(default)]
     pub url: Option<String>,
     /// Seed nodes of a Redis Cluster (`redis://host:port` each, credentials in the URLs).

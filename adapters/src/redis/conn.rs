@@ -118,7 +118,13 @@ impl Shared {
                     .build()
                     .map_err(|e| fatal("cluster_nodes", e))?,
             ),
-            (None, None) => unreachable!("validate() requires url or cluster_nodes"),
+            // `validate` refuses this; said again rather than assumed.
+            (None, None) => {
+                return Err(AdapterError::fatal(
+                    BACKEND,
+                    "redis config: neither `url` nor `cluster_nodes` is set",
+                ));
+            }
         };
         Ok(Arc::new(Shared {
             config,
@@ -326,5 +332,32 @@ pub(crate) fn unexpected(what: &str, detail: impl std::fmt::Display) -> AdapterE
         backend: BACKEND,
         class: ErrorClass::Fatal,
         message: format!("{what}: unexpected reply: {detail}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_urls_are_refused_at_start_naming_the_field() {
+        for (config, field, says) in [
+            (RedisConfig::single("rediss://h:1"), "`url`", "TLS"),
+            (RedisConfig::single("http://h:1"), "`url`", ""),
+            (
+                RedisConfig::single("redis://h:1/notadb"),
+                "`url`",
+                "database",
+            ),
+            (
+                RedisConfig::cluster(&["redis://a:1", "ftp://b:2"]),
+                "`cluster_nodes`",
+                "",
+            ),
+        ] {
+            let e = Shared::new(config).unwrap_err();
+            assert_eq!(e.class, ErrorClass::Fatal, "{e}");
+            assert!(e.message.contains(field) && e.message.contains(says), "{e}");
+        }
     }
 }
