@@ -320,6 +320,15 @@ impl Sink {
                 "sink config field `shards`: a shard is listed twice",
             ));
         }
+        std::fs::create_dir_all(&config.checkpoint_dir).map_err(|e| {
+            AdapterError::fatal(
+                "sink",
+                format!(
+                    "sink config field `checkpoint_dir`: cannot create {}: {e}",
+                    config.checkpoint_dir.display()
+                ),
+            )
+        })?;
         let path = Checkpoint::path(&config.checkpoint_dir, &config.name);
         let destination = backend.destination();
         let checkpoint = match Checkpoint::load(&path)? {

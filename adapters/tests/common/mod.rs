@@ -70,9 +70,8 @@ pub fn nats_url(test: &str) -> Option<String> {
 
 /// Whether `binary` is on the PATH; otherwise says loudly that `test` is skipped.
 pub fn have_binary(binary: &str, test: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|p| p.join(binary).is_file())
-    });
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(binary).is_file()));
     if !found {
         skipped(binary, test);
     }
