@@ -124,8 +124,16 @@ impl JetStreamConfig {
 
     /// Parses and validates the JSON form, naming the field that is wrong.
     pub fn from_json(text: &str) -> Result<JetStreamConfig, AdapterError> {
-        let config: JetStreamConfig = serde_json::from_str(text)
-            .map_err(|e| bad(format!("cannot read the configuration: {e}")))?;
+        let mut json = serde_json::Deserializer::from_str(text);
+        let config: JetStreamConfig = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!("`{path}`: ")
+            };
+            bad(format!("cannot read the configuration: {at}{}", e.inner()))
+        })?;
         config.validate()?;
         Ok(config)
     }

@@ -19,7 +19,7 @@
 //! holding the shard there until the operator moves its position with
 //! [`SourceCursor::set`](crate::SourceCursor::set).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Write as _;
 use std::sync::Arc;
@@ -27,8 +27,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::context::RequestError;
+use async_nats::jetstream::response::Response;
 use async_nats::jetstream::stream::Stream;
 use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::classify::{classify_batch, classify_consumer, classify_request, refine};
@@ -40,6 +43,29 @@ use crate::source::{Dedup, SourceCursor, SourceEvent, SourcePoll, StreamSource};
 
 /// The most messages one shard returns in one poll (a larger limit is shaped down to this).
 pub const MAX_FETCH: usize = 4096;
+
+/// A stream info request asking for the subjects under a filter, from `offset` on.
+#[derive(Serialize)]
+struct InfoRequest {
+    subjects_filter: String,
+    offset: usize,
+}
+
+/// The parts of a stream info reply a poll needs.
+#[derive(Deserialize)]
+struct InfoReply {
+    state: InfoState,
+    /// How many subjects match in all (present when the server pages them).
+    #[serde(default)]
+    total: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct InfoState {
+    last_seq: u64,
+    #[serde(default)]
+    subjects: Option<HashMap<String, u64>>,
+}
 
 /// How long the server keeps a source's consumer after its last request.
 const CONSUMER_IDLE: Duration = Duration::from_secs(60);
@@ -150,27 +176,40 @@ impl JetStreamSource {
             .map_err(|e| AdapterError::fatal(BACKEND, format!("stream `{name}`: {e}")))
     }
 
-    /// The stream's last sequence and the shards whose subjects hold messages.
+    /// The stream's last sequence and the shards whose subjects hold messages: one stream
+    /// info request (more only when the server pages a very long subject list).
     async fn stream_state(&self, conn: &Conn) -> Result<(u64, Vec<u16>), AdapterError> {
         let config = &self.shared.config;
         let what = format!("reading the info of stream `{}`", config.stream);
-        let stream = self.stream(conn).await?;
         let prefix = format!("{}.", config.subject_prefix);
-        let filter = format!("{prefix}*");
+        let subject = format!("STREAM.INFO.{}", config.stream);
+        let mut request = InfoRequest {
+            subjects_filter: format!("{prefix}*"),
+            offset: 0,
+        };
         let work = async {
-            let mut info = stream.info_builder().subjects(filter).fetch().await?;
-            let last = info.info.state.last_sequence;
             let mut shards = Vec::new();
-            while let Some(item) = info.next().await {
-                let (subject, count) = item?;
-                let shard = subject
-                    .strip_prefix(prefix.as_str())
-                    .and_then(|t| t.parse::<u16>().ok());
-                if let (Some(shard), true) = (shard, count > 0) {
-                    shards.push(shard);
+            loop {
+                let reply: Response<InfoReply> = conn.js.request(subject.clone(), &request).await?;
+                let info = match reply {
+                    Response::Ok(info) => info,
+                    Response::Err { error } => return Err(error.into()),
+                };
+                let page = info.state.subjects.unwrap_or_default();
+                let got = page.len();
+                for (subject, count) in page {
+                    let shard = subject
+                        .strip_prefix(prefix.as_str())
+                        .and_then(|t| t.parse::<u16>().ok());
+                    if let (Some(shard), true) = (shard, count > 0) {
+                        shards.push(shard);
+                    }
+                }
+                request.offset += got;
+                if got == 0 || request.offset >= info.total.unwrap_or(0) {
+                    return Ok::<_, RequestError>((info.state.last_seq, shards));
                 }
             }
-            Ok::<_, async_nats::jetstream::context::RequestError>((last, shards))
         };
         let deadline = Instant::now() + config.command_timeout();
         let mark = conn.events.mark();

@@ -132,6 +132,16 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            // The server's side of a failed test.
+            if let Ok(log) = std::fs::read_to_string(self.dir.join("nats.log")) {
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- nats-server log (last 40 lines) ----");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
