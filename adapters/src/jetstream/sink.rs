@@ -368,8 +368,10 @@ fn writer_context(
             return context.clone();
         }
     }
+    // The write's own deadline bounds every wait; the client's timeouts are only a backstop
+    // (longer, so the error that ends a write names the batch, not one message).
     let context = ContextBuilder::new()
-        .timeout(config.command_timeout())
+        .timeout(config.command_timeout().saturating_mul(2))
         .ack_timeout(config.command_timeout())
         .max_ack_inflight(PIPELINE_WINDOW)
         .backpressure_on_inflight(true)
