@@ -6,7 +6,7 @@
 mod common;
 
 use net_adapters::jetstream::{JetStreamConfig, JetStreamSink, JetStreamSource};
-use net_adapters::{ErrorClass, SinkBackend};
+use net_adapters::{ErrorClass, ShardWriter, SinkBackend, SourceCursor, StreamSource};
 
 use common::nats_server::{NatsServer, batch, js_config, write_with_retry};
 
@@ -20,6 +20,16 @@ authorization {
     } },
     { user: "nojs", password: "right", permissions: {
         publish: { allow: ["t.>"] },
+        subscribe: { allow: ["_INBOX.>"] }
+    } },
+    { user: "sinkonly", password: "right", permissions: {
+        publish: { allow: ["t.>", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.CREATE.*",
+                           "$JS.API.STREAM.MSG.GET.*"] },
+        subscribe: { allow: ["_INBOX.>"] }
+    } },
+    { user: "sourceonly", password: "right", permissions: {
+        publish: { allow: ["$JS.API.STREAM.INFO.*", "$JS.API.CONSUMER.CREATE.*",
+                           "$JS.API.CONSUMER.MSG.NEXT.*.*"] },
         subscribe: { allow: ["_INBOX.>"] }
     } }
   ]
@@ -98,4 +108,49 @@ async fn permission_errors_and_bad_credentials_are_fatal_at_once() {
     let mut sink = JetStreamSink::new(config).expect("config");
     let e = sink.writer(0).await.expect_err("refused");
     assert_eq!(e.class, ErrorClass::Transient, "{e}");
+}
+
+/// The permissions `docs/adapters-jetstream.md` lists are enough: a sink user that can only
+/// publish its subjects and the stream's info, create and message-get API, and a source user
+/// that can only read the stream's info and create and pull an ephemeral consumer.
+#[tokio::test]
+async fn the_documented_least_permissions_suffice() {
+    let Some(server) = NatsServer::start_with_config("js_least", Some(USERS)) else {
+        return;
+    };
+    let sink_config = as_user(&server, "js_least", "sinkonly", "right");
+    let mut sink = JetStreamSink::new(sink_config.clone()).expect("config");
+    sink.health().await.expect("health");
+    let mut w = sink.writer(2).await.expect("writer (creates the stream)");
+    assert_eq!(w.last_held().await.expect("last held"), None);
+    w.write(&batch(2, 1..=50)).await.expect("write");
+    w.write(&batch(2, 41..=60))
+        .await
+        .expect("a retry (duplicates)");
+    assert_eq!(w.last_held().await.expect("last held"), Some(60));
+    sink.shutdown().await;
+    assert!(
+        sink.last_drain_error().is_none(),
+        "{:?}",
+        sink.last_drain_error()
+    );
+
+    let mut source_config = sink_config.clone();
+    source_config.user = Some("sourceonly".into());
+    let mut source = JetStreamSource::connect(source_config)
+        .await
+        .expect("source");
+    let mut cursor = SourceCursor::start("jetstream");
+    let mut seqs = Vec::new();
+    for _ in 0..10 {
+        let poll = source.poll(&cursor, 25).await.expect("poll");
+        assert!(poll.failed_shards.is_empty(), "{:?}", poll.failed_shards);
+        if poll.events.is_empty() {
+            break;
+        }
+        seqs.extend(poll.events.iter().map(|e| e.seq));
+        cursor = poll.next;
+    }
+    assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
+    source.shutdown().await;
 }

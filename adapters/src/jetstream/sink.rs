@@ -461,6 +461,16 @@ impl ShardWriter for JetStreamWriter {
         if batch.is_empty() {
             return Ok(());
         }
+        if batch.shard() != self.shard {
+            return Err(AdapterError::fatal(
+                BACKEND,
+                format!(
+                    "a batch of shard {} handed to the writer of shard {}",
+                    batch.shard(),
+                    self.shard
+                ),
+            ));
+        }
         let JetStreamWriter {
             shared,
             shard,
