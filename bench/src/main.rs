@@ -4,6 +4,7 @@
 //! line. Ratios between designs measured in one run are the figures to quote: the machines are
 //! shared and noisy, absolute times are not comparable between runs.
 
+mod adapters;
 mod alloc;
 mod baseline;
 mod cpu;
@@ -46,6 +47,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
+    /// Bus -> Redis Streams and bus -> JetStream sinks against the raw clients of those
+    /// servers (redis, async-nats), in one run.
+    Adapters(adapters::Args),
     /// Ingest, persist, read back and verify every event on the embedded default config.
     Demo(demo::Args),
     /// Ingest through the C API against the Rust API in the same run.
@@ -102,6 +106,7 @@ impl Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.scenario {
+        Scenario::Adapters(args) => adapters::run(args),
         Scenario::Demo(args) => demo::run(args),
         Scenario::Ffi(args) => ffi::run(args),
         Scenario::Ingest(args) => ingest::run(args),
