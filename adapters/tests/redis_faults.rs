@@ -49,7 +49,10 @@ fn config(url: &str, test: &str, timeout_ms: u64) -> RedisConfig {
 async fn ids(url: &str, key: &str) -> Vec<String> {
     let mut c = redis::Client::open(url)
         .expect("url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(std::time::Duration::from_secs(30))),
+        )
         .await
         .expect("connect");
     let mut out = Vec::new();

@@ -52,7 +52,10 @@ fn send(bus: &Bus, from: u64, to: u64) {
 async fn entries(url: &str, key: &str) -> Vec<(String, String, u64, Vec<u8>)> {
     let mut c = redis::Client::open(url)
         .expect("url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(std::time::Duration::from_secs(30))),
+        )
         .await
         .expect("connect");
     let text = |v: &Value| match v {

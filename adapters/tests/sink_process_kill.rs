@@ -122,7 +122,10 @@ fn sigkill_mid_run_then_restart_leaves_every_event_in_redis_exactly_once() {
     let mut con = rt.block_on(async {
         redis::Client::open(url.as_str())
             .unwrap()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(
+                &redis::AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(std::time::Duration::from_secs(30))),
+            )
             .await
             .unwrap()
     });

@@ -278,7 +278,10 @@ mod redis {
         rt.block_on(async {
             let client = ::redis::Client::open(url).map_err(redis_err("opening the client"))?;
             let mut con = client
-                .get_multiplexed_async_connection()
+                .get_multiplexed_async_connection_with_config(
+                    &::redis::AsyncConnectionConfig::new()
+                        .set_response_timeout(Some(std::time::Duration::from_secs(30))),
+                )
                 .await
                 .map_err(redis_err("connecting"))?;
             let prefix = unique("netbench-raw");
@@ -343,7 +346,10 @@ mod redis {
         let held = rt.block_on(async {
             let client = ::redis::Client::open(url).map_err(redis_err("opening the client"))?;
             let mut con = client
-                .get_multiplexed_async_connection()
+                .get_multiplexed_async_connection_with_config(
+                    &::redis::AsyncConnectionConfig::new()
+                        .set_response_timeout(Some(std::time::Duration::from_secs(30))),
+                )
                 .await
                 .map_err(redis_err("connecting"))?;
             let mut held = 0u64;
