@@ -6,56 +6,15 @@
 
 mod common;
 
+use common::{bus, runtime, send};
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::nats_server::{NatsServer, delete_stream, js_config, stream_messages};
 use net_adapters::jetstream::{JetStreamConfig, JetStreamSink, JetStreamSource};
-use net_adapters::{
-    Importer, Sink, SinkConfig, SinkStatus, SourceCursor, SourceEvent, StreamSource,
-};
-use net_engine::{Bus, Config, IdleStrategy, Origin, ShardId};
-
-fn bus(dir: &std::path::Path, shards: usize) -> Bus {
-    let mut c = Config {
-        data_dir: dir.join("data"),
-        shards: Some(shards),
-        pin: false,
-        ..Config::default()
-    };
-    c.lane.capacity_bytes = 64 << 10;
-    c.batch.max_events = 256;
-    c.batch.max_bytes = 64 << 10;
-    c.storage.segment_bytes = 1 << 20;
-    c.idle.strategy = IdleStrategy::Park;
-    Bus::start(c).expect("bus")
-}
-
-fn sink_config(dir: &std::path::Path) -> SinkConfig {
-    let mut c = SinkConfig::new("jetstream", dir.join("checkpoints"));
-    c.batch_events_max = 256;
-    c.feed_bytes = 1 << 16;
-    c.backoff_min_ms = 5;
-    c.backoff_max_ms = 100;
-    c.health_interval_ms = 50;
-    c
-}
-
-fn send(bus: &Bus, from: u64, to: u64) {
-    let mut p = bus.producer().expect("producer");
-    for i in from..to {
-        p.send(&i.to_le_bytes(), format!("event {i}").as_bytes())
-            .expect("send");
-    }
-    bus.flush().expect("flush");
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
+use net_adapters::{Importer, Sink, SinkStatus, SourceCursor, SourceEvent, StreamSource};
+use net_engine::{Bus, Origin, ShardId};
 
 /// Every event the stream holds, through the source, with the dedup's count of repeats.
 fn read_stream(config: &JetStreamConfig) -> (Vec<SourceEvent>, u64) {
@@ -128,7 +87,7 @@ fn a_sink_carries_the_bus_to_jetstream_exactly_once_and_resumes_from_what_it_hol
     let sink = Sink::start(
         &bus,
         JetStreamSink::new(config.clone()).expect("config"),
-        sink_config(dir.path()),
+        common::sink_config(dir.path(), "jetstream"),
     )
     .expect("start");
     send(&bus, 0, 5_000);
@@ -163,7 +122,7 @@ fn a_sink_carries_the_bus_to_jetstream_exactly_once_and_resumes_from_what_it_hol
     let sink = Sink::start(
         &bus,
         JetStreamSink::new(config.clone()).expect("config"),
-        sink_config(dir.path()),
+        common::sink_config(dir.path(), "jetstream"),
     )
     .expect("start");
     sink.wait_caught_up(Duration::from_secs(30))
@@ -194,7 +153,7 @@ fn a_nats_server_killed_during_a_sink_run_ends_with_every_event_exactly_once() {
     let sink = Sink::start(
         &bus,
         JetStreamSink::new(config.clone()).expect("config"),
-        sink_config(dir.path()),
+        common::sink_config(dir.path(), "jetstream"),
     )
     .expect("start");
     send(&bus, 0, 10_000);
@@ -258,7 +217,7 @@ fn a_jetstream_stream_imports_into_another_bus_exactly_once() {
     let sink = Sink::start(
         &from,
         JetStreamSink::new(config.clone()).expect("config"),
-        sink_config(dir.path()),
+        common::sink_config(dir.path(), "jetstream"),
     )
     .expect("start");
     send(&from, 0, 3_000);
@@ -302,29 +261,6 @@ fn a_jetstream_stream_imports_into_another_bus_exactly_once() {
     let ((imported, already), _) = import_all(SourceCursor::start("jetstream"));
     assert_eq!((imported, already), (0, 3_000));
 
-    let original = from
-        .poll(&net_engine::Cursor::start(), usize::MAX)
-        .expect("poll");
-    let copied = into
-        .poll(&net_engine::Cursor::start(), usize::MAX)
-        .expect("poll");
-    assert_eq!(copied.events.len(), 3_000);
-    let mut want: Vec<_> = original
-        .events
-        .iter()
-        .map(|e| ((e.id.shard.0, e.id.seq.0), e.payload.clone()))
-        .collect();
-    let mut got: Vec<_> = copied
-        .events
-        .iter()
-        .map(|e| {
-            let o = e.origin.expect("an imported event has its origin");
-            assert_eq!(o.node, tag);
-            ((o.shard, o.seq), e.payload.clone())
-        })
-        .collect();
-    want.sort();
-    got.sort();
-    assert_eq!(got, want);
+    common::assert_imported_exactly(&from, &into, tag, 3_000);
     rt.block_on(delete_stream(&config));
 }

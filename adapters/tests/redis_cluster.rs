@@ -4,33 +4,13 @@
 
 mod common;
 
+use common::{batch, now_ns};
+
 use std::collections::BTreeSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::redis_server::RedisCluster;
 use net_adapters::redis::{RedisConfig, RedisSink};
-use net_adapters::{OutBatch, ShardWriter, SinkBackend, SourceCursor, StreamSource};
-
-fn now_ns() -> u64 {
-    let ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    u64::try_from(ns).expect("ns fit u64")
-}
-
-fn batch(shard: u16, seqs: std::ops::Range<u64>, ts0: u64) -> OutBatch {
-    let mut b = OutBatch::new(shard);
-    for seq in seqs {
-        b.push(
-            seq,
-            ts0 + seq * 250_000,
-            None,
-            format!("cluster {shard}:{seq}").as_bytes(),
-        );
-    }
-    b
-}
+use net_adapters::{ShardWriter, SinkBackend, SourceCursor, StreamSource};
 
 #[tokio::test]
 async fn a_three_node_cluster_holds_every_shard_exactly_once() {
@@ -88,7 +68,7 @@ async fn a_three_node_cluster_holds_every_shard_exactly_once() {
         for e in &p.events {
             assert_eq!(
                 &e.payload[..],
-                format!("cluster {}:{}", e.shard, e.seq).as_bytes()
+                format!("event {}:{}", e.shard, e.seq).as_bytes()
             );
             assert!(got.insert((e.shard, e.seq)), "{} twice", e.id());
         }

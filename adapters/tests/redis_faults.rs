@@ -5,9 +5,11 @@
 
 mod common;
 
+use common::now_ns;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
 use net_adapters::redis::{RedisConfig, RedisSink, RedisWriter};
@@ -18,14 +20,6 @@ use redis::Value;
 
 /// A deadline no passing run comes near: only there to turn a hang into a failure.
 const GENEROUS: Duration = Duration::from_secs(20);
-
-fn now_ns() -> u64 {
-    let ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    u64::try_from(ns).expect("ns fit u64")
-}
 
 fn batch(shard: u16, seqs: std::ops::Range<u64>, ts0: u64, size: usize) -> OutBatch {
     let mut b = OutBatch::new(shard);

@@ -3,50 +3,17 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use common::{batch, now_ns, redis_conn as raw};
 
 use net_adapters::redis::{RedisConfig, RedisSink};
 use net_adapters::{ErrorClass, OutBatch, ShardWriter, SinkBackend, SourceCursor, StreamSource};
 use net_engine::Origin;
 use redis::Value;
 
-fn now_ns() -> u64 {
-    let ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    u64::try_from(ns).expect("ns fit u64")
-}
-
-/// Events `seqs` of `shard`, 250 µs apart from `ts0` (so several share a millisecond).
-fn batch(shard: u16, seqs: std::ops::Range<u64>, ts0: u64) -> OutBatch {
-    let mut b = OutBatch::new(shard);
-    for seq in seqs {
-        b.push(
-            seq,
-            ts0 + seq * 250_000,
-            None,
-            format!("event {shard}:{seq}").as_bytes(),
-        );
-    }
-    b
-}
-
 fn config(url: &str, test: &str) -> RedisConfig {
     let mut c = RedisConfig::single(url);
     c.prefix = common::unique(test);
     c
-}
-
-async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("url")
-        .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(std::time::Duration::from_secs(30))),
-        )
-        .await
-        .expect("connect")
 }
 
 fn text(v: &Value) -> String {

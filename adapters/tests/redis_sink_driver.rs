@@ -5,48 +5,15 @@
 
 mod common;
 
+use common::{bus, send};
+
 use std::time::Duration;
 
 use common::redis_server::RedisServer;
 use net_adapters::redis::{RedisConfig, RedisSink, RedisSource};
-use net_adapters::{Importer, Sink, SinkConfig, SinkStatus, SourceCursor};
-use net_engine::{Bus, Config, IdleStrategy};
+use net_adapters::{Importer, Sink, SinkStatus, SourceCursor};
+use net_engine::Bus;
 use redis::Value;
-
-fn bus(dir: &std::path::Path, shards: usize) -> Bus {
-    let mut c = Config {
-        data_dir: dir.join("data"),
-        shards: Some(shards),
-        pin: false,
-        ..Config::default()
-    };
-    c.lane.capacity_bytes = 64 << 10;
-    c.batch.max_events = 256;
-    c.batch.max_bytes = 64 << 10;
-    c.storage.segment_bytes = 1 << 20;
-    c.idle.strategy = IdleStrategy::Park;
-    Bus::start(c).unwrap()
-}
-
-fn sink_config(dir: &std::path::Path) -> SinkConfig {
-    std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
-    let mut c = SinkConfig::new("redis", dir.join("checkpoints"));
-    c.batch_events_max = 256;
-    c.feed_bytes = 1 << 16;
-    c.backoff_min_ms = 5;
-    c.backoff_max_ms = 100;
-    c.health_interval_ms = 50;
-    c
-}
-
-fn send(bus: &Bus, from: u64, to: u64) {
-    let mut p = bus.producer().unwrap();
-    for i in from..to {
-        p.send(&i.to_le_bytes(), format!("event {i}").as_bytes())
-            .unwrap();
-    }
-    bus.flush().unwrap();
-}
 
 /// Every entry of `key`: (entry id, id field, ts field, data field).
 async fn entries(url: &str, key: &str) -> Vec<(String, String, u64, Vec<u8>)> {
@@ -144,7 +111,7 @@ fn a_sink_carries_the_bus_to_redis_exactly_once_and_resumes_from_what_redis_hold
     let sink = Sink::start(
         &bus,
         RedisSink::new(cfg.clone()).unwrap(),
-        sink_config(dir.path()),
+        common::sink_config(dir.path(), "redis"),
     )
     .unwrap();
     send(&bus, 0, 5_000);
@@ -161,7 +128,7 @@ fn a_sink_carries_the_bus_to_redis_exactly_once_and_resumes_from_what_redis_hold
     let sink = Sink::start(
         &bus,
         RedisSink::new(cfg.clone()).unwrap(),
-        sink_config(dir.path()),
+        common::sink_config(dir.path(), "redis"),
     )
     .unwrap();
     sink.wait_caught_up(Duration::from_secs(30)).unwrap();
@@ -191,7 +158,7 @@ fn a_redis_killed_during_a_sink_run_ends_with_every_event_exactly_once() {
     let sink = Sink::start(
         &bus,
         RedisSink::new(cfg.clone()).unwrap(),
-        sink_config(dir.path()),
+        common::sink_config(dir.path(), "redis"),
     )
     .unwrap();
     send(&bus, 0, 10_000);
@@ -238,7 +205,7 @@ fn redis_streams_import_into_another_bus_exactly_once() {
     let sink = Sink::start(
         &from,
         RedisSink::new(cfg.clone()).unwrap(),
-        sink_config(dir.path()),
+        common::sink_config(dir.path(), "redis"),
     )
     .unwrap();
     send(&from, 0, 3_000);
@@ -278,24 +245,5 @@ fn redis_streams_import_into_another_bus_exactly_once() {
     let ((imported, already), _) = import_all(SourceCursor::start("redis"));
     assert_eq!((imported, already), (0, 3_000));
 
-    let original = from.poll(&net_engine::Cursor::start(), usize::MAX).unwrap();
-    let copied = into.poll(&net_engine::Cursor::start(), usize::MAX).unwrap();
-    assert_eq!(copied.events.len(), 3_000);
-    let mut want: Vec<_> = original
-        .events
-        .iter()
-        .map(|e| ((e.id.shard.0, e.id.seq.0), e.payload.clone()))
-        .collect();
-    let mut got: Vec<_> = copied
-        .events
-        .iter()
-        .map(|e| {
-            let o = e.origin.expect("an imported event has its origin");
-            assert_eq!(o.node, tag);
-            ((o.shard, o.seq), e.payload.clone())
-        })
-        .collect();
-    want.sort();
-    got.sort();
-    assert_eq!(got, want);
+    common::assert_imported_exactly(&from, &into, tag, 3_000);
 }

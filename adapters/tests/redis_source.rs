@@ -3,31 +3,10 @@
 
 mod common;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use common::{batch, now_ns, redis_conn as raw};
 
 use net_adapters::redis::{MAX_READ, RedisConfig, RedisSink, RedisSource};
 use net_adapters::{ErrorClass, OutBatch, ShardWriter, SinkBackend, SourceCursor, StreamSource};
-
-fn now_ns() -> u64 {
-    let ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    u64::try_from(ns).expect("ns fit u64")
-}
-
-fn batch(shard: u16, seqs: std::ops::Range<u64>, ts0: u64) -> OutBatch {
-    let mut b = OutBatch::new(shard);
-    for seq in seqs {
-        b.push(
-            seq,
-            ts0 + seq * 250_000,
-            None,
-            format!("event {shard}:{seq}").as_bytes(),
-        );
-    }
-    b
-}
 
 fn config(url: &str, test: &str, shards: u16) -> RedisConfig {
     let mut c = RedisConfig::single(url);
@@ -35,17 +14,6 @@ fn config(url: &str, test: &str, shards: u16) -> RedisConfig {
     c.shards = Some(shards);
     c.dedup_capacity = Some(10_000);
     c
-}
-
-async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("url")
-        .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(std::time::Duration::from_secs(30))),
-        )
-        .await
-        .expect("connect")
 }
 
 async fn xadd(

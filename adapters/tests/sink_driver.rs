@@ -4,14 +4,17 @@
 //! stopping the sink at once, resume from the checkpoint and from what the backend holds,
 //! checkpoints refused for another backend, and retention held for unsent events.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{bus, bus_config};
 use net_adapters::{
     AdapterError, OutBatch, RetentionPolicy, ShardWriter, Sink, SinkBackend, SinkConfig, SinkStatus,
 };
-use net_engine::{Bus, Config, IdleStrategy, RetentionConfig};
+use net_engine::{Bus, RetentionConfig};
 
 /// What the fake backend stores, and how it misbehaves.
 #[derive(Debug, Default)]
@@ -86,25 +89,6 @@ impl ShardWriter for FakeWriter {
         }
         Ok(())
     }
-}
-
-fn bus_config(dir: &std::path::Path, shards: usize) -> Config {
-    let mut c = Config {
-        data_dir: dir.join("data"),
-        shards: Some(shards),
-        pin: false,
-        ..Config::default()
-    };
-    c.lane.capacity_bytes = 64 << 10;
-    c.batch.max_events = 256;
-    c.batch.max_bytes = 64 << 10;
-    c.storage.segment_bytes = 1 << 20;
-    c.idle.strategy = IdleStrategy::Park;
-    c
-}
-
-fn bus(dir: &std::path::Path, shards: usize) -> Bus {
-    Bus::start(bus_config(dir, shards)).unwrap()
 }
 
 fn config(dir: &std::path::Path) -> SinkConfig {

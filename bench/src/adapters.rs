@@ -271,6 +271,30 @@ mod redis {
         move |e| Failure::Verification(format!("redis: {context}: {e}"))
     }
 
+    /// The length of each stream `{prefix}:{shard}`, `shard < shards`, which are then deleted.
+    async fn take_lengths(
+        con: &mut ::redis::aio::MultiplexedConnection,
+        prefix: &str,
+        shards: u64,
+    ) -> Result<Vec<u64>, Failure> {
+        let mut lengths = Vec::new();
+        for shard in 0..shards {
+            let key = format!("{prefix}:{shard}");
+            let len: u64 = ::redis::cmd("XLEN")
+                .arg(&key)
+                .query_async(con)
+                .await
+                .map_err(redis_err("XLEN"))?;
+            lengths.push(len);
+            let _: () = ::redis::cmd("DEL")
+                .arg(&key)
+                .query_async(con)
+                .await
+                .map_err(redis_err("DEL"))?;
+        }
+        Ok(lengths)
+    }
+
     /// Pipelines of `args.pipeline` XADDs with the sink's fields (`id`, `ts`, `data`), one
     /// pipeline in flight, into one stream per shard as the sink writes them.
     pub fn raw(args: &Args, url: &str) -> Result<Run, Failure> {
@@ -309,21 +333,10 @@ mod redis {
                 i += n;
             }
             let elapsed = start.elapsed();
-            let mut held = 0u64;
-            for shard in 0..args.shards {
-                let key = format!("{prefix}:{shard}");
-                let len: u64 = ::redis::cmd("XLEN")
-                    .arg(&key)
-                    .query_async(&mut con)
-                    .await
-                    .map_err(redis_err("XLEN"))?;
-                held += len;
-                let _: () = ::redis::cmd("DEL")
-                    .arg(&key)
-                    .query_async(&mut con)
-                    .await
-                    .map_err(redis_err("DEL"))?;
-            }
+            let held: u64 = take_lengths(&mut con, &prefix, args.shards)
+                .await?
+                .iter()
+                .sum();
             Ok(Run {
                 events: args.events,
                 elapsed,
@@ -352,26 +365,15 @@ mod redis {
                 )
                 .await
                 .map_err(redis_err("connecting"))?;
-            let mut held = 0u64;
-            for (shard, &end) in ends.iter().enumerate() {
-                let key = format!("{prefix}:{shard}");
-                let len: u64 = ::redis::cmd("XLEN")
-                    .arg(&key)
-                    .query_async(&mut con)
-                    .await
-                    .map_err(redis_err("XLEN"))?;
+            let lengths = take_lengths(&mut con, &prefix, ends.len() as u64).await?;
+            for (shard, (&len, &end)) in lengths.iter().zip(&ends).enumerate() {
                 if len != end {
                     return Err(Failure::Verification(format!(
-                        "{key} holds {len} entries, the sink confirmed {end}"
+                        "{prefix}:{shard} holds {len} entries, the sink confirmed {end}"
                     )));
                 }
-                held += len;
-                let _: () = ::redis::cmd("DEL")
-                    .arg(&key)
-                    .query_async(&mut con)
-                    .await
-                    .map_err(redis_err("DEL"))?;
             }
+            let held: u64 = lengths.iter().sum();
             Ok::<u64, Failure>(held)
         })?;
         run.lost = args.events.saturating_sub(held);
@@ -395,6 +397,21 @@ mod jetstream {
 
     fn nats_err<E: std::fmt::Display>(context: &str) -> impl FnOnce(E) -> Failure + '_ {
         move |e| Failure::Verification(format!("jetstream: {context}: {e}"))
+    }
+
+    /// The number of messages stream `name` holds; the stream is then deleted.
+    async fn take_count(js: &jetstream::Context, name: &str) -> Result<u64, Failure> {
+        let mut stream = js.get_stream(name).await.map_err(nats_err("stream"))?;
+        let held = stream
+            .info()
+            .await
+            .map_err(nats_err("stream info"))?
+            .state
+            .messages;
+        js.delete_stream(name)
+            .await
+            .map_err(nats_err("deleting the stream"))?;
+        Ok(held)
     }
 
     /// Publishes with the sink's headers (`Nats-Msg-Id`, `Net-Ts`) keeping `args.window`
@@ -439,16 +456,7 @@ mod jetstream {
                 ack.await.map_err(nats_err("ack"))?;
             }
             let elapsed = start.elapsed();
-            let mut stream = js.get_stream(&name).await.map_err(nats_err("stream"))?;
-            let held = stream
-                .info()
-                .await
-                .map_err(nats_err("stream info"))?
-                .state
-                .messages;
-            js.delete_stream(&name)
-                .await
-                .map_err(nats_err("deleting the stream"))?;
+            let held = take_count(&js, &name).await?;
             Ok(Run {
                 events: args.events,
                 elapsed,
@@ -474,18 +482,7 @@ mod jetstream {
             let client = async_nats::connect(url)
                 .await
                 .map_err(nats_err("connecting"))?;
-            let js = jetstream::new(client);
-            let mut stream = js.get_stream(&name).await.map_err(nats_err("stream"))?;
-            let held = stream
-                .info()
-                .await
-                .map_err(nats_err("stream info"))?
-                .state
-                .messages;
-            js.delete_stream(&name)
-                .await
-                .map_err(nats_err("deleting the stream"))?;
-            Ok::<u64, Failure>(held)
+            take_count(&jetstream::new(client), &name).await
         })?;
         if held != confirmed {
             return Err(Failure::Verification(format!(

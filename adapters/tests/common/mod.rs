@@ -87,3 +87,125 @@ pub fn unique(prefix: &str) -> String {
         .as_nanos();
     format!("{prefix}{}x{ns:x}", std::process::id())
 }
+
+/// Nanoseconds since the Unix epoch now.
+pub fn now_ns() -> u64 {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    u64::try_from(ns).expect("ns fit u64")
+}
+
+/// Events `seqs` of `shard`, 250 µs apart from `ts0` (so several share a millisecond), with
+/// payloads `event <shard>:<seq>`.
+pub fn batch(shard: u16, seqs: std::ops::Range<u64>, ts0: u64) -> net_adapters::OutBatch {
+    let mut b = net_adapters::OutBatch::new(shard);
+    for seq in seqs {
+        b.push(
+            seq,
+            ts0 + seq * 250_000,
+            None,
+            format!("event {shard}:{seq}").as_bytes(),
+        );
+    }
+    b
+}
+
+/// A connection to Redis for a test's own reads and writes: its replies may take up to 30 s
+/// (the client's default of 500 ms fails on a loaded machine).
+pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(std::time::Duration::from_secs(30))),
+        )
+        .await
+        .expect("connect")
+}
+
+/// A small, unpinned, parking bus configuration with its data under `dir/data`.
+pub fn bus_config(dir: &std::path::Path, shards: usize) -> net_engine::Config {
+    let mut c = net_engine::Config {
+        data_dir: dir.join("data"),
+        shards: Some(shards),
+        pin: false,
+        ..net_engine::Config::default()
+    };
+    c.lane.capacity_bytes = 64 << 10;
+    c.batch.max_events = 256;
+    c.batch.max_bytes = 64 << 10;
+    c.storage.segment_bytes = 1 << 20;
+    c.idle.strategy = net_engine::IdleStrategy::Park;
+    c
+}
+
+/// A bus on [`bus_config`].
+pub fn bus(dir: &std::path::Path, shards: usize) -> net_engine::Bus {
+    net_engine::Bus::start(bus_config(dir, shards)).expect("bus")
+}
+
+/// A sink configuration for driver tests against real servers: small batches and feed, fast
+/// retries and health checks, checkpoints under `dir/checkpoints`.
+pub fn sink_config(dir: &std::path::Path, name: &str) -> net_adapters::SinkConfig {
+    let mut c = net_adapters::SinkConfig::new(name, dir.join("checkpoints"));
+    c.batch_events_max = 256;
+    c.feed_bytes = 1 << 16;
+    c.backoff_min_ms = 5;
+    c.backoff_max_ms = 100;
+    c.health_interval_ms = 50;
+    c
+}
+
+/// Sends events `from..to` (payload `event <i>`, keyed by `i`) and flushes.
+pub fn send(bus: &net_engine::Bus, from: u64, to: u64) {
+    let mut p = bus.producer().expect("producer");
+    for i in from..to {
+        p.send(&i.to_le_bytes(), format!("event {i}").as_bytes())
+            .expect("send");
+    }
+    bus.flush().expect("flush");
+}
+
+/// A tokio current-thread runtime with timers and I/O.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Checks that `into` holds exactly `count` events imported from `from` under `tag`: each of
+/// `from`'s events once, with its origin `(tag, shard, seq)` and its payload byte for byte.
+pub fn assert_imported_exactly(
+    from: &net_engine::Bus,
+    into: &net_engine::Bus,
+    tag: u64,
+    count: usize,
+) {
+    let original = from
+        .poll(&net_engine::Cursor::start(), usize::MAX)
+        .expect("poll");
+    let copied = into
+        .poll(&net_engine::Cursor::start(), usize::MAX)
+        .expect("poll");
+    assert_eq!(copied.events.len(), count);
+    let mut want: Vec<_> = original
+        .events
+        .iter()
+        .map(|e| ((e.id.shard.0, e.id.seq.0), e.payload.clone()))
+        .collect();
+    let mut got: Vec<_> = copied
+        .events
+        .iter()
+        .map(|e| {
+            let o = e.origin.expect("an imported event has its origin");
+            assert_eq!(o.node, tag);
+            ((o.shard, o.seq), e.payload.clone())
+        })
+        .collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+}
