@@ -192,6 +192,9 @@ pub struct SinkShardStats {
     pub fatal_errors: u64,
     /// Events the backend already held when a retry was prepared (dropped, not rewritten).
     pub already_held: u64,
+    /// Events the backend confirmed and later no longer held (it lost its tail), sent again
+    /// from the log.
+    pub resent: u64,
     /// Events removed by retention before they were sent (`retention: skip`).
     pub skipped: u64,
 }
@@ -223,6 +226,7 @@ struct ShardCounters {
     transient_errors: AtomicU64,
     fatal_errors: AtomicU64,
     already_held: AtomicU64,
+    resent: AtomicU64,
     skipped: AtomicU64,
 }
 
@@ -439,6 +443,7 @@ impl Sink {
                         transient_errors: load(&c.transient_errors),
                         fatal_errors: load(&c.fatal_errors),
                         already_held: load(&c.already_held),
+                        resent: load(&c.resent),
                         skipped: load(&c.skipped),
                     }
                 })
@@ -653,20 +658,17 @@ impl Driver {
             match writer.last_held().await {
                 Ok(held) => {
                     let held_end = held.map_or(0, |s| s.saturating_add(1));
-                    if held_end < t.checkpoint_floor && held.is_some() {
-                        // Confirmed once, gone now: the backend lost them (a restart without
-                        // persistence, a trim, a deleted stream). Said, not resent.
-                        let e = AdapterError::transient(
-                            self.shared.backend,
-                            format!(
-                                "shard {}: the backend holds events up to {held_end} but had \
-                                 confirmed up to {}; events {held_end}..{} are no longer there",
-                                t.shard, t.checkpoint_floor, t.checkpoint_floor
-                            ),
-                        );
-                        self.shared.note(c, &e);
-                    }
-                    let resume = held_end.max(t.checkpoint_floor);
+                    // A backend whose last event is below what it confirmed lost its tail (a
+                    // server that acknowledged writes it had not persisted, then died): resend
+                    // from there. One that holds nothing (a deleted stream) resumes after the
+                    // checkpoint.
+                    let resume = match held {
+                        Some(_) if held_end < t.checkpoint_floor => {
+                            self.report_lost_tail(t.shard, c, held_end, t.checkpoint_floor);
+                            held_end
+                        }
+                        _ => held_end.max(t.checkpoint_floor),
+                    };
                     t.confirmed = resume;
                     t.filled = resume;
                     self.confirm(t, c, resume);
@@ -698,6 +700,22 @@ impl Driver {
                 return;
             }
         }
+    }
+
+    /// Says that the backend lost events `held_end..confirmed` of `shard` after confirming
+    /// them, and counts them as resent.
+    fn report_lost_tail(&self, shard: u16, c: &ShardCounters, held_end: u64, confirmed: u64) {
+        add(&c.resent, confirmed - held_end);
+        let e = AdapterError::transient(
+            self.shared.backend,
+            format!(
+                "shard {shard}: the backend's last event is {} but it had confirmed up to {confirmed}: \
+                 it lost events {held_end}..{confirmed} (acknowledged before they were persisted?); \
+                 sending them again from the log",
+                held_end.saturating_sub(1)
+            ),
+        );
+        self.shared.note(c, &e);
     }
 
     fn confirm(&self, t: &mut ShardTask, c: &ShardCounters, end: u64) {
@@ -810,9 +828,22 @@ impl Driver {
                 match writer.last_held().await {
                     Ok(held) => {
                         if let Some(last) = held {
-                            let before = t.batch.len();
-                            t.batch.drop_below(last.saturating_add(1));
-                            add(&c.already_held, (before - t.batch.len()) as u64);
+                            let held_end = last.saturating_add(1);
+                            if held_end < t.confirmed {
+                                // The backend lost events it had confirmed: start again
+                                // from its end (read back from the log).
+                                self.report_lost_tail(t.shard, c, held_end, t.confirmed);
+                                t.batch.clear();
+                                t.confirmed = held_end;
+                                t.filled = held_end;
+                                self.confirm(t, c, held_end);
+                                return true;
+                            }
+                            if writer.holds_a_prefix() {
+                                let before = t.batch.len();
+                                t.batch.drop_below(held_end);
+                                add(&c.already_held, (before - t.batch.len()) as u64);
+                            }
                         }
                         break;
                     }
@@ -872,6 +903,16 @@ pub trait ShardWriter: 'static {
     /// drops what the backend already holds, so a write that landed before its answer was
     /// lost is not written twice.
     fn last_held(&mut self) -> impl Future<Output = Result<Option<u64>, AdapterError>>;
+
+    /// Whether what the backend holds of a shard is always a prefix of its events, so that
+    /// every event up to `last_held` is there (Redis: a pipeline is applied in order on one
+    /// connection, and an entry id below the stream's top is refused). A backend that may hold
+    /// a later event without an earlier one returns `false` (a NATS client that reconnects
+    /// sends again the publishes it still had buffered, which can land after a gap): the sink
+    /// then retries a failed batch whole and relies on the backend's own dedup.
+    fn holds_a_prefix(&self) -> bool {
+        true
+    }
 
     /// Writes `batch` (pipelined: about one round trip for the batch). `Ok` once the backend
     /// confirmed every event; on an error some prefix may have been written.

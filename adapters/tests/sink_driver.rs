@@ -27,6 +27,9 @@ struct Store {
     fail_every: u64,
     /// Fail the next write fatally.
     fatal_next: bool,
+    /// At the next write: forget the last `n` events of every shard (a server that had
+    /// acknowledged them without persisting them, and restarted), then fail transiently.
+    lose_tail_next: usize,
     writes: u64,
     shut_down: bool,
 }
@@ -75,6 +78,17 @@ impl ShardWriter for FakeWriter {
         assert_eq!(batch.shard(), self.shard);
         if s.fatal_next {
             return Err(AdapterError::fatal("fake", "permission denied"));
+        }
+        if s.lose_tail_next > 0 {
+            let n = s.lose_tail_next;
+            s.lose_tail_next = 0;
+            for seqs in s.written.values_mut() {
+                seqs.truncate(seqs.len().saturating_sub(n));
+            }
+            return Err(AdapterError::transient(
+                "fake",
+                "connection reset by a restart",
+            ));
         }
         s.writes += 1;
         let fail = s.fail_every > 0 && s.writes % s.fail_every == 0;
@@ -290,4 +304,35 @@ fn unsent_events_hold_retention_and_skip_reports_them() {
             }
         }
     }
+}
+
+#[test]
+fn events_a_backend_lost_after_confirming_them_are_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus(dir.path(), 1);
+    let store = Arc::new(Mutex::new(Store::default()));
+    let sink = Sink::start(
+        &bus,
+        Fake {
+            name: "fake",
+            store: store.clone(),
+        },
+        config(dir.path()),
+    )
+    .unwrap();
+    send(&bus, 0, 3_000);
+    sink.wait_caught_up(Duration::from_secs(30)).unwrap();
+    // The backend "restarts" and loses the last 250 events it had confirmed.
+    store.lock().unwrap().lose_tail_next = 250;
+    send(&bus, 3_000, 4_000);
+    sink.wait_caught_up(Duration::from_secs(30)).unwrap();
+    let stats = sink.stop(Duration::from_secs(5));
+    assert_eq!(stats.shards[0].resent, 250, "{stats:?}");
+    assert!(
+        stats
+            .last_error
+            .is_some_and(|e| e.message.contains("lost events 2750..3000")),
+        "the loss is said"
+    );
+    assert_exactly_once(&store.lock().unwrap(), &bus);
 }

@@ -381,6 +381,13 @@ fn writer_context(
 }
 
 impl ShardWriter for JetStreamWriter {
+    /// No: the client re-sends publishes it had buffered when its connection broke, once it
+    /// reconnects, so the stream can hold later events of a failed batch without earlier
+    /// ones. The sink then retries a failed batch whole; `Nats-Msg-Id` drops what is there.
+    fn holds_a_prefix(&self) -> bool {
+        false
+    }
+
     async fn last_held(&mut self) -> Result<Option<u64>, AdapterError> {
         let conn = self.shared.conn()?;
         let config = &self.shared.config;

@@ -275,7 +275,11 @@ pub async fn write_with_retry<W: ShardWriter>(
             backoff = (backoff * 2).min(Duration::from_millis(500));
             match writer.last_held().await {
                 Ok(held) => {
-                    if let Some(last) = held {
+                    // As the sink does: a JetStream stream may hold later events of a
+                    // failed batch without earlier ones (the client re-sends what it had
+                    // buffered once it reconnects), so the batch is retried whole and
+                    // `Nats-Msg-Id` drops what is there.
+                    if let (Some(last), true) = (held, writer.holds_a_prefix()) {
                         batch.drop_below(last + 1);
                     }
                     break;
