@@ -69,6 +69,12 @@ pub struct CortexConfig {
     /// What a failing event does.
     #[serde(default)]
     pub on_error: ErrorPolicy,
+    /// Whether the fold runs inline on the shard thread while it keeps up (true), or always on
+    /// its own thread, fed from the log (false: for a fold whose single event may take long,
+    /// such as one that does I/O; inline, the budget is checked between events, so one slow
+    /// event holds the shard for its whole duration).
+    #[serde(default = "CortexConfig::inline_default")]
+    pub inline: bool,
     /// How long a fold may run inline on the shard thread per batch, µs. Past it the shard
     /// moves on and the fold's own thread finishes the batch from the log (the fold lags, the
     /// shard never waits). 1 to 1,000,000.
@@ -83,6 +89,9 @@ pub struct CortexConfig {
 }
 
 impl CortexConfig {
+    fn inline_default() -> bool {
+        true
+    }
     fn inline_budget_us_default() -> u64 {
         500
     }
@@ -95,6 +104,7 @@ impl CortexConfig {
         CortexConfig {
             name: name.into(),
             on_error: ErrorPolicy::default(),
+            inline: CortexConfig::inline_default(),
             inline_budget_us: CortexConfig::inline_budget_us_default(),
             catchup_read_events: CortexConfig::catchup_read_events_default(),
             snapshot: None,

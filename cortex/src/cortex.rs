@@ -176,6 +176,7 @@ impl<F: Fold> Cortex<F> {
                 end,
                 Settings {
                     policy: config.on_error,
+                    inline: config.inline,
                     budget,
                     snapshot_every: every,
                 },

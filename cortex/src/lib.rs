@@ -34,4 +34,4 @@ pub use error::{CortexError, DecodeError, FoldError, FoldFailure};
 pub use event::FoldEvent;
 pub use fold::{FnFold, Fold, FoldState, fold_fn};
 pub use runner::{FoldStatus, FoldView};
-pub use snapshot::{RejectedSnapshot, SnapshotInfo};
+pub use snapshot::{RejectedSnapshot, SnapshotInfo, read_snapshot};

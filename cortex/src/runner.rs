@@ -45,7 +45,7 @@ use crate::fold::Fold;
 use crate::signal::Signal;
 
 /// How often the inline path looks at the clock (every this many events).
-const BUDGET_CHECK_EVERY: u32 = 64;
+const BUDGET_CHECK_EVERY: u32 = 16;
 /// Bytes per catch-up read of the log.
 const CATCHUP_READ_BYTES: usize = 16 << 20;
 
@@ -246,6 +246,8 @@ struct Core<F: Fold> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
     pub(crate) policy: ErrorPolicy,
+    /// Whether batches are applied on the shard thread.
+    pub(crate) inline: bool,
     /// Inline time per batch.
     pub(crate) budget: Duration,
     /// Events between cadence snapshots (0: none).
@@ -344,6 +346,7 @@ impl<F: Fold> Runner<F> {
         core: &mut Core<F>,
         records: impl Iterator<Item = Rec<'a>>,
         deadline: Option<Instant>,
+        events_counter: &AtomicU64,
     ) -> (Outcome, u64) {
         let shard = self.shared.shard;
         let start_next = core.next;
@@ -406,6 +409,8 @@ impl<F: Fold> Runner<F> {
                 Counters::add(&c.applied, applied);
                 Counters::add(&c.skipped, skipped);
                 Counters::add(&c.log_gaps, gaps);
+                // Counted before publishing, so a reader that saw the watermark sees them.
+                Counters::add(events_counter, applied + skipped);
                 let outcome = match result {
                     Ok(o) => o,
                     Err(failure) => {
@@ -463,6 +468,10 @@ impl<F: Fold> Runner<F> {
         if !self.shared.is_running() {
             return false;
         }
+        if !self.settings.inline {
+            self.wake_thread();
+            return false;
+        }
         let mut core = match self.core.try_lock() {
             Ok(core) => core,
             Err(TryLockError::WouldBlock) => {
@@ -489,10 +498,9 @@ impl<F: Fold> Runner<F> {
             origin: r.origin,
             payload: r.payload,
         });
-        let (outcome, n) = self.apply(&mut core, records, Some(deadline));
-        drop(core);
         let c = &self.shared.counters;
-        Counters::add(&c.inline_events, n);
+        let (outcome, _) = self.apply(&mut core, records, Some(deadline), &c.inline_events);
+        drop(core);
         match outcome {
             Outcome::Done => {
                 Counters::add(&c.inline_batches, 1);
@@ -546,10 +554,10 @@ impl<F: Fold> Runner<F> {
                 origin: r.origin,
                 payload: &r.payload,
             });
-            let (outcome, n) = self.apply(&mut core, records, None);
+            let c = &self.shared.counters;
+            let (outcome, n) = self.apply(&mut core, records, None, &c.catchup_events);
             drop(core);
             folded += n;
-            Counters::add(&self.shared.counters.catchup_events, n);
             if outcome == Outcome::Halted {
                 return Ok(folded);
             }

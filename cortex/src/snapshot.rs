@@ -143,6 +143,18 @@ pub(crate) fn decode<S: FoldState>(
     Ok((end, state))
 }
 
+/// Reads and checks one snapshot file of fold `name`'s shard `shard`: the sequence number it
+/// was folded to and the state (for tools and tests; restore does this itself).
+pub fn read_snapshot<S: FoldState>(
+    path: &Path,
+    name: &str,
+    shard: u16,
+) -> Result<(u64, S), DecodeError> {
+    let bytes = fs::read(path)
+        .map_err(|e| DecodeError::new(format!("{} cannot be read: {e}", path.display())))?;
+    decode(&bytes, name, shard)
+}
+
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CortexError + '_ {
