@@ -163,6 +163,8 @@ fn mirror_max_between(bus: &net_engine::Bus) {
         };
         m.send(S0, origin, b"mirrored").unwrap();
     }
+    // Lanes are drained round robin: flush so the local event comes after the mirrored ones.
+    bus.flush().unwrap();
     let mut p = bus.producer().unwrap();
     p.send_to(0, b"local").unwrap(); // seq 3 here
     bus.flush().unwrap();

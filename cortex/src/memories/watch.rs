@@ -12,8 +12,9 @@
 //! **The applier never waits for a watcher.** Each change is offered with `try_send` to the
 //! watcher's bounded queue (`capacity` notices). When the queue is full the change is dropped
 //! and counted; the next notice the watcher receives is `Notice::Missed(n)`, placed in the
-//! queue before any later change, so a watcher always learns it missed `n` changes, and in the
-//! right place. A dropped `Watcher` unregisters itself.
+//! queue before any later change (or handed out by the receiver once its queue is empty), so a
+//! watcher always learns it missed `n` changes, in the right place. A dropped `Watcher`
+//! unregisters itself.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -133,14 +134,15 @@ struct WatchInner {
 
 impl WatchInner {
     fn offer(&self, change: &Change) {
-        let pending = self.pending_missed.load(Ordering::Acquire);
+        // Dropped changes are reported before any later change goes in. Whoever swaps the
+        // count out owns reporting it (the receiver does too, when its queue is empty).
+        let pending = self.pending_missed.swap(0, Ordering::AcqRel);
         if pending > 0 {
             match self.tx.try_send(Notice::Missed(pending)) {
-                Ok(()) => {
-                    self.pending_missed.fetch_sub(pending, Ordering::AcqRel);
-                }
+                Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
-                    self.drop_one();
+                    self.pending_missed.fetch_add(pending + 1, Ordering::AcqRel);
+                    self.missed_total.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 Err(TrySendError::Disconnected(_)) => return,
@@ -148,13 +150,19 @@ impl WatchInner {
         }
         match self.tx.try_send(Notice::Change(change.clone())) {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(_)) => self.drop_one(),
+            Err(TrySendError::Full(_)) => {
+                self.pending_missed.fetch_add(1, Ordering::AcqRel);
+                self.missed_total.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
-    fn drop_one(&self) {
-        self.pending_missed.fetch_add(1, Ordering::AcqRel);
-        self.missed_total.fetch_add(1, Ordering::Relaxed);
+    /// The receiver's side: changes dropped since the last report, once its queue is empty.
+    fn take_missed(&self) -> Option<Notice> {
+        match self.pending_missed.swap(0, Ordering::AcqRel) {
+            0 => None,
+            n => Some(Notice::Missed(n)),
+        }
     }
 }
 
@@ -249,12 +257,21 @@ pub struct Watcher {
 impl Watcher {
     /// The next notice, waiting up to `timeout`; `None` when none came.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Notice> {
-        self.rx.recv_timeout(timeout).ok()
+        if let Some(n) = self.try_recv() {
+            return Some(n);
+        }
+        match self.rx.recv_timeout(timeout) {
+            Ok(n) => Some(n),
+            Err(_) => self.inner.take_missed(),
+        }
     }
 
-    /// The next notice if one is queued.
+    /// The next notice if one is queued (or a `Missed` count owed once the queue is empty).
     pub fn try_recv(&self) -> Option<Notice> {
-        self.rx.try_recv().ok()
+        match self.rx.try_recv() {
+            Ok(n) => Some(n),
+            Err(_) => self.inner.take_missed(),
+        }
     }
 
     /// Changes dropped for this watcher so far (its queue was full).
