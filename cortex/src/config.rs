@@ -80,6 +80,15 @@ pub struct CortexConfig {
     /// shard never waits). 1 to 1,000,000.
     #[serde(default = "CortexConfig::inline_budget_us_default")]
     pub inline_budget_us: u64,
+    /// Least time between two published versions of a shard's state while events keep
+    /// coming, µs: publishing clones the state's root, and the writes after it copy the paths
+    /// they change, so publishing every batch of a busy shard costs the fold more than the
+    /// readers gain. A version is published at the first batch end past the interval, and by
+    /// the fold thread about one interval after the last batch when none follows: readers see
+    /// an event's effect (and `wait_for_seq` returns) within about this long. 0: every batch.
+    /// At most 1,000,000.
+    #[serde(default = "CortexConfig::publish_interval_us_default")]
+    pub publish_interval_us: u64,
     /// Events per log read when catching up on the fold's own thread. 1 to 1,000,000.
     #[serde(default = "CortexConfig::catchup_read_events_default")]
     pub catchup_read_events: usize,
@@ -95,6 +104,9 @@ impl CortexConfig {
     fn inline_budget_us_default() -> u64 {
         500
     }
+    fn publish_interval_us_default() -> u64 {
+        1000
+    }
     fn catchup_read_events_default() -> usize {
         8192
     }
@@ -106,6 +118,7 @@ impl CortexConfig {
             on_error: ErrorPolicy::default(),
             inline: CortexConfig::inline_default(),
             inline_budget_us: CortexConfig::inline_budget_us_default(),
+            publish_interval_us: CortexConfig::publish_interval_us_default(),
             catchup_read_events: CortexConfig::catchup_read_events_default(),
             snapshot: None,
         }
@@ -148,6 +161,12 @@ impl CortexConfig {
             return bad(
                 "inline_budget_us",
                 format!("{} is outside 1..=1000000", self.inline_budget_us),
+            );
+        }
+        if self.publish_interval_us > 1_000_000 {
+            return bad(
+                "publish_interval_us",
+                format!("{} is above 1000000", self.publish_interval_us),
             );
         }
         if !(1..=1_000_000).contains(&self.catchup_read_events) {

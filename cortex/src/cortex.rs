@@ -178,6 +178,7 @@ impl<F: Fold> Cortex<F> {
                     policy: config.on_error,
                     inline: config.inline,
                     budget,
+                    publish_interval: Duration::from_micros(config.publish_interval_us),
                     snapshot_every: every,
                 },
                 control.clone(),
@@ -486,6 +487,12 @@ fn fold_thread<F: Fold>(
         {
             continue;
         }
-        std::thread::park_timeout(TICK);
+        let mut sleep = TICK.saturating_sub(last_tick.elapsed());
+        for runner in &runners {
+            if let Some(due) = runner.publish_pending() {
+                sleep = sleep.min(due);
+            }
+        }
+        std::thread::park_timeout(sleep);
     }
 }

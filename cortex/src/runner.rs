@@ -140,6 +140,9 @@ pub(crate) struct Shared<S> {
     pub(crate) last_skipped: ArcSwapOption<FoldFailure>,
     /// The fold thread should read the log for this shard.
     pub(crate) wake: AtomicBool,
+    /// Events were folded but not published yet (the fold thread publishes them once due if
+    /// no batch end does).
+    pub(crate) publish_pending: AtomicBool,
     /// A cadence snapshot is due (set by the applier, cleared by the fold thread).
     pub(crate) snapshot_due: AtomicBool,
     pub(crate) last_snapshot_end: AtomicU64,
@@ -240,6 +243,9 @@ struct Core<F: Fold> {
     fold: F,
     state: F::State,
     next: u64,
+    /// The `end` of the last version published, and when it was.
+    published_end: u64,
+    published_at: Instant,
 }
 
 /// How a runner applies: the same for every shard of a cortex.
@@ -250,6 +256,8 @@ pub(crate) struct Settings {
     pub(crate) inline: bool,
     /// Inline time per batch.
     pub(crate) budget: Duration,
+    /// Least time between published versions while events keep coming.
+    pub(crate) publish_interval: Duration,
     /// Events between cadence snapshots (0: none).
     pub(crate) snapshot_every: u64,
 }
@@ -315,6 +323,7 @@ impl<F: Fold> Runner<F> {
             failure: ArcSwapOption::empty(),
             last_skipped: ArcSwapOption::empty(),
             wake: AtomicBool::new(false),
+            publish_pending: AtomicBool::new(false),
             snapshot_due: AtomicBool::new(false),
             last_snapshot_end: AtomicU64::new(end),
             snapshot_error: ArcSwapOption::empty(),
@@ -326,6 +335,8 @@ impl<F: Fold> Runner<F> {
                 fold,
                 state,
                 next: end,
+                published_end: end,
+                published_at: Instant::now(),
             }),
             shared,
             settings,
@@ -421,9 +432,7 @@ impl<F: Fold> Runner<F> {
                         return (Outcome::Halted, core.next - start_next);
                     }
                 };
-                if core.next != start_next {
-                    self.publish(core);
-                }
+                self.publish_if_due(core);
                 (outcome, core.next - start_next)
             }
             Err(panic) => {
@@ -444,12 +453,15 @@ impl<F: Fold> Runner<F> {
     }
 
     /// Publishes the core's state as the version readers see, then the watermark.
-    fn publish(&self, core: &Core<F>) {
+    fn publish(&self, core: &mut Core<F>) {
         self.shared.published.store(Arc::new(Version {
             state: core.state.clone(),
             end: core.next,
         }));
         self.shared.folded_end.store(core.next, Ordering::Release);
+        core.published_end = core.next;
+        core.published_at = Instant::now();
+        self.shared.publish_pending.store(false, Ordering::Release);
         Counters::add(&self.shared.counters.versions, 1);
         self.shared.signal.notify();
         if self.settings.snapshot_every > 0
@@ -460,6 +472,43 @@ impl<F: Fold> Runner<F> {
             && !self.shared.snapshot_due.swap(true, Ordering::AcqRel)
         {
             self.control.wake();
+        }
+    }
+
+    /// Publishes what was folded if the last version is at least `publish_interval` old;
+    /// otherwise leaves it to the next batch end or, if none comes, to the fold thread.
+    fn publish_if_due(&self, core: &mut Core<F>) {
+        if core.next == core.published_end {
+            return;
+        }
+        if core.published_at.elapsed() >= self.settings.publish_interval {
+            self.publish(core);
+        } else if !self.shared.publish_pending.swap(true, Ordering::AcqRel) {
+            self.control.wake();
+        }
+    }
+
+    /// The fold thread's part of publication: publishes a pending version once it is due and
+    /// the shard is not applying. Returns how long until it should look again, if something is
+    /// still pending.
+    pub(crate) fn publish_pending(&self) -> Option<Duration> {
+        if !self.shared.publish_pending.load(Ordering::Acquire) {
+            return None;
+        }
+        let Ok(mut core) = self.core.try_lock() else {
+            // The shard (or a catch-up) is applying; it publishes when due. Look again.
+            return Some(self.settings.publish_interval);
+        };
+        if core.next == core.published_end {
+            self.shared.publish_pending.store(false, Ordering::Release);
+            return None;
+        }
+        let age = core.published_at.elapsed();
+        if age >= self.settings.publish_interval {
+            self.publish(&mut core);
+            None
+        } else {
+            Some(self.settings.publish_interval - age)
         }
     }
 
@@ -543,8 +592,12 @@ impl<F: Fold> Runner<F> {
                     // Numbers with no record at the end of what is visible (removed, lost).
                     Counters::add(&self.shared.counters.log_gaps, batch.next - core.next);
                     core.next = batch.next;
-                    self.publish(&core);
+                    self.publish(&mut core);
                     continue;
+                }
+                // Caught up: what was folded is published now, not at the next batch.
+                if core.next != core.published_end {
+                    self.publish(&mut core);
                 }
                 return Ok(folded);
             }

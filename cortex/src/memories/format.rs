@@ -11,7 +11,7 @@
 //!
 //! `version` is optional in `stored` and `deleted`, `pinned` is optional in `stored` (false
 //! when absent), `add`/`remove` are optional in `tags` (empty when absent); every other field
-//! is required and an unknown field is refused. `id` and tags are non-empty strings. `value`
+//! is required and an unknown field is refused. `id` and tags are non-empty strings; a tag must not hold NUL. `value`
 //! is kept as the exact bytes sent (a borrowed `RawValue`, never re-encoded).
 
 use std::borrow::Cow;
@@ -92,8 +92,13 @@ impl<'a> Op<'a> {
         if id.is_empty() {
             return Err(FoldError::new("the id is empty"));
         }
-        if tags.iter().any(|list| list.iter().any(|t| t.is_empty())) {
-            return Err(FoldError::new(format!("memory {id:?}: a tag is empty")));
+        if tags
+            .iter()
+            .any(|list| list.iter().any(|t| t.is_empty() || t.contains('\0')))
+        {
+            return Err(FoldError::new(format!(
+                "memory {id:?}: a tag is empty or holds NUL"
+            )));
         }
         Ok(op)
     }

@@ -33,17 +33,22 @@
 //! `require_all_tags` (every one of them). An empty list means "no filter", exactly like
 //! `None`, in both: `Some(vec![])` never filters everything out. Results are sorted by id.
 //!
-//! **State and publication.** The state is an `imbl` persistent hash map of `Arc`'d records:
-//! publishing a version at the end of a batch clones the map's root, whatever its size, and
-//! the next writes copy only the paths they change.
+//! **State and publication.** The state is an `imbl` persistent hash map of `Arc`'d records
+//! (keyed with xxh3 under a random seed per state, so ids chosen by an outside party cannot
+//! aim at one bucket): publishing a version clones the map's root, whatever its size, and the
+//! next writes copy only the paths they change. A stored memory costs three allocations (the
+//! record, its value, its tag set) and a new id one more; tags must not contain NUL (the tag
+//! set is one string, NUL-separated).
 
 mod format;
 mod watch;
 
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use net_engine::{EventId, Seq, ShardId};
 use serde_json::value::RawValue;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 pub use watch::{Change, ChangeKind, Notice, WatchRange, WatchSpec, Watcher};
 
@@ -55,7 +60,7 @@ use crate::runner::FoldView;
 use format::Op;
 use watch::WatchHub;
 
-/// One live memory, as queries return it.
+/// One live memory, as queries return it (a copy: it does not change when the state does).
 #[derive(Debug, Clone)]
 pub struct Memory {
     /// Its id.
@@ -63,9 +68,9 @@ pub struct Memory {
     /// Its version.
     pub version: u64,
     /// Its value: the JSON bytes exactly as sent (`value.get()`).
-    pub value: Arc<RawValue>,
+    pub value: Box<RawValue>,
     /// Its tags, sorted, without duplicates.
-    pub tags: Arc<[Arc<str>]>,
+    pub tags: Vec<String>,
     /// Whether it is pinned.
     pub pinned: bool,
     /// The event that last changed it.
@@ -92,7 +97,7 @@ impl Eq for Memory {}
 impl Memory {
     /// Whether it has `tag`.
     pub fn has_tag(&self, tag: &str) -> bool {
-        self.tags.binary_search_by(|t| (**t).cmp(tag)).is_ok()
+        self.tags.binary_search_by(|t| t.as_str().cmp(tag)).is_ok()
     }
 }
 
@@ -110,21 +115,37 @@ pub struct Query {
 }
 
 impl Query {
-    /// Whether `m` passes the filters.
-    pub fn matches(&self, m: &Memory) -> bool {
+    /// Whether a memory with these tags and pin passes the filters.
+    fn passes(&self, has_tag: impl Fn(&str) -> bool, pinned: bool) -> bool {
         let any = self.require_any_tag.as_deref().unwrap_or(&[]);
         let all = self.require_all_tags.as_deref().unwrap_or(&[]);
-        (any.is_empty() || any.iter().any(|t| m.has_tag(t)))
-            && all.iter().all(|t| m.has_tag(t))
-            && self.pinned.is_none_or(|p| p == m.pinned)
+        (any.is_empty() || any.iter().any(|t| has_tag(t)))
+            && all.iter().all(|t| has_tag(t))
+            && self.pinned.is_none_or(|p| p == pinned)
+    }
+
+    /// Whether `m` passes the filters.
+    pub fn matches(&self, m: &Memory) -> bool {
+        self.passes(|t| m.has_tag(t), m.pinned)
     }
 }
 
 #[derive(Debug, Clone)]
 struct Live {
-    value: Arc<RawValue>,
-    tags: Arc<[Arc<str>]>,
+    value: Box<RawValue>,
+    /// Sorted, distinct, NUL-separated (one allocation for the whole set).
+    tags: Box<str>,
     pinned: bool,
+}
+
+impl Live {
+    fn tags(&self) -> impl Iterator<Item = &str> + Clone {
+        self.tags.split('\0').filter(|t| !t.is_empty())
+    }
+
+    fn has_tag(&self, tag: &str) -> bool {
+        self.tags().any(|t| t == tag)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,10 +170,52 @@ pub struct MemoriesCounts {
     pub missed_targets: u64,
 }
 
+/// Hashes ids with xxh3 under a seed drawn at random per state.
+#[derive(Debug, Clone, Copy)]
+pub struct IdHash {
+    seed: u64,
+}
+
+impl Default for IdHash {
+    fn default() -> IdHash {
+        IdHash {
+            seed: std::collections::hash_map::RandomState::new().hash_one(0x6e65_745f_6378_u64),
+        }
+    }
+}
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher { state: self.seed }
+    }
+}
+
+/// The hasher of [`IdHash`].
+#[derive(Debug)]
+pub struct IdHasher {
+    state: u64,
+}
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.state = xxh3_64_with_seed(bytes, self.state);
+    }
+    fn write_u8(&mut self, b: u8) {
+        self.state = (self.state ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn finish(&self) -> u64 {
+        self.state
+    }
+}
+
+type Records =
+    imbl::GenericHashMap<Arc<str>, Arc<Record>, IdHash, imbl::shared_ptr::DefaultSharedPtr>;
+
 /// One shard's memories.
 #[derive(Debug, Clone, Default)]
 pub struct MemoriesState {
-    records: imbl::HashMap<Arc<str>, Arc<Record>>,
+    records: Records,
     counts: MemoriesCounts,
 }
 
@@ -174,8 +237,12 @@ impl MemoriesState {
         let mut out: Vec<Memory> = self
             .records
             .iter()
+            .filter(|(_, r)| {
+                r.live
+                    .as_ref()
+                    .is_some_and(|l| query.passes(|t| l.has_tag(t), l.pinned))
+            })
             .filter_map(|(k, r)| to_memory(k, r))
-            .filter(|m| query.matches(m))
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         if let Some(limit) = query.limit {
@@ -201,7 +268,7 @@ fn to_memory(id: &Arc<str>, r: &Record) -> Option<Memory> {
         id: id.clone(),
         version: r.version,
         value: live.value.clone(),
-        tags: live.tags.clone(),
+        tags: live.tags().map(str::to_owned).collect(),
         pinned: live.pinned,
         event: r.event,
         ts_ns: r.ts_ns,
@@ -247,12 +314,41 @@ pub fn query(views: &[FoldView<MemoriesState>], query: &Query) -> Vec<Memory> {
     all
 }
 
-/// A sorted, duplicate-free tag set.
-fn tag_set<'a>(tags: impl Iterator<Item = &'a str>) -> Arc<[Arc<str>]> {
-    let mut v: Vec<&str> = tags.collect();
+/// Tags sorted, without duplicates, NUL-separated; sorts on the stack for up to 8 tags.
+fn tag_text<'a>(tags: impl Iterator<Item = &'a str>) -> Box<str> {
+    let mut buf: [&str; 8] = [""; 8];
+    let mut n = 0;
+    let mut spill: Vec<&str> = Vec::new();
+    for t in tags {
+        if n < buf.len() {
+            buf[n] = t;
+            n += 1;
+        } else {
+            if spill.is_empty() {
+                spill.extend_from_slice(&buf);
+            }
+            spill.push(t);
+        }
+    }
+    let v: &mut [&str] = if spill.is_empty() {
+        &mut buf[..n]
+    } else {
+        &mut spill
+    };
     v.sort_unstable();
-    v.dedup();
-    v.into_iter().map(Arc::from).collect()
+    let mut out = String::with_capacity(v.iter().map(|t| t.len() + 1).sum());
+    let mut last: Option<&str> = None;
+    for t in v.iter() {
+        if last == Some(*t) {
+            continue;
+        }
+        if last.is_some() {
+            out.push('\0');
+        }
+        out.push_str(t);
+        last = Some(t);
+    }
+    out.into_boxed_str()
 }
 
 /// The memories fold (see the module docs). Clones share their watches.
@@ -273,14 +369,14 @@ impl Memories {
         self.hub.add(spec)
     }
 
-    fn notify(&self, event: &FoldEvent<'_>, id: &Arc<str>, kind: ChangeKind) {
+    fn notify(&self, event: &FoldEvent<'_>, id: &str, kind: ChangeKind) {
         let shard = event.shard().0;
         self.hub.publish(
             || Change {
                 shard,
                 seq: event.seq(),
                 ts_ns: event.ts_ns,
-                id: id.clone(),
+                id: Arc::from(id),
                 kind,
             },
             event.seq(),
@@ -291,15 +387,113 @@ impl Memories {
 }
 
 /// The version an unversioned write gets: the record's + 1 (1 for none), or an error.
-fn next_version(current: Option<&Record>, id: &str) -> Result<u64, FoldError> {
+fn next_version(current: Option<&Record>, id: &str, event: EventId) -> Result<u64, FoldError> {
     match current {
         None => Ok(1),
         Some(r) => r.version.checked_add(1).ok_or_else(|| {
             FoldError::new(format!(
-                "memory {id:?}: version {} cannot be incremented (u64::MAX)",
+                "event {event}: memory {id:?}: version {} cannot be incremented (u64::MAX)",
                 r.version
             ))
         }),
+    }
+}
+
+/// `(live before, live after)` → the change in the live and tombstone counts.
+fn recount(counts: &mut MemoriesCounts, before: Option<bool>, after_live: bool) {
+    match before {
+        Some(true) => counts.live -= 1,
+        Some(false) => counts.tombstones -= 1,
+        None => {}
+    }
+    if after_live {
+        counts.live += 1;
+    } else {
+        counts.tombstones += 1;
+    }
+}
+
+impl Memories {
+    /// `stored` and `deleted`: the version rules, then the whole record replaced.
+    fn write(
+        &self,
+        state: &mut MemoriesState,
+        event: &FoldEvent<'_>,
+        id: &str,
+        version: Option<u64>,
+        live: impl FnOnce() -> Option<Live>,
+        deleting: bool,
+    ) -> Result<(), FoldError> {
+        let at = event.id;
+        // One walk of the map for an id it holds (the common case).
+        let slot = state.records.get_mut(id);
+        let current = slot.as_deref().map(|r| &**r);
+        let version = match version {
+            Some(v) => {
+                let stale = current.is_some_and(|r| match (&r.live, deleting) {
+                    (Some(_), true) => v < r.version,
+                    _ => v <= r.version,
+                });
+                if stale {
+                    state.counts.stale_ignored += 1;
+                    return Ok(());
+                }
+                v
+            }
+            None => next_version(current, id, at)?,
+        };
+        // Checks done; from here nothing fails.
+        let before = current.map(|r| r.live.is_some());
+        let record = Arc::new(Record {
+            version,
+            event: at,
+            ts_ns: event.ts_ns,
+            live: live(),
+        });
+        let after_live = record.live.is_some();
+        match slot {
+            Some(slot) => *slot = record,
+            None => {
+                state.records.insert(Arc::from(id), record);
+            }
+        }
+        recount(&mut state.counts, before, after_live);
+        let kind = if deleting {
+            ChangeKind::Deleted { version }
+        } else {
+            ChangeKind::Stored { version }
+        };
+        self.notify(event, id, kind);
+        Ok(())
+    }
+
+    /// `pin`, `unpin` and `tags`: a change to a live memory, keeping its version.
+    fn change(
+        &self,
+        state: &mut MemoriesState,
+        event: &FoldEvent<'_>,
+        id: &str,
+        kind: ChangeKind,
+        edit: impl FnOnce(&Live) -> Live,
+    ) {
+        let live = match state.records.get(id) {
+            Some(r) => r.live.as_ref().map(|l| (r, l)),
+            None => None,
+        };
+        let Some((record, live)) = live else {
+            state.counts.missed_targets += 1;
+            return;
+        };
+        let record = Arc::new(Record {
+            event: event.id,
+            ts_ns: event.ts_ns,
+            live: Some(edit(live)),
+            version: record.version,
+        });
+        if let Some(slot) = state.records.get_mut(id) {
+            *slot = record;
+        }
+        self.notify(event, id, kind);
     }
 }
 
@@ -309,145 +503,35 @@ impl Fold for Memories {
     fn apply(&mut self, state: &mut MemoriesState, event: &FoldEvent<'_>) -> Result<(), FoldError> {
         let op = Op::parse(event.payload)
             .map_err(|e| FoldError::new(format!("event {}: {}", event.id, e.message())))?;
-        let at = EventId {
-            shard: event.shard(),
-            seq: Seq(event.seq()),
-        };
-        let ts_ns = event.ts_ns;
         match op {
             Op::Stored(s) => {
-                let current = state.records.get_key_value(&*s.id);
-                let version = match s.version {
-                    Some(v) => {
-                        if current.is_some_and(|(_, r)| v <= r.version) {
-                            state.counts.stale_ignored += 1;
-                            return Ok(());
-                        }
-                        v
-                    }
-                    None => next_version(current.map(|(_, r)| &**r), &s.id)
-                        .map_err(|e| FoldError::new(format!("event {}: {e}", event.id)))?,
-                };
-                // Checks done; from here nothing fails.
-                let id: Arc<str> = current.map_or_else(|| Arc::from(&*s.id), |(k, _)| k.clone());
-                let was_live = current.map(|(_, r)| r.live.is_some());
-                let value: Box<RawValue> = s.value.to_owned();
-                let record = Record {
-                    version,
-                    event: at,
-                    ts_ns,
-                    live: Some(Live {
-                        value: Arc::from(value),
-                        tags: tag_set(s.tags.iter().map(|t| &**t)),
+                let live = || {
+                    Some(Live {
+                        value: s.value.to_owned(),
+                        tags: tag_text(s.tags.iter().map(|t| &**t)),
                         pinned: s.pinned,
-                    }),
+                    })
                 };
-                state.records.insert(id.clone(), Arc::new(record));
-                match was_live {
-                    None => state.counts.live += 1,
-                    Some(false) => {
-                        state.counts.live += 1;
-                        state.counts.tombstones -= 1;
-                    }
-                    Some(true) => {}
-                }
-                self.notify(event, &id, ChangeKind::Stored { version });
+                self.write(state, event, &s.id, s.version, live, false)?;
             }
-            Op::Deleted(d) => {
-                let current = state.records.get_key_value(&*d.id);
-                let version = match d.version {
-                    Some(v) => {
-                        let stale = current.is_some_and(|(_, r)| match r.live {
-                            Some(_) => v < r.version,
-                            None => v <= r.version,
-                        });
-                        if stale {
-                            state.counts.stale_ignored += 1;
-                            return Ok(());
-                        }
-                        v
-                    }
-                    None => next_version(current.map(|(_, r)| &**r), &d.id)
-                        .map_err(|e| FoldError::new(format!("event {}: {e}", event.id)))?,
-                };
-                let id: Arc<str> = current.map_or_else(|| Arc::from(&*d.id), |(k, _)| k.clone());
-                let was_live = current.map(|(_, r)| r.live.is_some());
-                state.records.insert(
-                    id.clone(),
-                    Arc::new(Record {
-                        version,
-                        event: at,
-                        ts_ns,
-                        live: None,
-                    }),
-                );
-                match was_live {
-                    None => state.counts.tombstones += 1,
-                    Some(true) => {
-                        state.counts.live -= 1;
-                        state.counts.tombstones += 1;
-                    }
-                    Some(false) => {}
-                }
-                self.notify(event, &id, ChangeKind::Deleted { version });
-            }
-            Op::Pin(ref p) | Op::Unpin(ref p) => {
-                let pin = matches!(op, Op::Pin(_));
-                let Some((id, r)) = state.records.get_key_value(&*p.id) else {
-                    state.counts.missed_targets += 1;
-                    return Ok(());
-                };
-                let Some(live) = &r.live else {
-                    state.counts.missed_targets += 1;
-                    return Ok(());
-                };
-                let id = id.clone();
-                let record = Record {
-                    event: at,
-                    ts_ns,
-                    live: Some(Live {
-                        pinned: pin,
-                        ..live.clone()
-                    }),
-                    ..(**r).clone()
-                };
-                state.records.insert(id.clone(), Arc::new(record));
-                let kind = if pin {
-                    ChangeKind::Pinned
-                } else {
-                    ChangeKind::Unpinned
-                };
-                self.notify(event, &id, kind);
-            }
-            Op::Tags(t) => {
-                let Some((id, r)) = state.records.get_key_value(&*t.id) else {
-                    state.counts.missed_targets += 1;
-                    return Ok(());
-                };
-                let Some(live) = &r.live else {
-                    state.counts.missed_targets += 1;
-                    return Ok(());
-                };
-                let id = id.clone();
-                let tags = tag_set(
-                    live.tags
-                        .iter()
-                        .map(|t| &**t)
+            Op::Deleted(d) => self.write(state, event, &d.id, d.version, || None, true)?,
+            Op::Pin(p) => self.change(state, event, &p.id, ChangeKind::Pinned, |l| Live {
+                pinned: true,
+                ..l.clone()
+            }),
+            Op::Unpin(p) => self.change(state, event, &p.id, ChangeKind::Unpinned, |l| Live {
+                pinned: false,
+                ..l.clone()
+            }),
+            Op::Tags(t) => self.change(state, event, &t.id, ChangeKind::Tagged, |l| Live {
+                tags: tag_text(
+                    l.tags()
                         .chain(t.add.iter().map(|a| &**a))
                         .filter(|tag| !t.remove.iter().any(|r| r == tag)),
-                );
-                let record = Record {
-                    event: at,
-                    ts_ns,
-                    live: Some(Live {
-                        tags,
-                        ..live.clone()
-                    }),
-                    ..(**r).clone()
-                };
-                state.records.insert(id.clone(), Arc::new(record));
-                self.notify(event, &id, ChangeKind::Tagged);
-            }
+                ),
+                value: l.value.clone(),
+                pinned: l.pinned,
+            }),
         }
         Ok(())
     }
@@ -475,8 +559,8 @@ impl FoldState for MemoriesState {
                     out.push(LIVE);
                     out.push(u8::from(live.pinned));
                     put_bytes(out, live.value.get().as_bytes());
-                    put_u64(out, live.tags.len() as u64);
-                    for t in live.tags.iter() {
+                    put_u64(out, live.tags().count() as u64);
+                    for t in live.tags() {
                         put_bytes(out, t.as_bytes());
                     }
                 }
@@ -494,7 +578,7 @@ impl FoldState for MemoriesState {
         };
         // An id (8 + 1), version, shard, seq, ts and the kind byte: at least 35 bytes.
         let n = r.count("record count", 35)?;
-        let mut records = imbl::HashMap::new();
+        let mut records = Records::default();
         let (mut live_n, mut dead_n) = (0u64, 0u64);
         for i in 0..n {
             let id: Arc<str> = Arc::from(r.str("id")?);
@@ -525,11 +609,17 @@ impl FoldState for MemoriesState {
                     let t = r.count("tag count", 8)?;
                     let mut tags = Vec::with_capacity(t);
                     for _ in 0..t {
-                        tags.push(r.str("tag")?);
+                        let tag = r.str("tag")?;
+                        if tag.is_empty() || tag.contains('\0') {
+                            return Err(DecodeError::new(format!(
+                                "record {i} ({id:?}): tag {tag:?} is empty or holds NUL"
+                            )));
+                        }
+                        tags.push(tag);
                     }
                     Some(Live {
-                        value: Arc::from(value),
-                        tags: tag_set(tags.into_iter()),
+                        value,
+                        tags: tag_text(tags.into_iter()),
                         pinned,
                     })
                 }
