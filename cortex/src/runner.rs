@@ -134,6 +134,9 @@ pub(crate) struct Shared<S> {
     pub(crate) shard: ShardId,
     published: ArcSwap<Version<S>>,
     folded_end: AtomicU64,
+    /// Where the fold's working state is (ahead of `folded_end` until the next publication):
+    /// where a catch-up read starts.
+    applied_end: AtomicU64,
     pub(crate) signal: Signal,
     status: AtomicU8,
     failure: ArcSwapOption<FoldFailure>,
@@ -318,6 +321,7 @@ impl<F: Fold> Runner<F> {
             shard,
             published: ArcSwap::new(version),
             folded_end: AtomicU64::new(end),
+            applied_end: AtomicU64::new(end),
             signal: Signal::default(),
             status: AtomicU8::new(RUNNING),
             failure: ArcSwapOption::empty(),
@@ -422,6 +426,7 @@ impl<F: Fold> Runner<F> {
                 Counters::add(&c.log_gaps, gaps);
                 // Counted before publishing, so a reader that saw the watermark sees them.
                 Counters::add(events_counter, applied + skipped);
+                self.shared.applied_end.store(core.next, Ordering::Release);
                 let outcome = match result {
                     Ok(o) => o,
                     Err(failure) => {
@@ -577,7 +582,7 @@ impl<F: Fold> Runner<F> {
             if !self.shared.is_running() {
                 return Ok(folded);
             }
-            let from = self.shared.folded_end();
+            let from = self.shared.applied_end.load(Ordering::Acquire);
             let batch = reader
                 .read(from, read_events, CATCHUP_READ_BYTES)
                 .map_err(|source| CortexError::Log {
@@ -592,6 +597,7 @@ impl<F: Fold> Runner<F> {
                     // Numbers with no record at the end of what is visible (removed, lost).
                     Counters::add(&self.shared.counters.log_gaps, batch.next - core.next);
                     core.next = batch.next;
+                    self.shared.applied_end.store(core.next, Ordering::Release);
                     self.publish(&mut core);
                     continue;
                 }

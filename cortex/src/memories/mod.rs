@@ -148,8 +148,12 @@ impl Live {
     }
 }
 
-#[derive(Debug, Clone)]
+/// One id's record, shared by every version of the map that holds it: the map's entries are
+/// one pointer each, so a version's first write to a part of the map copies (and counts) one
+/// pointer per entry there.
+#[derive(Debug)]
 struct Record {
+    id: Arc<str>,
     version: u64,
     event: EventId,
     ts_ns: u64,
@@ -209,8 +213,32 @@ impl Hasher for IdHasher {
     }
 }
 
-type Records =
-    imbl::GenericHashMap<Arc<str>, Arc<Record>, IdHash, imbl::shared_ptr::DefaultSharedPtr>;
+/// A map entry: a record, hashed and compared by its id.
+#[derive(Debug, Clone)]
+struct Key(Arc<Record>);
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        // As `str` hashes, so that lookups by `&str` find it.
+        (*self.0.id).hash(h);
+    }
+}
+
+impl std::borrow::Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        &self.0.id
+    }
+}
+
+type Records = imbl::GenericHashMap<Key, (), IdHash, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// One shard's memories.
 #[derive(Debug, Clone, Default)]
@@ -222,13 +250,16 @@ pub struct MemoriesState {
 impl MemoriesState {
     /// The live memory `id`, if any.
     pub fn get(&self, id: &str) -> Option<Memory> {
-        let (k, r) = self.records.get_key_value(id)?;
-        to_memory(k, r)
+        to_memory(self.record(id)?)
+    }
+
+    fn record(&self, id: &str) -> Option<&Arc<Record>> {
+        self.records.get_key_value(id).map(|(k, _)| &k.0)
     }
 
     /// Whether `id` is deleted (has a tombstone), and at which version.
     pub fn deleted_version(&self, id: &str) -> Option<u64> {
-        let r = self.records.get(id)?;
+        let r = self.record(id)?;
         r.live.is_none().then_some(r.version)
     }
 
@@ -236,13 +267,14 @@ impl MemoriesState {
     pub fn query(&self, query: &Query) -> Vec<Memory> {
         let mut out: Vec<Memory> = self
             .records
-            .iter()
-            .filter(|(_, r)| {
+            .keys()
+            .map(|k| &k.0)
+            .filter(|r| {
                 r.live
                     .as_ref()
                     .is_some_and(|l| query.passes(|t| l.has_tag(t), l.pinned))
             })
-            .filter_map(|(k, r)| to_memory(k, r))
+            .filter_map(|r| to_memory(r))
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         if let Some(limit) = query.limit {
@@ -262,10 +294,10 @@ impl MemoriesState {
     }
 }
 
-fn to_memory(id: &Arc<str>, r: &Record) -> Option<Memory> {
+fn to_memory(r: &Record) -> Option<Memory> {
     let live = r.live.as_ref()?;
     Some(Memory {
-        id: id.clone(),
+        id: r.id.clone(),
         version: r.version,
         value: live.value.clone(),
         tags: live.tags().map(str::to_owned).collect(),
@@ -425,9 +457,8 @@ impl Memories {
         deleting: bool,
     ) -> Result<(), FoldError> {
         let at = event.id;
-        // One walk of the map for an id it holds (the common case).
-        let slot = state.records.get_mut(id);
-        let current = slot.as_deref().map(|r| &**r);
+        let current = state.record(id).cloned();
+        let current = current.as_deref();
         let version = match version {
             Some(v) => {
                 let stale = current.is_some_and(|r| match (&r.live, deleting) {
@@ -445,18 +476,14 @@ impl Memories {
         // Checks done; from here nothing fails.
         let before = current.map(|r| r.live.is_some());
         let record = Arc::new(Record {
+            id: current.map_or_else(|| Arc::from(id), |r| r.id.clone()),
             version,
             event: at,
             ts_ns: event.ts_ns,
             live: live(),
         });
         let after_live = record.live.is_some();
-        match slot {
-            Some(slot) => *slot = record,
-            None => {
-                state.records.insert(Arc::from(id), record);
-            }
-        }
+        state.records.insert(Key(record), ());
         recount(&mut state.counts, before, after_live);
         let kind = if deleting {
             ChangeKind::Deleted { version }
@@ -476,23 +503,19 @@ impl Memories {
         kind: ChangeKind,
         edit: impl FnOnce(&Live) -> Live,
     ) {
-        let live = match state.records.get(id) {
-            Some(r) => r.live.as_ref().map(|l| (r, l)),
-            None => None,
-        };
-        let Some((record, live)) = live else {
+        let Some(record) = state.record(id).filter(|r| r.live.is_some()) else {
             state.counts.missed_targets += 1;
             return;
         };
+        let live = record.live.as_ref().map(edit);
         let record = Arc::new(Record {
+            id: record.id.clone(),
             event: event.id,
             ts_ns: event.ts_ns,
-            live: Some(edit(live)),
+            live,
             version: record.version,
         });
-        if let Some(slot) = state.records.get_mut(id) {
-            *slot = record;
-        }
+        state.records.insert(Key(record), ());
         self.notify(event, id, kind);
     }
 }
@@ -547,8 +570,8 @@ impl FoldState for MemoriesState {
             put_u64(out, n);
         }
         put_u64(out, self.records.len() as u64);
-        for (id, r) in &self.records {
-            put_bytes(out, id.as_bytes());
+        for r in self.records.keys().map(|k| &k.0) {
+            put_bytes(out, r.id.as_bytes());
             put_u64(out, r.version);
             put_u16(out, r.event.shard.0);
             put_u64(out, r.event.seq.0);
@@ -630,6 +653,7 @@ impl FoldState for MemoriesState {
                 }
             };
             let record = Record {
+                id: id.clone(),
                 version,
                 event: EventId {
                     shard: ShardId(shard),
@@ -638,7 +662,7 @@ impl FoldState for MemoriesState {
                 ts_ns,
                 live,
             };
-            if records.insert(id.clone(), Arc::new(record)).is_some() {
+            if records.insert(Key(Arc::new(record)), ()).is_some() {
                 return Err(DecodeError::new(format!(
                     "record {i}: id {id:?} appears twice"
                 )));
