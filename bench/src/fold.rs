@@ -58,6 +58,9 @@ pub struct Args {
     /// Producer threads.
     #[arg(long, default_value_t = 1, value_parser = parse_positive)]
     producers: u64,
+    /// Fold on the fold's own thread only (`"inline": false`), never on the shard thread.
+    #[arg(long)]
+    no_inline: bool,
     /// Rounds of each measurement; the figures are medians.
     #[arg(long, default_value_t = 3, value_parser = parse_positive)]
     rounds: u64,
@@ -150,8 +153,9 @@ fn ingest(bus: &Bus, args: &Args, pool: &Pool, from: u64, to: u64) -> Result<Dur
     Ok(start.elapsed())
 }
 
-fn memories_config(snapshots: Option<&Path>) -> CortexConfig {
+fn memories_config(args: &Args, snapshots: Option<&Path>) -> CortexConfig {
     let mut c = CortexConfig::new(NAME);
+    c.inline = !args.no_inline;
     c.snapshot = snapshots.map(|dir| SnapshotConfig {
         every_events: 0,
         on_shutdown: false,
@@ -193,7 +197,7 @@ fn ingest_round(args: &Args, pool: &Pool) -> Result<IngestRound, Failure> {
     };
     let dir = crate::scratch_dir(args.dir.as_deref(), "fold-on")?;
     let bus = start_bus(args, dir.path())?;
-    let cortex = Cortex::start(&bus, Memories::new(), memories_config(None))
+    let cortex = Cortex::start(&bus, Memories::new(), memories_config(args, None))
         .map_err(|e| Failure::engine("starting the fold", e))?;
     let a = alloc::snapshot();
     let t = ingest(&bus, args, pool, 0, n)?;
@@ -245,7 +249,7 @@ fn write_restore_log(
     snap_dir: &Path,
 ) -> Result<RestoreLog, Failure> {
     let bus = start_bus(args, bus_dir)?;
-    let cortex = Cortex::start(&bus, Memories::new(), memories_config(Some(snap_dir)))
+    let cortex = Cortex::start(&bus, Memories::new(), memories_config(args, Some(snap_dir)))
         .map_err(|e| Failure::engine("starting the fold", e))?;
     let at = args.events * SNAPSHOT_AT_PER_MILLE / 1000;
     ingest(&bus, args, pool, 0, at)?;
@@ -275,7 +279,7 @@ fn restore_round(
 ) -> Result<(Duration, Duration), Failure> {
     let bus = start_bus(args, bus_dir)?;
     let t = Instant::now();
-    let restored = Cortex::start(&bus, Memories::new(), memories_config(Some(snap_dir)))
+    let restored = Cortex::start(&bus, Memories::new(), memories_config(args, Some(snap_dir)))
         .map_err(|e| Failure::engine("restoring the fold", e))?;
     let restore = t.elapsed();
     for r in restored.restore_reports() {
@@ -288,7 +292,7 @@ fn restore_round(
     let restored_views = restored.views();
     drop(restored);
     let t = Instant::now();
-    let replayed = Cortex::start(&bus, Memories::new(), memories_config(None))
+    let replayed = Cortex::start(&bus, Memories::new(), memories_config(args, None))
         .map_err(|e| Failure::engine("replaying the fold", e))?;
     let replay = t.elapsed();
     let replayed_views = replayed.views();
@@ -298,7 +302,7 @@ fn restore_round(
     Ok((restore, replay))
 }
 
-/// The restored and the replayed states agree (counts, and every id of a sample).
+/// The restored and the replayed states agree: ends, counts and every live memory.
 fn check_equal(
     a: &[FoldView<MemoriesState>],
     b: &[FoldView<MemoriesState>],
@@ -366,8 +370,16 @@ pub fn run(args: &Args) -> Result<(), Failure> {
 
     let mut table = Table::new(
         &format!(
-            "net-bench fold: memories over {} ids, {} shard(s), {} producer(s), medians of {} rounds",
-            args.ids, args.shards, args.producers, args.rounds
+            "net-bench fold: memories over {} ids, {} shard(s), {} producer(s), fold {}, medians of {} rounds",
+            args.ids,
+            args.shards,
+            args.producers,
+            if args.no_inline {
+                "on its own thread"
+            } else {
+                "inline while it keeps up"
+            },
+            args.rounds
         ),
         &["value"],
     );
@@ -429,7 +441,10 @@ pub fn run(args: &Args) -> Result<(), Failure> {
                 ("shards", args.shards.to_string()),
                 ("producers", args.producers.to_string()),
                 ("rounds", args.rounds.to_string()),
-            ],
+            ]
+            .into_iter()
+            .chain(args.no_inline.then(|| ("no-inline", String::new())))
+            .collect::<Vec<_>>(),
             args.dir.as_ref(),
         )
     );
@@ -442,6 +457,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             .field("shards", args.shards)
             .field("producers", args.producers)
             .field("rounds", args.rounds)
+            .field("inline", !args.no_inline)
             .field("fold_events_per_s", round_to(fold_per_s, 0))
             .field("fold_ns_per_event", round_to(1e9 / fold_per_s.max(1.0), 1))
             .field("ingest_events_per_s_off", round_to(off, 0))

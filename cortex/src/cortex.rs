@@ -184,7 +184,7 @@ impl<F: Fold> Cortex<F> {
                 control.clone(),
             ));
             let mut reader = bus.shard_reader(shard)?;
-            let replayed = runner.catch_up(&mut reader, config.catchup_read_events)?;
+            let replayed = runner.replay(&mut reader, config.catchup_read_events)?;
             views.push(reader.view().clone());
             readers.push(reader);
             restore.push(RestoreReport {

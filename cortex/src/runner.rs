@@ -249,6 +249,9 @@ struct Core<F: Fold> {
     /// The `end` of the last version published, and when it was.
     published_end: u64,
     published_at: Instant,
+    /// Replaying at start: nobody can read the versions yet, so only the end is published
+    /// (every version published costs the writes after it their path copies).
+    quiet: bool,
 }
 
 /// How a runner applies: the same for every shard of a cortex.
@@ -341,6 +344,7 @@ impl<F: Fold> Runner<F> {
                 next: end,
                 published_end: end,
                 published_at: Instant::now(),
+                quiet: false,
             }),
             shared,
             settings,
@@ -483,7 +487,7 @@ impl<F: Fold> Runner<F> {
     /// Publishes what was folded if the last version is at least `publish_interval` old;
     /// otherwise leaves it to the next batch end or, if none comes, to the fold thread.
     fn publish_if_due(&self, core: &mut Core<F>) {
-        if core.next == core.published_end {
+        if core.next == core.published_end || core.quiet {
             return;
         }
         if core.published_at.elapsed() >= self.settings.publish_interval {
@@ -573,6 +577,36 @@ impl<F: Fold> Runner<F> {
     /// a halt, or a read error. Runs on the fold thread (and on the starting thread for the
     /// restore replay). Returns the events folded.
     pub(crate) fn catch_up(
+        &self,
+        reader: &mut Reader,
+        read_events: usize,
+    ) -> Result<u64, CortexError> {
+        self.catch_up_from_log(reader, read_events)
+    }
+
+    /// The replay at start (before any reader can see a version): as `catch_up`, publishing
+    /// once at the end.
+    pub(crate) fn replay(
+        &self,
+        reader: &mut Reader,
+        read_events: usize,
+    ) -> Result<u64, CortexError> {
+        self.set_quiet(true);
+        let result = self.catch_up_from_log(reader, read_events);
+        self.set_quiet(false);
+        result
+    }
+
+    fn set_quiet(&self, quiet: bool) {
+        if let Ok(mut core) = self.core.lock() {
+            core.quiet = quiet;
+            if !quiet && core.next != core.published_end && self.shared.is_running() {
+                self.publish(&mut core);
+            }
+        }
+    }
+
+    fn catch_up_from_log(
         &self,
         reader: &mut Reader,
         read_events: usize,
