@@ -18,6 +18,7 @@ use net_engine::{Bus, LogView, Reader, ShardId};
 use crate::config::CortexConfig;
 use crate::error::{CortexError, FoldFailure};
 use crate::fold::Fold;
+use crate::lock::DirLock;
 use crate::runner::{FoldStatus, FoldView, Runner, Settings, ShardConsumer, ThreadControl};
 use crate::snapshot::{self, RejectedSnapshot, SnapshotInfo};
 
@@ -127,6 +128,8 @@ pub struct Cortex<F: Fold> {
     restore: Vec<RestoreReport>,
     control: Arc<ThreadControl>,
     thread: Option<JoinHandle<()>>,
+    /// Held while the cortex lives (one owner per snapshot directory).
+    _lock: Option<DirLock>,
 }
 
 impl<F: Fold> std::fmt::Debug for Cortex<F> {
@@ -145,6 +148,10 @@ impl<F: Fold> Cortex<F> {
     /// the fold as a batch consumer and starts the fold thread.
     pub fn start(bus: &Bus, fold: F, config: CortexConfig) -> Result<Cortex<F>, CortexError> {
         config.validate()?;
+        let lock = match &config.snapshot {
+            Some(s) => Some(DirLock::take(&s.dir)?),
+            None => None,
+        };
         let control = Arc::new(ThreadControl::default());
         let shards = bus.shards();
         let mut runners = Vec::with_capacity(shards);
@@ -156,10 +163,12 @@ impl<F: Fold> Cortex<F> {
         for index in 0..shards {
             let shard = ShardId::from_index(index);
             let started = Instant::now();
+            let mut reader = bus.shard_reader(shard)?;
+            let log_end = reader.view().visible_end();
             let (state, end, used, rejected) = match &config.snapshot {
                 Some(s) => {
                     let dir = snapshot::shard_dir(&s.dir, shard.0);
-                    let loaded = snapshot::load::<F::State>(&dir, &config.name, shard.0)?;
+                    let loaded = snapshot::load::<F::State>(&dir, &config.name, shard.0, log_end)?;
                     match loaded.found {
                         Some((end, state, path)) => {
                             (state, end, Some((path, end)), loaded.rejected)
@@ -183,7 +192,6 @@ impl<F: Fold> Cortex<F> {
                 },
                 control.clone(),
             ));
-            let mut reader = bus.shard_reader(shard)?;
             let replayed = runner.replay(&mut reader, config.catchup_read_events)?;
             views.push(reader.view().clone());
             readers.push(reader);
@@ -214,6 +222,7 @@ impl<F: Fold> Cortex<F> {
             restore,
             control,
             thread: Some(thread),
+            _lock: lock,
         };
         for runner in &cortex.runners {
             let consumer = ShardConsumer {
@@ -417,6 +426,12 @@ fn write_snapshot<F: Fold>(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let view = runner.shared.view();
+    // The cadence counts from this attempt, whether it succeeds or not: a failing disk is
+    // tried again after another `every_events`, not at every batch.
+    runner
+        .shared
+        .snapshot_attempt_end
+        .fetch_max(view.folded_end(), Ordering::AcqRel);
     let bytes = snapshot::encode(&config.name, shard, view.folded_end(), view.state());
     let dir = snapshot::shard_dir(&s.dir, shard);
     let result = snapshot::write(&dir, view.folded_end(), &bytes, s.keep);

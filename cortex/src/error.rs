@@ -76,6 +76,9 @@ pub enum CortexError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Another cortex (in this process or another) holds the snapshot directory.
+    #[error("snapshot directory {dir} is in use by another cortex (its LOCK is held)")]
+    SnapshotDirInUse { dir: PathBuf },
     /// Snapshots were asked for but the config names no snapshot directory.
     #[error("snapshots are not configured (the config has no \"snapshot\" section)")]
     NoSnapshotDir,

@@ -21,6 +21,7 @@ mod cortex;
 mod error;
 mod event;
 mod fold;
+mod lock;
 pub mod memories;
 mod runner;
 mod signal;

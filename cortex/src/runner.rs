@@ -149,6 +149,8 @@ pub(crate) struct Shared<S> {
     /// A cadence snapshot is due (set by the applier, cleared by the fold thread).
     pub(crate) snapshot_due: AtomicBool,
     pub(crate) last_snapshot_end: AtomicU64,
+    /// The `end` of the last snapshot attempted (the cadence counts from it).
+    pub(crate) snapshot_attempt_end: AtomicU64,
     pub(crate) snapshot_error: ArcSwapOption<String>,
     pub(crate) log_error: ArcSwapOption<String>,
     pub(crate) counters: Counters,
@@ -333,6 +335,7 @@ impl<F: Fold> Runner<F> {
             publish_pending: AtomicBool::new(false),
             snapshot_due: AtomicBool::new(false),
             last_snapshot_end: AtomicU64::new(end),
+            snapshot_attempt_end: AtomicU64::new(end),
             snapshot_error: ArcSwapOption::empty(),
             log_error: ArcSwapOption::empty(),
             counters: Counters::default(),
@@ -476,7 +479,7 @@ impl<F: Fold> Runner<F> {
         if self.settings.snapshot_every > 0
             && core
                 .next
-                .saturating_sub(self.shared.last_snapshot_end.load(Ordering::Acquire))
+                .saturating_sub(self.shared.snapshot_attempt_end.load(Ordering::Acquire))
                 >= self.settings.snapshot_every
             && !self.shared.snapshot_due.swap(true, Ordering::AcqRel)
         {

@@ -171,7 +171,15 @@ pub(crate) fn write(
     bytes: &[u8],
     keep: usize,
 ) -> Result<PathBuf, CortexError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // The new directory's entry must be durable before a snapshot in it can be.
+        if let Some(parent) = dir.parent() {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(parent))?;
+        }
+    }
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let temp = dir.join(format!("{TEMP_PREFIX}{end:020}-{}-{n}", std::process::id()));
     let final_path = dir.join(file_name(end));
@@ -251,14 +259,28 @@ pub(crate) struct Loaded<S> {
     pub(crate) rejected: Vec<RejectedSnapshot>,
 }
 
-/// Loads the newest snapshot of `dir` that checks out, falling back to older ones.
+/// Loads the newest snapshot of `dir` that checks out, falling back to older ones. A snapshot
+/// folded beyond `log_end` (the shard's log as it is now) is refused: it was taken from
+/// another log, or from events the log no longer holds (a tail lost in a crash under a lax
+/// fsync policy), and restoring it would count events that do not exist as folded.
 pub(crate) fn load<S: FoldState>(
     dir: &Path,
     name: &str,
     shard: u16,
+    log_end: u64,
 ) -> Result<Loaded<S>, CortexError> {
     let mut rejected = Vec::new();
     for (named_end, path) in list(dir)? {
+        if named_end > log_end {
+            rejected.push(RejectedSnapshot {
+                path,
+                reason: format!(
+                    "folded to seq {named_end}, beyond the log's end {log_end}: it belongs to \
+                     another log, or to events this log no longer holds"
+                ),
+            });
+            continue;
+        }
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) => {

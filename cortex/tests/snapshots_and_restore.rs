@@ -253,3 +253,45 @@ fn cadence_and_shutdown_snapshots_are_written_and_old_ones_pruned() {
     assert_eq!(report.snapshot.unwrap().1, 2400);
     assert_eq!(report.replayed_events, 0);
 }
+
+#[test]
+fn a_snapshot_beyond_the_log_is_refused_and_says_so() {
+    // Snapshots of one log, then a fresh log (another data dir) with the same snapshot dir:
+    // restoring them would count events this log never had as folded.
+    let dir = tempfile::tempdir().unwrap();
+    let config = no_shutdown_snapshot(with_snapshots("seen", dir.path()));
+    three_snapshots(dir.path(), &config);
+    let other = tempfile::tempdir().unwrap();
+    let bus = start_bus(other.path(), 1);
+    send(&bus, 1, 0, 150); // this log ends at 150: the snapshots at 200 and 300 are beyond it
+    let cortex = Cortex::start(&bus, seen_fold(), config).unwrap();
+    let report = &cortex.restore_reports()[0];
+    assert_eq!(report.snapshot.as_ref().unwrap().1, 100);
+    assert_eq!(report.rejected.len(), 2);
+    assert!(
+        report
+            .rejected
+            .iter()
+            .all(|r| r.reason.contains("beyond the log's end 150")),
+        "{report:?}"
+    );
+    // New events are folded, not taken for folded already.
+    send(&bus, 1, 150, 10);
+    assert!(cortex.wait_for_seq(ShardId(0), 159, WAIT));
+    drop(cortex);
+    shut(bus);
+}
+
+#[test]
+fn a_snapshot_dir_has_one_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_snapshots("seen", dir.path());
+    let bus = start_bus(dir.path(), 1);
+    let first = Cortex::start(&bus, seen_fold(), config.clone()).unwrap();
+    let err = Cortex::start(&bus, seen_fold(), config.clone()).unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+    drop(first);
+    let again = Cortex::start(&bus, seen_fold(), config).unwrap();
+    drop(again);
+    shut(bus);
+}
