@@ -51,7 +51,7 @@ const CATCHUP_READ_BYTES: usize = 16 << 20;
 
 /// A fold's state as published at some point: immutable, shared with readers.
 #[derive(Debug)]
-pub struct Version<S> {
+pub(crate) struct Version<S> {
     state: S,
     end: u64,
 }
