@@ -65,6 +65,9 @@ pub struct Args {
     /// Fold on the fold's own thread only (`"inline": false`), never on the shard thread.
     #[arg(long)]
     no_inline: bool,
+    /// The fold thread's nice value (`fold_thread_nice`; 0: the process's priority).
+    #[arg(long, default_value_t = 10)]
+    fold_nice: u8,
     /// Rounds of each measurement; the figures are medians.
     #[arg(long, default_value_t = 3, value_parser = parse_positive)]
     rounds: u64,
@@ -160,6 +163,7 @@ fn ingest(bus: &Bus, args: &Args, pool: &Pool, from: u64, to: u64) -> Result<Dur
 fn memories_config(args: &Args, snapshots: Option<&Path>) -> CortexConfig {
     let mut c = CortexConfig::new(NAME);
     c.inline = !args.no_inline;
+    c.fold_thread_nice = args.fold_nice;
     c.snapshot = snapshots.map(|dir| SnapshotConfig {
         every_events: 0,
         on_shutdown: false,
@@ -446,6 +450,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
                 ("shards", args.shards.to_string()),
                 ("producers", args.producers.to_string()),
                 ("rounds", args.rounds.to_string()),
+                ("fold-nice", args.fold_nice.to_string()),
             ]
             .into_iter()
             .chain(args.no_inline.then(|| ("no-inline", String::new())))
@@ -463,6 +468,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             .field("producers", args.producers)
             .field("rounds", args.rounds)
             .field("inline", !args.no_inline)
+            .field("fold_thread_nice", args.fold_nice)
             .field("fold_events_per_s", round_to(fold_per_s, 0))
             .field("fold_ns_per_event", round_to(1e9 / fold_per_s.max(1.0), 1))
             .field("ingest_events_per_s_off", round_to(off, 0))

@@ -89,6 +89,12 @@ pub struct CortexConfig {
     /// At most 1,000,000.
     #[serde(default = "CortexConfig::publish_interval_us_default")]
     pub publish_interval_us: u64,
+    /// The fold thread's nice value (0 to 19; raised from the process's, never lowered): the
+    /// thread that catches a lagging fold up competes with producers and shards for CPU, and
+    /// at a lower priority it takes what ingest leaves, so a fold slower than ingest lags
+    /// instead of slowing ingest down. 0 runs it at the process's priority.
+    #[serde(default = "CortexConfig::fold_thread_nice_default")]
+    pub fold_thread_nice: u8,
     /// Events per log read when catching up on the fold's own thread. 1 to 1,000,000.
     #[serde(default = "CortexConfig::catchup_read_events_default")]
     pub catchup_read_events: usize,
@@ -107,6 +113,9 @@ impl CortexConfig {
     fn publish_interval_us_default() -> u64 {
         1000
     }
+    fn fold_thread_nice_default() -> u8 {
+        10
+    }
     fn catchup_read_events_default() -> usize {
         8192
     }
@@ -119,6 +128,7 @@ impl CortexConfig {
             inline: CortexConfig::inline_default(),
             inline_budget_us: CortexConfig::inline_budget_us_default(),
             publish_interval_us: CortexConfig::publish_interval_us_default(),
+            fold_thread_nice: CortexConfig::fold_thread_nice_default(),
             catchup_read_events: CortexConfig::catchup_read_events_default(),
             snapshot: None,
         }
@@ -167,6 +177,12 @@ impl CortexConfig {
             return bad(
                 "publish_interval_us",
                 format!("{} is above 1000000", self.publish_interval_us),
+            );
+        }
+        if self.fold_thread_nice > 19 {
+            return bad(
+                "fold_thread_nice",
+                format!("{} is outside 0..=19", self.fold_thread_nice),
             );
         }
         if !(1..=1_000_000).contains(&self.catchup_read_events) {

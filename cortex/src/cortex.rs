@@ -467,6 +467,7 @@ fn fold_thread<F: Fold>(
     control: Arc<ThreadControl>,
     config: CortexConfig,
 ) {
+    lower_priority(config.fold_thread_nice);
     let mut last_tick = Instant::now();
     while !control.stop.load(Ordering::Acquire) {
         let tick = last_tick.elapsed() >= TICK;
@@ -509,5 +510,23 @@ fn fold_thread<F: Fold>(
             }
         }
         std::thread::park_timeout(sleep);
+    }
+}
+
+/// Raises this thread's nice value by `by` (see `CortexConfig::fold_thread_nice`). Raising it
+/// needs no privilege; if it fails anyway the thread runs at the process's priority, which is
+/// only a matter of speed.
+fn lower_priority(by: u8) {
+    if by == 0 {
+        return;
+    }
+    // SAFETY: gettid and getpriority/setpriority take plain integers and touch no memory of
+    // ours; PRIO_PROCESS with a thread id applies to that thread on Linux.
+    unsafe {
+        let tid = libc::gettid();
+        let id = libc::id_t::try_from(tid).unwrap_or(0);
+        let now = libc::getpriority(libc::PRIO_PROCESS, id);
+        let target = (now + libc::c_int::from(by)).min(19);
+        libc::setpriority(libc::PRIO_PROCESS, id, target);
     }
 }
