@@ -4,9 +4,10 @@
 //! Three measurements, all in the same run:
 //!
 //! - **Ingest with the fold off and on.** Each round ingests `--ingest-events` memories events
-//!   into a fresh bus without a fold, then into a fresh bus with the memories fold registered
-//!   (inline on the shard thread while it keeps up); the window runs from the producers'
-//!   release until `flush` returns (every event persisted). `ingest_ratio` is the median of
+//!   into a fresh bus without a fold and into a fresh bus with the memories fold registered
+//!   (inline on the shard thread while it keeps up), in alternating order from round to round;
+//!   the window runs from the producers' release until `flush` returns (every event
+//!   persisted). `ingest_ratio` is the median of
 //!   the rounds' on/off ratios. Net runs with fsync `never` here, like `ingest`, so the figure
 //!   is about CPU, not the disk's sync latency (a synced run hides the fold in the sync wait).
 //! - **Fold throughput.** `fold_events_per_s` is events folded per second of time spent inside
@@ -192,16 +193,26 @@ struct IngestRound {
     allocs_on: f64,
 }
 
-fn ingest_round(args: &Args, pool: &Pool) -> Result<IngestRound, Failure> {
+/// One ingest run without a fold: its window and allocations.
+fn ingest_off(args: &Args, pool: &Pool) -> Result<(Duration, u64), Failure> {
+    let dir = crate::scratch_dir(args.dir.as_deref(), "fold-off")?;
+    let bus = start_bus(args, dir.path())?;
+    let a = alloc::snapshot();
+    let t = ingest(&bus, args, pool, 0, args.ingest_events)?;
+    let allocs = alloc::snapshot().since(a).allocations;
+    crate::shut_down_cleanly(bus, SHUTDOWN_DEADLINE)?;
+    Ok((t, allocs))
+}
+
+/// One round: the run without the fold and the run with it, in the order given (rounds
+/// alternate it, so that a disturbance that comes and goes on a shared machine does not always
+/// land on the same side).
+fn ingest_round(args: &Args, pool: &Pool, off_first: bool) -> Result<IngestRound, Failure> {
     let n = args.ingest_events;
-    let off = {
-        let dir = crate::scratch_dir(args.dir.as_deref(), "fold-off")?;
-        let bus = start_bus(args, dir.path())?;
-        let a = alloc::snapshot();
-        let t = ingest(&bus, args, pool, 0, n)?;
-        let allocs = alloc::snapshot().since(a).allocations;
-        crate::shut_down_cleanly(bus, SHUTDOWN_DEADLINE)?;
-        (t, allocs)
+    let mut off = if off_first {
+        Some(ingest_off(args, pool)?)
+    } else {
+        None
     };
     let dir = crate::scratch_dir(args.dir.as_deref(), "fold-on")?;
     let bus = start_bus(args, dir.path())?;
@@ -233,6 +244,11 @@ fn ingest_round(args: &Args, pool: &Pool) -> Result<IngestRound, Failure> {
         .collect();
     drop(cortex);
     crate::shut_down_cleanly(bus, SHUTDOWN_DEADLINE)?;
+    drop(dir);
+    if off.is_none() {
+        off = Some(ingest_off(args, pool)?);
+    }
+    let off = off.expect("the run without the fold ran");
     Ok(IngestRound {
         off_per_s: report::per_s(n, off.0),
         on_per_s: report::per_s(n, t),
@@ -347,8 +363,8 @@ fn check_equal(
 pub fn run(args: &Args) -> Result<(), Failure> {
     let pool = Pool::new(args.ids);
     let mut rounds = Vec::new();
-    for _ in 0..args.rounds {
-        rounds.push(ingest_round(args, &pool)?);
+    for round in 0..args.rounds {
+        rounds.push(ingest_round(args, &pool, round % 2 == 0)?);
     }
 
     let work = crate::scratch_dir(args.dir.as_deref(), "fold-restore")?;
@@ -367,6 +383,8 @@ pub fn run(args: &Args) -> Result<(), Failure> {
 
     let fold_per_s = median(rounds.iter().map(|r| r.fold_per_s).collect());
     let ratio = median(rounds.iter().map(|r| r.on_per_s / r.off_per_s).collect());
+    let ratio_of_medians = median(rounds.iter().map(|r| r.on_per_s).collect())
+        / median(rounds.iter().map(|r| r.off_per_s).collect()).max(f64::MIN_POSITIVE);
     let off = median(rounds.iter().map(|r| r.off_per_s).collect());
     let on = median(rounds.iter().map(|r| r.on_per_s).collect());
     let lag = median(rounds.iter().map(|r| r.lag_at_flush as f64).collect());
@@ -399,7 +417,14 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         ))
         .row("events/s, fold off", vec![format_count(off)])
         .row("events/s, fold on", vec![format_count(on)])
-        .row("ingest_ratio (on / off)", vec![format!("{ratio:.3}")])
+        .row(
+            "ingest_ratio (median of rounds' on / off)",
+            vec![format!("{ratio:.3}")],
+        )
+        .row(
+            "median on / median off",
+            vec![format!("{ratio_of_medians:.3}")],
+        )
         .row("fold lag at flush (events)", vec![format_count(lag)])
         .row(
             "allocations/event, fold off",
@@ -474,6 +499,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             .field("ingest_events_per_s_off", round_to(off, 0))
             .field("ingest_events_per_s_on", round_to(on, 0))
             .field("ingest_ratio", round_to(ratio, 3))
+            .field("ingest_ratio_of_medians", round_to(ratio_of_medians, 3))
             .field("fold_lag_at_flush", round_to(lag, 0))
             .field("allocs_per_event_off", round_to(allocs_off, 2))
             .field("allocs_per_event_on", round_to(allocs_on, 2))
