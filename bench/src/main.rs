@@ -13,6 +13,7 @@ mod disk;
 mod durable;
 mod feed;
 mod ffi;
+mod fold;
 mod ingest;
 mod latency;
 mod ledger;
@@ -54,6 +55,9 @@ enum Scenario {
     Demo(demo::Args),
     /// Ingest through the C API against the Rust API in the same run.
     Ffi(ffi::Args),
+    /// The memories fold: fold events/s, ingest with the fold on over off, restore from a
+    /// snapshot against a full replay.
+    Fold(fold::Args),
     /// Ingest-to-persisted throughput and latency of net against a tokio + mutex baseline.
     Ingest(ingest::Args),
     /// Durable, visible and ingest latency of one paced shard against the raw disk.
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
         Scenario::Adapters(args) => adapters::run(args),
         Scenario::Demo(args) => demo::run(args),
         Scenario::Ffi(args) => ffi::run(args),
+        Scenario::Fold(args) => fold::run(args),
         Scenario::Ingest(args) => ingest::run(args),
         Scenario::Latency(args) => latency::run(args),
         Scenario::Mesh(args) => mesh::run(args),
