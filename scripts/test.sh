@@ -45,4 +45,7 @@ bench="${CARGO_TARGET_DIR:-target}/release/net-bench"
 # The adapters scenario, small, against the servers started above: its JSON must carry the
 # fields the README's row quotes, and every event must reach each backend exactly once.
 "$bench" adapters --events 20000 --json | tail -n 1 | python3 -c 'import json,sys; j=json.load(sys.stdin); missing=[k for k in ("redis_events_per_s","redis_raw_per_s","redis_ratio","jetstream_events_per_s","jetstream_raw_per_s","jetstream_ratio","lost","duplicates") if k not in j]; assert not missing, missing; assert j["scenario"]=="adapters" and j["lost"]==0 and j["duplicates"]==0, j; print("adapters json ok: redis ratio", j["redis_ratio"], "jetstream ratio", j["jetstream_ratio"], "lost", j["lost"])'
+# The fold scenario, small: its JSON must carry the fields the README's row quotes, and the
+# restored state must equal the replayed one (the bench fails on its own otherwise).
+"$bench" fold --events 200000 --ingest-events 100000 --ids 10000 --rounds 1 --json | tail -n 1 | python3 -c 'import json,sys; j=json.load(sys.stdin); missing=[k for k in ("fold_events_per_s","ingest_ratio","restore_ms","replay_ms","restore_ratio") if k not in j]; assert not missing, missing; assert j["scenario"]=="fold", j; print("fold json ok:", j["fold_events_per_s"], "fold events/s, restore ratio", j["restore_ratio"])'
 echo "== all tests passed"
