@@ -211,6 +211,8 @@ pub struct SinkStats {
     pub status: SinkStatus,
     /// The last error, transient or fatal, in words.
     pub last_error: Option<AdapterError>,
+    /// Failed health checks (reported in `last_error`; only a write's error stops the sink).
+    pub health_errors: u64,
     /// Per shard.
     pub shards: Vec<SinkShardStats>,
 }
@@ -239,6 +241,8 @@ struct Shared {
     name: String,
     backend: &'static str,
     stop: AtomicBool,
+    /// Failed health checks (they change nothing else: a write's own error decides).
+    health_errors: AtomicU64,
     status: Mutex<SinkStatus>,
     last_error: Mutex<Option<AdapterError>>,
     shards: Vec<(u16, LogView, ShardCounters)>,
@@ -378,6 +382,7 @@ impl Sink {
             name: config.name.clone(),
             backend: backend.backend(),
             stop: AtomicBool::new(false),
+            health_errors: AtomicU64::new(0),
             status: Mutex::new(SinkStatus::Running),
             last_error: Mutex::new(None),
             shards,
@@ -425,6 +430,7 @@ impl Sink {
             backend: s.backend,
             status: s.status.lock().expect("sink status").clone(),
             last_error: s.last_error.lock().expect("sink error").clone(),
+            health_errors: s.health_errors.load(Ordering::Relaxed),
             shards: s
                 .shards
                 .iter()
@@ -621,8 +627,8 @@ impl Driver {
             if last_health.elapsed() >= health_every {
                 last_health = tokio::time::Instant::now();
                 if let Err(e) = backend.health().await {
-                    let c = &self.shared.shards[0].2;
-                    self.shared.note(c, &e);
+                    self.shared.health_errors.fetch_add(1, Ordering::Relaxed);
+                    *self.shared.last_error.lock().expect("sink error") = Some(e);
                 }
             }
         }
@@ -732,7 +738,7 @@ impl Driver {
         let mut gap = false;
         let batch = &mut t.batch;
         let filled = &mut t.filled;
-        let taken = t.feed.drain(events_max, |r| {
+        t.feed.drain(events_max, |r| {
             if r.seq < *filled {
                 return true; // read from the log already
             }
@@ -749,7 +755,7 @@ impl Driver {
             *filled += 1;
             true
         });
-        let _ = taken;
+
         let from_feed = t.batch.len() as u64;
         add(&c.from_feed, from_feed);
         if !t.batch.is_empty() && !gap {
