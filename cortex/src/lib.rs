@@ -24,7 +24,6 @@ mod fold;
 mod lock;
 pub mod memories;
 mod runner;
-mod signal;
 mod snapshot;
 pub mod watermark;
 

@@ -42,7 +42,7 @@ use crate::config::ErrorPolicy;
 use crate::error::{CortexError, FoldFailure};
 use crate::event::FoldEvent;
 use crate::fold::Fold;
-use crate::signal::Signal;
+use net_engine::Notify as Signal;
 
 /// How often the inline path looks at the clock (every this many events).
 const BUDGET_CHECK_EVERY: u32 = 16;

@@ -56,6 +56,7 @@ pub use net_storage::{
 };
 pub use net_transport::identity::{Identity, NodeId, Psk};
 pub use net_transport::stats::{CountersSnapshot as MeshCounters, DropCause};
+pub use notify::Notify;
 pub use poll::{Event, PollResponse};
 pub use producer::{BatchSent, Producer, Sent, shard_for_hash, shard_for_key};
 pub use stats::{ShardFailure, ShardStats, Stats, StatsHandle, Totals};

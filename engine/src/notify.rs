@@ -19,22 +19,25 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-/// One bus's "events became visible" signal; see the module docs.
+/// An epoch signal with a futex under it: one bus's "events became visible", and any other
+/// "something moved" a publisher announces to threads that wait for it (a fold's watermark,
+/// say); see the module docs. The publisher never blocks and pays a syscall only when
+/// someone sleeps.
 #[derive(Debug, Default)]
-pub(crate) struct Notify {
+pub struct Notify {
     epoch: AtomicU32,
     waiters: AtomicU32,
 }
 
 impl Notify {
     /// The current epoch: read it before polling, wait on it after an empty poll.
-    pub(crate) fn epoch(&self) -> u32 {
+    pub fn epoch(&self) -> u32 {
         self.epoch.load(Ordering::SeqCst)
     }
 
     /// Shard side: records were published. One atomic add and one load; a futex wake only
     /// when a consumer sleeps.
-    pub(crate) fn notify(&self) {
+    pub fn notify(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) > 0 {
             futex_wake_all(&self.epoch);
@@ -43,7 +46,7 @@ impl Notify {
 
     /// Consumer side: sleeps up to `timeout` unless the epoch moved past `seen`. May return
     /// early (a signal, a spurious wake-up); callers re-check.
-    pub(crate) fn wait(&self, seen: u32, timeout: Duration) {
+    pub fn wait(&self, seen: u32, timeout: Duration) {
         self.waiters.fetch_add(1, Ordering::SeqCst);
         if self.epoch.load(Ordering::SeqCst) == seen {
             futex_wait(&self.epoch, seen, timeout);
