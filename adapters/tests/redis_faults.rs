@@ -7,6 +7,11 @@ mod common;
 
 use common::now_ns;
 
+/// The `id` fields of every entry of `key`.
+async fn ids(url: &str, key: &str) -> Vec<String> {
+    common::stream_ids(&mut common::redis_conn(url).await, key).await
+}
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,7 +21,6 @@ use net_adapters::redis::{RedisConfig, RedisSink, RedisWriter};
 use net_adapters::{
     AdapterError, ErrorClass, OutBatch, ShardWriter, SinkBackend, SourceCursor, StreamSource,
 };
-use redis::Value;
 
 /// A deadline no passing run comes near: only there to turn a hang into a failure.
 const GENEROUS: Duration = Duration::from_secs(20);
@@ -37,53 +41,6 @@ fn config(url: &str, test: &str, timeout_ms: u64) -> RedisConfig {
     c.command_timeout_ms = timeout_ms;
     c.connect_timeout_ms = timeout_ms;
     c
-}
-
-/// The `id` fields of every entry of `key`, read in pages.
-async fn ids(url: &str, key: &str) -> Vec<String> {
-    let mut c = redis::Client::open(url)
-        .expect("url")
-        .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(std::time::Duration::from_secs(30))),
-        )
-        .await
-        .expect("connect");
-    let mut out = Vec::new();
-    let mut start = "-".to_owned();
-    loop {
-        let v: Value = redis::cmd("XRANGE")
-            .arg(key)
-            .arg(&start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut c)
-            .await
-            .expect("XRANGE");
-        let Value::Array(entries) = v else {
-            panic!("XRANGE: {v:?}")
-        };
-        if entries.is_empty() {
-            return out;
-        }
-        for e in entries {
-            let Value::Array(pair) = e else {
-                panic!("entry: {e:?}")
-            };
-            let Value::BulkString(id) = &pair[0] else {
-                panic!("id: {pair:?}")
-            };
-            let Value::Array(fields) = &pair[1] else {
-                panic!("fields: {pair:?}")
-            };
-            let Value::BulkString(f) = &fields[1] else {
-                panic!("fields: {fields:?}")
-            };
-            out.push(String::from_utf8(f.clone()).expect("utf8"));
-            start = format!("({}", String::from_utf8_lossy(id));
-        }
-    }
 }
 
 fn within<T>(what: &str, r: Result<T, tokio::time::error::Elapsed>) -> T {

@@ -3,74 +3,16 @@
 
 mod common;
 
-use common::{batch, now_ns, redis_conn as raw};
+use common::{batch, now_ns, redis_conn as raw, stream_ids as ids, xrange};
 
 use net_adapters::redis::{RedisConfig, RedisSink};
 use net_adapters::{ErrorClass, OutBatch, ShardWriter, SinkBackend, SourceCursor, StreamSource};
 use net_engine::Origin;
-use redis::Value;
 
 fn config(url: &str, test: &str) -> RedisConfig {
     let mut c = RedisConfig::single(url);
     c.prefix = common::unique(test);
     c
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        other => panic!("not text: {other:?}"),
-    }
-}
-
-fn bytes(v: &Value) -> Vec<u8> {
-    match v {
-        Value::BulkString(b) => b.clone(),
-        other => panic!("not a bulk string: {other:?}"),
-    }
-}
-
-/// Every entry of `key`: its id and its fields in order.
-async fn xrange(
-    c: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-) -> Vec<(String, Vec<(String, Vec<u8>)>)> {
-    let v: Value = redis::cmd("XRANGE")
-        .arg(key)
-        .arg("-")
-        .arg("+")
-        .query_async(c)
-        .await
-        .expect("XRANGE");
-    let Value::Array(entries) = v else {
-        panic!("XRANGE: {v:?}")
-    };
-    entries
-        .into_iter()
-        .map(|e| {
-            let Value::Array(pair) = e else {
-                panic!("entry: {e:?}")
-            };
-            let Value::Array(fields) = &pair[1] else {
-                panic!("fields: {pair:?}")
-            };
-            let fields = fields
-                .chunks(2)
-                .map(|kv| (text(&kv[0]), bytes(&kv[1])))
-                .collect();
-            (text(&pair[0]), fields)
-        })
-        .collect()
-}
-
-/// The `id` fields of `key`'s entries, in order.
-async fn ids(c: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<String> {
-    xrange(c, key)
-        .await
-        .into_iter()
-        .map(|(_, f)| String::from_utf8(f[0].1.clone()).expect("utf8 id"))
-        .collect()
 }
 
 #[tokio::test]

@@ -13,61 +13,6 @@ use common::redis_server::RedisServer;
 use net_adapters::redis::{RedisConfig, RedisSink, RedisSource};
 use net_adapters::{Importer, Sink, SinkStatus, SourceCursor};
 use net_engine::Bus;
-use redis::Value;
-
-/// Every entry of `key`: (entry id, id field, ts field, data field).
-async fn entries(url: &str, key: &str) -> Vec<(String, String, u64, Vec<u8>)> {
-    let mut c = redis::Client::open(url)
-        .expect("url")
-        .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(std::time::Duration::from_secs(30))),
-        )
-        .await
-        .expect("connect");
-    let text = |v: &Value| match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).expect("utf8"),
-        other => panic!("not text: {other:?}"),
-    };
-    let mut out = Vec::new();
-    let mut start = "-".to_owned();
-    loop {
-        let v: Value = redis::cmd("XRANGE")
-            .arg(key)
-            .arg(&start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut c)
-            .await
-            .expect("XRANGE");
-        let Value::Array(list) = v else {
-            panic!("XRANGE: {v:?}")
-        };
-        if list.is_empty() {
-            return out;
-        }
-        for e in list {
-            let Value::Array(pair) = e else {
-                panic!("entry: {e:?}")
-            };
-            let Value::Array(f) = &pair[1] else {
-                panic!("fields: {pair:?}")
-            };
-            let Value::BulkString(data) = &f[5] else {
-                panic!("data: {f:?}")
-            };
-            let entry_id = text(&pair[0]);
-            out.push((
-                entry_id.clone(),
-                text(&f[1]),
-                text(&f[3]).parse().expect("ts"),
-                data.clone(),
-            ));
-            start = format!("({entry_id}");
-        }
-    }
-}
 
 /// Checks that Redis holds every event of the bus exactly once, as the bus stored it.
 fn assert_exactly_once(url: &str, prefix: &str, bus: &Bus) -> u64 {
@@ -79,7 +24,13 @@ fn assert_exactly_once(url: &str, prefix: &str, bus: &Bus) -> u64 {
     let mut total = 0;
     for shard in 0..bus.shards() {
         let shard = u16::try_from(shard).unwrap();
-        let got = rt.block_on(entries(url, &format!("{prefix}:{shard}")));
+        let got = rt.block_on(async {
+            common::xrange(
+                &mut common::redis_conn(url).await,
+                &format!("{prefix}:{shard}"),
+            )
+            .await
+        });
         let want: Vec<_> = resp
             .events
             .iter()
@@ -87,10 +38,11 @@ fn assert_exactly_once(url: &str, prefix: &str, bus: &Bus) -> u64 {
             .collect();
         assert_eq!(got.len(), want.len(), "shard {shard}: every event once");
         for (g, w) in got.iter().zip(&want) {
-            assert_eq!(g.1, format!("{shard}:{}", w.id.seq.0));
+            let text = |name| String::from_utf8(common::field(g, name).to_vec()).expect("utf8");
+            assert_eq!(text("id"), format!("{shard}:{}", w.id.seq.0));
             assert_eq!(g.0, format!("{}-{}", w.ts_ns / 1_000_000, w.id.seq.0));
-            assert_eq!(g.2, w.ts_ns);
-            assert_eq!(g.3, w.payload[..]);
+            assert_eq!(text("ts").parse::<u64>().expect("ts"), w.ts_ns);
+            assert_eq!(common::field(g, "data"), &w.payload[..]);
         }
         total += got.len() as u64;
     }

@@ -170,20 +170,7 @@ fn sigkill_mid_run_then_restart_leaves_every_event_in_redis_exactly_once() {
         let (shard, end) = entry.split_once('=').unwrap();
         let end: u64 = end.parse().unwrap();
         let key = format!("{prefix}:{shard}");
-        let ids: Vec<String> = rt.block_on(async {
-            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&key)
-                .arg("-")
-                .arg("+")
-                .query_async(&mut con)
-                .await
-                .unwrap();
-            reply
-                .ids
-                .iter()
-                .map(|e| e.get::<String>("id").unwrap())
-                .collect()
-        });
+        let ids = rt.block_on(common::stream_ids(&mut con, &key));
         let want: Vec<String> = (0..end).map(|seq| format!("{shard}:{seq}")).collect();
         assert_eq!(ids.len(), want.len(), "{key}: every event of the log, once");
         assert_eq!(ids, want, "{key}: in order, none missing, none twice");

@@ -209,3 +209,73 @@ pub fn assert_imported_exactly(
     got.sort();
     assert_eq!(got, want);
 }
+
+/// One Redis stream entry: its entry id and its fields in order.
+pub type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// Every entry of `key`, read in pages of 1000.
+pub async fn xrange(c: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<StreamEntry> {
+    fn text(v: &redis::Value) -> String {
+        match v {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            redis::Value::SimpleString(s) => s.clone(),
+            other => panic!("not text: {other:?}"),
+        }
+    }
+    let mut out: Vec<StreamEntry> = Vec::new();
+    let mut start = "-".to_owned();
+    loop {
+        let v: redis::Value = redis::cmd("XRANGE")
+            .arg(key)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(c)
+            .await
+            .expect("XRANGE");
+        let redis::Value::Array(entries) = v else {
+            panic!("XRANGE: {v:?}")
+        };
+        if entries.is_empty() {
+            return out;
+        }
+        for e in entries {
+            let redis::Value::Array(pair) = e else {
+                panic!("entry: {e:?}")
+            };
+            let redis::Value::Array(fields) = &pair[1] else {
+                panic!("fields: {pair:?}")
+            };
+            let fields = fields
+                .chunks(2)
+                .map(|kv| match &kv[1] {
+                    redis::Value::BulkString(b) => (text(&kv[0]), b.clone()),
+                    other => panic!("not a bulk string: {other:?}"),
+                })
+                .collect();
+            let entry_id = text(&pair[0]);
+            start = format!("({entry_id}");
+            out.push((entry_id, fields));
+        }
+    }
+}
+
+/// The value of field `name` of a stream entry.
+pub fn field<'a>(entry: &'a StreamEntry, name: &str) -> &'a [u8] {
+    entry
+        .1
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+        .unwrap_or_else(|| panic!("entry {} has no field `{name}`", entry.0))
+}
+
+/// The `id` fields of `key`'s entries, in order.
+pub async fn stream_ids(c: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<String> {
+    xrange(c, key)
+        .await
+        .iter()
+        .map(|e| String::from_utf8(field(e, "id").to_vec()).expect("utf8 id"))
+        .collect()
+}
