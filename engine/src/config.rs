@@ -666,6 +666,30 @@ fn as_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
+/// Test support (feature `testing`): the configuration the tests of the engine and of the
+/// crates built on it share.
+#[cfg(feature = "testing")]
+impl Config {
+    /// A small, unpinned, parking configuration with its logs under `data_dir`: 64 KiB lanes,
+    /// batches of at most 256 events or 64 KiB, 1 MiB segments.
+    pub fn for_tests(data_dir: &std::path::Path, shards: usize) -> Config {
+        let mut c = Config {
+            data_dir: data_dir.to_path_buf(),
+            shards: Some(shards),
+            pin: false,
+            ..Config::default()
+        };
+        c.lane.capacity_bytes = 64 << 10;
+        c.batch.max_events = 256;
+        c.batch.max_bytes = 64 << 10;
+        c.storage.segment_bytes = 1 << 20;
+        c.idle.strategy = IdleStrategy::Park;
+        c.idle.spin_us = 10;
+        c.idle.park_max_us = 2_000;
+        c
+    }
+}
+
 impl Config {
     /// Parses and validates a JSON document.
     pub fn from_json(text: &str) -> Result<Config, Error> {

@@ -127,18 +127,7 @@ pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
 
 /// A small, unpinned, parking bus configuration with its data under `dir/data`.
 pub fn bus_config(dir: &std::path::Path, shards: usize) -> net_engine::Config {
-    let mut c = net_engine::Config {
-        data_dir: dir.join("data"),
-        shards: Some(shards),
-        pin: false,
-        ..net_engine::Config::default()
-    };
-    c.lane.capacity_bytes = 64 << 10;
-    c.batch.max_events = 256;
-    c.batch.max_bytes = 64 << 10;
-    c.storage.segment_bytes = 1 << 20;
-    c.idle.strategy = net_engine::IdleStrategy::Park;
-    c
+    net_engine::Config::for_tests(&dir.join("data"), shards)
 }
 
 /// A bus on [`bus_config`].

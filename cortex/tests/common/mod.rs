@@ -5,27 +5,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use net_cortex::{CortexConfig, DecodeError, FoldError, FoldEvent, FoldState, SnapshotConfig};
-use net_engine::{Bus, Config, IdleStrategy};
+use net_engine::{Bus, Config};
 
 /// Long enough for anything a test waits for on a loaded 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A small, unpinned bus configuration for tests.
 pub fn bus_config(dir: &Path, shards: usize) -> Config {
-    let mut c = Config {
-        data_dir: dir.to_path_buf(),
-        shards: Some(shards),
-        pin: false,
-        ..Config::default()
-    };
-    c.lane.capacity_bytes = 64 << 10;
-    c.batch.max_events = 256;
-    c.batch.max_bytes = 64 << 10;
-    c.storage.segment_bytes = 1 << 20;
-    c.idle.strategy = IdleStrategy::Park;
-    c.idle.spin_us = 10;
-    c.idle.park_max_us = 2_000;
-    c
+    Config::for_tests(dir, shards)
 }
 
 pub fn start_bus(dir: &Path, shards: usize) -> Bus {

@@ -6,24 +6,11 @@ pub mod relay;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use net_engine::{Bus, Config, Cursor, Event, IdleStrategy};
+use net_engine::{Bus, Config, Cursor, Event};
 
 /// A small, unpinned configuration for tests.
 pub fn config(dir: &Path, shards: usize) -> Config {
-    let mut c = Config {
-        data_dir: dir.to_path_buf(),
-        shards: Some(shards),
-        pin: false,
-        ..Config::default()
-    };
-    c.lane.capacity_bytes = 64 << 10;
-    c.batch.max_events = 256;
-    c.batch.max_bytes = 64 << 10;
-    c.storage.segment_bytes = 1 << 20;
-    c.idle.strategy = IdleStrategy::Park;
-    c.idle.spin_us = 10;
-    c.idle.park_max_us = 2_000;
-    c
+    Config::for_tests(dir, shards)
 }
 
 /// Polls until `count` events were read (or 30 s pass) and returns them.
