@@ -690,6 +690,17 @@ impl Config {
     }
 }
 
+/// Reads `text` as exactly one JSON object with unique keys (the strictness of
+/// [`Config::from_json`], for documents that embed a bus's configuration): a repeated key,
+/// text after the document, or a document that is not an object is refused, naming where.
+pub fn read_strict_json(text: &str) -> Result<serde_json::Value, Error> {
+    let template = serde_json::Value::Object(serde_json::Map::new());
+    crate::json::read_object(text, &template).map_err(|r| Error::Config {
+        field: r.field,
+        what: r.what,
+    })
+}
+
 impl Config {
     /// Parses and validates a JSON document.
     pub fn from_json(text: &str) -> Result<Config, Error> {

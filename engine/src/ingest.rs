@@ -103,6 +103,11 @@ pub(crate) struct Ingest {
     latency: Histogram<u64>,
     flushes: Vec<FlushWaiter>,
     paused: bool,
+    /// When each recent batch was submitted (monotonic ns) and whether it carried an
+    /// fdatasync, indexed by batch % MARKS: the write and sync latency histograms.
+    submit_marks: [(u64, bool); MARKS],
+    /// A stand-alone sync in flight: when it was submitted and the end it makes durable.
+    sync_in_flight: Option<(u64, u64)>,
     /// Batches submitted, and batches completed.
     submitted: u64,
     completed: u64,
@@ -141,6 +146,8 @@ impl Ingest {
                 .expect("valid histogram bounds"),
             flushes: Vec::new(),
             paused: false,
+            submit_marks: [(0, false); MARKS],
+            sync_in_flight: None,
             submitted: 0,
             completed: 0,
             failure: None,
@@ -354,6 +361,7 @@ impl Ingest {
                 let b = self.submitted;
                 self.submitted += 1;
                 let slot = usize::try_from(b % MARKS as u64).expect("below MARKS");
+                self.submit_marks[slot] = (monotonic_ns(), sync);
                 for l in &mut self.lanes {
                     l.marks[slot] = (b, l.reader.pos());
                 }
@@ -383,6 +391,7 @@ impl Ingest {
         match self.log.sync(io) {
             Ok(true) => {
                 self.last_sync_ns = monotonic_ns();
+                self.sync_in_flight = Some((self.last_sync_ns, self.log.written_end()));
                 self.sync_requested = false;
                 true
             }
@@ -446,6 +455,12 @@ impl Ingest {
         let c = &self.shared.counters;
         c.durable_end
             .store(self.log.durable_end(), Ordering::Release);
+        if let Some((at, end)) = self.sync_in_flight
+            && self.log.durable_end() >= end
+        {
+            c.sync_us.record(monotonic_ns().saturating_sub(at) / 1_000);
+            self.sync_in_flight = None;
+        }
         if self.written_is_durable() {
             for l in &mut self.lanes {
                 let pos = l.reader.persisted_pos;
@@ -476,6 +491,14 @@ impl Ingest {
         let b = self.completed;
         self.completed += 1;
         let slot = usize::try_from(b % MARKS as u64).expect("below MARKS");
+        let (submitted_ns, synced) = self.submit_marks[slot];
+        let took_us = now.saturating_sub(submitted_ns) / 1_000;
+        if synced {
+            c.sync_us.record(took_us);
+        } else {
+            c.write_us.record(took_us);
+        }
+        c.batch_events.record(n);
         for l in &mut self.lanes {
             if l.marks[slot].0 == b {
                 l.reader.persisted_pos = l.reader.persisted_pos.max(l.marks[slot].1);

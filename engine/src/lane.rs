@@ -139,6 +139,11 @@ impl Lane {
         self.ring.head()
     }
 
+    /// Bytes published and not yet released by the shard, and the lane's capacity.
+    pub(crate) fn fill(&self) -> (u64, u64) {
+        self.ring.fill()
+    }
+
     /// Whether published records wait to be claimed (the shard's check before parking).
     pub(crate) fn has_unclaimed(&self) -> bool {
         self.ring.has_unclaimed()

@@ -9,6 +9,7 @@
 //! that path. Events mirrored from another node's log keep their [`Origin`]: a
 //! [`MirrorProducer`] sends them the same way, and [`Event::origin`] returns it.
 
+mod buckets;
 mod bus;
 mod clock;
 pub mod config;
@@ -36,6 +37,7 @@ mod stats;
 mod streamer;
 mod wake;
 
+pub use buckets::{BUCKETS, Buckets};
 pub use bus::{Bus, ShutdownReport};
 pub use clock::{TimestampGenerator, monotonic_ns, realtime_ns};
 pub use config::{

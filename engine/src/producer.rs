@@ -145,6 +145,25 @@ impl Producer {
         wait_lane_durable(&w.lane, w.head())
     }
 
+    /// Waits until every event this producer sent before the call is durable under the bus's
+    /// fsync policy (or was dropped by the backpressure mode), up to `timeout`: the
+    /// acknowledgement of everything sent so far, for one producer, without waiting for other
+    /// producers' events (unlike [`crate::Bus::flush`]). `Ok(false)` when `timeout` passed.
+    /// A shard that failed, died or stopped first is its `SendError`.
+    pub fn wait_durable(&self, timeout: std::time::Duration) -> Result<bool, SendError> {
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        for w in &self.writers {
+            let head = w.head();
+            if head == 0 {
+                continue;
+            }
+            if !wait_lane_durable_until(&w.lane, head, deadline)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Sends an event to this producer's home shard.
     pub fn send_home(&mut self, payload: &[u8]) -> Result<Sent, SendError> {
         self.send_to(self.home, payload)
@@ -302,11 +321,23 @@ fn send_in_window(
 /// Waits until the shard publishes the lane durable up to `pos`. The producer does not send
 /// meanwhile, so its own `drop_oldest` cannot drop the record being waited for.
 fn wait_lane_durable(lane: &Lane, pos: u64) -> Result<Sent, SendError> {
+    wait_lane_durable_until(lane, pos, None).map(|_| Sent::Queued)
+}
+
+/// [`wait_lane_durable`] up to `deadline` (`None`: none); `Ok(false)` when it passed.
+fn wait_lane_durable_until(
+    lane: &Lane,
+    pos: u64,
+    deadline: Option<std::time::Instant>,
+) -> Result<bool, SendError> {
     let shard = ShardId::from_index(lane.shard);
     let backoff = Backoff::new();
     loop {
         if lane.durable_pos.load(Ordering::Acquire) >= pos {
-            return Ok(Sent::Queued);
+            return Ok(true);
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Ok(false);
         }
         let state = &lane.shard_state;
         if state.is_failed() {
@@ -315,7 +346,7 @@ fn wait_lane_durable(lane: &Lane, pos: u64) -> Result<Sent, SendError> {
         if state.stopped.load(Ordering::Acquire) {
             // The shard publishes its last durable position before it stops.
             if lane.durable_pos.load(Ordering::Acquire) >= pos {
-                return Ok(Sent::Queued);
+                return Ok(true);
             }
             return Err(SendError::Stopped(shard));
         }

@@ -141,6 +141,17 @@ impl Ring {
         self.head.load(Ordering::SeqCst)
     }
 
+    /// Bytes published and not yet released by the reader, and the capacity (monitoring: the
+    /// two loads are not one snapshot, so the figure is clamped to the capacity).
+    pub(crate) fn fill(&self) -> (u64, u64) {
+        let tail = self.tail.load(Ordering::Acquire);
+        let head = self.head.load(Ordering::Acquire);
+        (
+            head.saturating_sub(tail).min(self.capacity_bytes),
+            self.capacity_bytes,
+        )
+    }
+
     /// Whether published entries wait to be claimed. SeqCst: the consumer's re-check after
     /// [`Parker::prepare_park`].
     pub(crate) fn has_unclaimed(&self) -> bool {

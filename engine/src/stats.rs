@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use crossbeam_utils::CachePadded;
 
+use crate::buckets::{AtomicBuckets, Buckets};
 use crate::ids::ShardId;
 use crate::lane::{Lane, LaneCounters};
 
@@ -41,6 +42,13 @@ pub(crate) struct ShardCounters {
     pub(crate) recovery: std::sync::Mutex<net_storage::Recovery>,
     /// The shard's batch consumers (control plane only).
     pub(crate) consumers: std::sync::Mutex<Vec<Arc<crate::consumer::ConsumerCounters>>>,
+    /// Submit to completion of batches written without an fdatasync, in µs.
+    pub(crate) write_us: AtomicBuckets,
+    /// Submit to completion of batches written with their fdatasync, and of syncs on their
+    /// own (`interval_ms` on an idle log), in µs.
+    pub(crate) sync_us: AtomicBuckets,
+    /// Events per completed batch.
+    pub(crate) batch_events: AtomicBuckets,
 }
 
 /// Why a shard stopped serving.
@@ -153,6 +161,23 @@ pub struct ShardStats {
     pub appended_payload_bytes: u64,
     /// The shard's batch consumers: how far each got.
     pub consumers: Vec<crate::consumer::ConsumerStats>,
+    /// Of `totals.dropped`: events its lanes' backpressure mode dropped.
+    pub dropped_backpressure: u64,
+    /// Of `totals.dropped`: events the shard (or the bus for it) dropped because its log
+    /// failed, it died, or shutdown's deadline passed.
+    pub dropped_shard: u64,
+    /// Bytes waiting in the shard's live lanes, and their capacity.
+    pub lane_fill_bytes: u64,
+    /// Summed capacity of the shard's live lanes.
+    pub lane_capacity_bytes: u64,
+    /// The fullest live lane's fill, 0.0 to 1.0.
+    pub lane_fill_max: f64,
+    /// Batch write latency without an fdatasync (submit to completion), µs.
+    pub write_latency_us: Buckets,
+    /// Batch write latency with its fdatasync, and stand-alone syncs, µs.
+    pub sync_latency_us: Buckets,
+    /// Events per completed batch.
+    pub batch_events: Buckets,
 }
 
 /// A snapshot of the bus's figures.
@@ -205,6 +230,11 @@ pub struct StatsHandle {
 impl StatsHandle {
     /// One shard's counts, reading shard counters before lane counters (see module docs).
     fn shard_totals(&self, shard: usize, lanes: &[LaneEntry]) -> Totals {
+        self.shard_totals_split(shard, lanes).0
+    }
+
+    /// One shard's counts, and of its drops those by its lanes' backpressure.
+    fn shard_totals_split(&self, shard: usize, lanes: &[LaneEntry]) -> (Totals, u64) {
         let c = &self.shared.shards[shard];
         let persisted = c.persisted.load(Ordering::Acquire);
         let shard_dropped = c.dropped.load(Ordering::Acquire);
@@ -220,13 +250,14 @@ impl StatsHandle {
         let in_flight = ingested.checked_sub(persisted + dropped).unwrap_or_else(|| {
             panic!("counter invariant broken on shard {shard}: ingested {ingested} < persisted {persisted} + dropped {dropped}")
         });
-        Totals {
+        let totals = Totals {
             ingested,
             persisted,
             dropped,
             rejected,
             in_flight,
-        }
+        };
+        (totals, lane_dropped)
     }
 
     /// Totals over all shards. Allocates nothing (safe inside measured windows).
@@ -245,8 +276,17 @@ impl StatsHandle {
         let mut total = Totals::default();
         let shards = (0..self.shared.shards.len())
             .map(|s| {
-                let totals = self.shard_totals(s, &lanes);
+                let (totals, dropped_backpressure) = self.shard_totals_split(s, &lanes);
                 total.add(&totals);
+                let (mut fill, mut capacity, mut fill_max) = (0u64, 0u64, 0f64);
+                for lane in lanes.iter().filter(|e| e.shard == s) {
+                    if let Some(lane) = lane.lane.upgrade() {
+                        let (used, cap) = lane.fill();
+                        fill += used;
+                        capacity += cap;
+                        fill_max = fill_max.max(used as f64 / cap as f64);
+                    }
+                }
                 let c = &self.shared.shards[s];
                 let persisted_end = c.persisted_end.load(Ordering::Acquire);
                 let consumers = c.consumers.lock().expect("consumer registry");
@@ -271,6 +311,14 @@ impl StatsHandle {
                         .iter()
                         .map(|k| crate::consumer::ConsumerStats::read(k, persisted_end))
                         .collect(),
+                    dropped_backpressure,
+                    dropped_shard: totals.dropped - dropped_backpressure,
+                    lane_fill_bytes: fill,
+                    lane_capacity_bytes: capacity,
+                    lane_fill_max: fill_max,
+                    write_latency_us: c.write_us.read(),
+                    sync_latency_us: c.sync_us.read(),
+                    batch_events: c.batch_events.read(),
                 }
             })
             .collect();
