@@ -361,7 +361,7 @@ impl Startup {
             "sinks": sinks_report,
             "folds": folds_report,
             "problems": degraded,
-            "shutdown_ms": t0.elapsed().as_millis() as u64,
+            "shutdown_ms": u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
             "uptime_s": started.elapsed().as_secs(),
             "exit_code": exit,
         }});

@@ -673,7 +673,7 @@ pub fn scrape(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
     let (head, body) = resp
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("{addr}: not an HTTP response"))?;
-    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+    if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1).is_none_or(|c| c != "200") {
         return Err(format!(
             "{addr}: {}",
             head.lines().next().unwrap_or("no status")
@@ -740,7 +740,7 @@ pub fn table(text: &str) -> String {
             format!("{}{{{}}}", s.name, s.labels)
         };
         let v = if s.value.fract() == 0.0 && s.value.abs() < 1e15 {
-            format!("{}", s.value as i64)
+            format!("{:.0}", s.value)
         } else {
             format!("{:.6}", s.value)
         };

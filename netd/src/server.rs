@@ -98,9 +98,13 @@ struct Shared {
     stats: Arc<ServerStats>,
     stop: AtomicBool,
     /// Every open connection (a clone, to shut its reading down at stop) and its thread.
-    conns: Mutex<HashMap<u64, (UnixStream, Option<JoinHandle<()>>)>>,
+    conns: Mutex<HashMap<u64, Conn>>,
     log: LogLimiter,
 }
+
+/// An open connection: a clone of its stream (to shut its reading down at stop) and its
+/// thread.
+type Conn = (UnixStream, Option<JoinHandle<()>>);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
