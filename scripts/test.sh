@@ -29,6 +29,11 @@ echo "== loom: RUSTFLAGS=\"--cfg loom\" CARGO_TARGET_DIR=$loom_target cargo test
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$loom_target" \
     cargo test -p net-engine --release --lib ring::loom_tests
 
+# A longer fuzz run of netd's socket frame decoder (the test's default is 2 s; the debug build
+# of `cargo test` above is reused).
+echo "== fuzz: netd frame decoder, 20 s"
+NETD_FUZZ_SECS=20 cargo test -p netd --test fuzz_frames -- --nocapture 2>&1 | grep -E "fuzz_frames|test result"
+
 echo "== net-bench smoke (release)"
 cargo build --release -p net-bench
 bench="${CARGO_TARGET_DIR:-target}/release/net-bench"
@@ -48,4 +53,7 @@ bench="${CARGO_TARGET_DIR:-target}/release/net-bench"
 # The fold scenario, small: its JSON must carry the fields the README's row quotes, and the
 # restored state must equal the replayed one (the bench fails on its own otherwise).
 "$bench" fold --events 200000 --ingest-events 100000 --ids 10000 --rounds 1 --json | tail -n 1 | python3 -c 'import json,sys; j=json.load(sys.stdin); missing=[k for k in ("fold_events_per_s","ingest_ratio","restore_ms","replay_ms","restore_ratio") if k not in j]; assert not missing, missing; assert j["scenario"]=="fold", j; print("fold json ok:", j["fold_events_per_s"], "fold events/s, restore ratio", j["restore_ratio"])'
+# The socket scenario, small: netd's Unix socket against in-process ingest, every event
+# acknowledged and in the log (the bench fails on its own otherwise).
+"$bench" socket --events 400000 --rounds 1 --ack-frames 200 --json | tail -n 1 | python3 -c 'import json,sys; j=json.load(sys.stdin); missing=[k for k in ("socket_events_per_s","direct_events_per_s","socket_ratio","ack_p99_us","allocs_per_event") if k not in j]; assert not missing, missing; assert j["scenario"]=="socket", j; print("socket json ok:", j["socket_events_per_s"], "events/s, socket ratio", j["socket_ratio"])'
 echo "== all tests passed"

@@ -25,6 +25,7 @@ mod readback;
 mod record;
 mod redex;
 mod report;
+mod socket;
 mod storage;
 mod transport;
 mod workload;
@@ -70,6 +71,8 @@ enum Scenario {
     MeshNode(mesh::NodeArgs),
     /// RedEX append and read throughput and net's durable ingest against the raw disk.
     Storage(storage::Args),
+    /// Ingest through netd's local Unix socket against in-process ingest in the same run.
+    Socket(socket::Args),
     /// Encrypted mesh packets/s and latency against plaintext sendmmsg and a tokio + snow baseline.
     Transport(transport::Args),
     /// Write events to a data dir and print each one acknowledged durable (for crash tests).
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
         Scenario::Adapters(args) => adapters::run(args),
         Scenario::Demo(args) => demo::run(args),
         Scenario::Ffi(args) => ffi::run(args),
+        Scenario::Socket(args) => socket::run(args),
         Scenario::Fold(args) => fold::run(args),
         Scenario::Ingest(args) => ingest::run(args),
         Scenario::Latency(args) => latency::run(args),
