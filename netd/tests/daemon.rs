@@ -371,5 +371,8 @@ fn sighup_reopens_the_log_file_and_a_second_netd_on_the_same_socket_is_refused()
 fn the_example_config_under_deploy_is_valid() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/netd.json");
     let c = netd::config::Checked::from_file(&path).unwrap();
-    assert_eq!(c.doc.socket.path, std::path::Path::new("/run/net/netd.sock"));
+    assert_eq!(
+        c.doc.socket.path,
+        std::path::Path::new("/run/net/netd.sock")
+    );
 }
