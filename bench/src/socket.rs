@@ -137,13 +137,18 @@ fn payload(c: u64) -> [u8; PAYLOAD_BYTES] {
     p
 }
 
+/// The warm-up and release barriers of `clients` threads and the measuring one.
+fn barriers(clients: u64) -> (Arc<Barrier>, Arc<Barrier>) {
+    let threads = usize::try_from(clients).expect("fits") + 1;
+    (
+        Arc::new(Barrier::new(threads)),
+        Arc::new(Barrier::new(threads)),
+    )
+}
+
 fn run_direct(args: &Args, dir: &Path, frames: u64) -> Result<Side, Failure> {
     let bus = Bus::start(config(args, dir)?).map_err(|e| Failure::engine("starting", e))?;
-    let threads = usize::try_from(args.clients).expect("fits") + 1;
-    let (warmed, release) = (
-        Arc::new(Barrier::new(threads)),
-        Arc::new(Barrier::new(threads)),
-    );
+    let (warmed, release) = barriers(args.clients);
     let warmup = args.warmup_frames;
     let mut handles = Vec::new();
     for c in 0..args.clients {
@@ -219,11 +224,7 @@ fn run_socket(args: &Args, dir: &Path, frames: u64) -> Result<(Side, Histogram<u
         },
     )
     .map_err(|e| Failure::Engine(format!("starting the socket server: {e}")))?;
-    let threads = usize::try_from(args.clients).expect("fits") + 1;
-    let (warmed, release) = (
-        Arc::new(Barrier::new(threads)),
-        Arc::new(Barrier::new(threads)),
-    );
+    let (warmed, release) = barriers(args.clients);
     let warmup = args.warmup_frames;
     let mut handles = Vec::new();
     for c in 0..args.clients {
