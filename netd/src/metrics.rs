@@ -376,6 +376,24 @@ fn mesh(o: &mut Out, bus: &Bus) {
         |t| t.session_timeouts
     );
     o.family(
+        "net_peer_dropped_total",
+        "counter",
+        "Datagrams from the peer the mesh dropped, by cause (causes never seen are left out).",
+    );
+    for p in peers {
+        let (n, s) = (node(p), p.shard.0.to_string());
+        for cause in DropCause::ALL {
+            let v = p.traffic.dropped(cause);
+            if v > 0 {
+                o.sample(
+                    "net_peer_dropped_total",
+                    &[("node", &n), ("shard", &s), ("cause", cause.name())],
+                    v,
+                );
+            }
+        }
+    }
+    o.family(
         "net_mesh_dropped_total",
         "counter",
         "Datagrams dropped by the mesh, by shard and cause.",
