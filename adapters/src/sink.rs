@@ -245,6 +245,9 @@ struct Shared {
     health_errors: AtomicU64,
     status: Mutex<SinkStatus>,
     last_error: Mutex<Option<AdapterError>>,
+    /// Transient errors and failed health checks are logged through this (a backend that
+    /// is down fails every retry).
+    error_log: net_engine::RateLimit,
     shards: Vec<(u16, LogView, ShardCounters)>,
     /// Per shard, the retention hold (`retention: block`); it lives as long as the [`Sink`],
     /// so a sink stopped by a fatal error still keeps what it has not sent.
@@ -258,7 +261,18 @@ impl Shared {
 
     fn note(&self, c: &ShardCounters, e: &AdapterError) {
         match e.class {
-            ErrorClass::Transient => add(&c.transient_errors, 1),
+            ErrorClass::Transient => {
+                add(&c.transient_errors, 1);
+                if let Some(suppressed) = self.error_log.check_now() {
+                    tracing::warn!(
+                        sink = %self.name,
+                        backend = self.backend,
+                        error = %e,
+                        suppressed,
+                        "sink error (retrying)"
+                    );
+                }
+            }
             ErrorClass::Fatal => add(&c.fatal_errors, 1),
         }
         *self.last_error.lock().expect("sink error") = Some(e.clone());
@@ -268,6 +282,12 @@ impl Shared {
     fn fail(&self, e: AdapterError) {
         let mut status = self.status.lock().expect("sink status");
         if *status == SinkStatus::Running {
+            tracing::error!(
+                sink = %self.name,
+                backend = self.backend,
+                error = %e,
+                "sink failed; it stopped"
+            );
             *status = SinkStatus::Failed(e.clone());
         }
         *self.last_error.lock().expect("sink error") = Some(e);
@@ -385,9 +405,16 @@ impl Sink {
             health_errors: AtomicU64::new(0),
             status: Mutex::new(SinkStatus::Running),
             last_error: Mutex::new(None),
+            error_log: net_engine::RateLimit::per_second(1),
             shards,
             holds,
         });
+        tracing::info!(
+            sink = %shared.name,
+            backend = shared.backend,
+            shards = shared.shards.len(),
+            "sink started"
+        );
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("net-sink-{}", config.name))
@@ -530,6 +557,11 @@ impl Sink {
                     .fail(AdapterError::fatal("sink", "the sink thread panicked"));
             }
         } else {
+            tracing::warn!(
+                sink = %self.shared.name,
+                ?deadline,
+                "sink thread did not stop in time; left running detached"
+            );
             *self.shared.last_error.lock().expect("sink error") = Some(AdapterError::transient(
                 "sink",
                 format!("the sink thread did not stop within {deadline:?}; left running detached"),
@@ -537,6 +569,7 @@ impl Sink {
         }
         let mut status = self.shared.status.lock().expect("sink status");
         if *status == SinkStatus::Running {
+            tracing::info!(sink = %self.shared.name, "sink stopped");
             *status = SinkStatus::Stopped;
         }
     }
@@ -628,6 +661,15 @@ impl Driver {
                 last_health = tokio::time::Instant::now();
                 if let Err(e) = backend.health().await {
                     self.shared.health_errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = self.shared.error_log.check_now() {
+                        tracing::warn!(
+                            sink = %self.shared.name,
+                            backend = self.shared.backend,
+                            error = %e,
+                            suppressed,
+                            "sink health check failed"
+                        );
+                    }
                     *self.shared.last_error.lock().expect("sink error") = Some(e);
                 }
             }

@@ -195,6 +195,7 @@ impl<S> Shared<S> {
         if let Some(f) = failure
             && self.status.load(Ordering::Acquire) == RUNNING
         {
+            tracing::error!(panicked = status == PANICKED, failure = %f, "fold stopped");
             self.failure.store(Some(Arc::new(f)));
         }
         let _ = self

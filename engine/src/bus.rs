@@ -1486,10 +1486,27 @@ impl Bus {
 /// message are visible at once, the control queue closes (pending requests disconnect), and
 /// the thread ends normally so the bus joins it.
 fn run_guarded(shard: Shard, shared: &ShardShared) -> Result<(), ShardExit> {
+    let id = shard.id();
+    tracing::info!(shard = id, "shard started");
     let exit = match std::panic::catch_unwind(AssertUnwindSafe(|| shard.run())) {
-        Ok(result) => result,
+        Ok(result) => {
+            match &result {
+                Ok(()) => tracing::info!(shard = id, "shard stopped"),
+                Err(ShardExit::Storage(e)) => {
+                    tracing::error!(shard = id, error = %e, "shard stopped by a storage error");
+                }
+                Err(ShardExit::Ring(e)) => {
+                    tracing::error!(shard = id, error = %e, "shard stopped by an io_uring error");
+                }
+                Err(ShardExit::Panicked(msg)) => {
+                    tracing::error!(shard = id, panic = %msg, "shard panicked");
+                }
+            }
+            result
+        }
         Err(payload) => {
             let msg = panic_message(payload.as_ref());
+            tracing::error!(shard = id, panic = %msg, "shard panicked");
             shared
                 .counters
                 .set_failure(ShardFailure::Panicked(msg.clone()));

@@ -515,10 +515,11 @@ impl Ingest {
         self.shared.counters.add_dropped(staged + in_flight);
         let err = self.failure.clone().expect("failing with a failure");
         if self.shared.counters.set_failure(ShardFailure::Storage(err)) {
-            eprintln!(
-                "net: shard {} failed: {}",
-                self.s.id,
-                self.failure.as_ref().expect("set")
+            tracing::error!(
+                shard = self.s.id,
+                error = %self.failure.as_ref().expect("set"),
+                dropped = staged + in_flight,
+                "shard failed: its log takes no more events"
             );
         }
     }
@@ -588,7 +589,7 @@ impl Ingest {
                     .store(self.log.first_seq(), Ordering::Release);
             }
             Ok(_) => {}
-            Err(e) => eprintln!("net: shard {}: retention sweep failed: {e}", self.s.id),
+            Err(e) => tracing::error!(shard = self.s.id, error = %e, "retention sweep failed"),
         }
         self.retention_checked = (self.log.segments(), now);
     }

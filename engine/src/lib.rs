@@ -57,6 +57,8 @@ pub use net_storage::{
     AppendedBatch, AppendedRecord, LogView, ORIGIN_BYTES, Origin, ReadBatch, Reader, StorageError,
 };
 pub use net_transport::identity::{Identity, NodeId, Psk};
+/// The log rate limiter of the library's per-packet and per-frame events, for the daemon's own.
+pub use net_transport::ratelimit::RateLimit;
 pub use net_transport::stats::{CountersSnapshot as MeshCounters, DropCause};
 pub use notify::Notify;
 pub use poll::{Event, PollResponse};

@@ -25,7 +25,6 @@ use net_transport::codec::DATA_HEADER_LEN;
 use net_transport::endpoint::{ConnectError, Endpoint, PeerId, Received};
 use net_transport::identity::NodeId;
 use net_transport::pool::{PacketBuf, PacketPool};
-use net_transport::stats::DropCause;
 use net_transport::stream::{self, DataFrameWriter};
 use net_transport::udp::{Backoff, RecvBatch, SendBatch, ShardSocket, SocketErrorClass, classify};
 
@@ -110,6 +109,7 @@ impl StreamsSetup {
             mirror,
             describes: Vec::new(),
             generation_seed: u32::from(self.shard).wrapping_mul(0x9e37_79b9) | 1,
+            logs: crate::mesh_stream::StreamLogs::default(),
         }
     }
 }
@@ -584,6 +584,14 @@ impl Mesh {
             counters,
         });
         self.streams.send_subscribe(now, key_slot);
+        tracing::info!(
+            shard = self.streams.shard,
+            origin = %crate::mesh_stream::Hex(origin),
+            origin_shard,
+            addr = %addr,
+            from,
+            "mesh subscription started"
+        );
         Ok(())
     }
 
@@ -999,8 +1007,7 @@ impl Mesh {
             let mut staged = 0usize;
             let got = socket.recv_batch(rx, pool, |buf, src, truncated| {
                 if truncated {
-                    endpoint.counters().packets_in.add(1);
-                    endpoint.counters().count_drop(DropCause::Malformed);
+                    endpoint.drop_truncated(now, src);
                     return;
                 }
                 let r = endpoint.receive(now, src, buf, &mut |p, to, b| control.push(p, to, b));
@@ -1020,9 +1027,7 @@ impl Mesh {
                             let key = endpoint.peer_key(peer);
                             streams.on_frame(now, peer, node, &key, message);
                         }
-                        None => {
-                            streams.bad_frames.fetch_add(1, Ordering::Relaxed);
-                        }
+                        None => streams.bad_frame(now, node, "empty"),
                     }
                 }
             });
@@ -1055,6 +1060,11 @@ impl Mesh {
             }
             SocketErrorClass::Datagram => {}
             SocketErrorClass::Hard => {
+                tracing::error!(
+                    addr = %self.socket.local_addr(),
+                    error = %e,
+                    "mesh socket failed; this shard's mesh stopped"
+                );
                 self.stopped = true;
                 *self
                     .shared

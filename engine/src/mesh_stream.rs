@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use net_storage::{LogView, Origin};
 use net_transport::endpoint::PeerId;
 use net_transport::identity::NodeId;
+use net_transport::ratelimit::RateLimit;
 use net_transport::stream::{
     self, Ack, Delivery, Frame, RecvLimits, RecvStream, SendStream, Status, StreamRef, StreamTimers,
 };
@@ -175,6 +176,40 @@ pub(crate) struct Streams {
     /// Describe requests waiting for an answer: nonce → reply.
     pub(crate) describes: Vec<(u32, std::sync::mpsc::SyncSender<Result<u16, String>>)>,
     pub(crate) generation_seed: u32,
+    /// Log limits for what a peer can provoke per frame: bad frames, refused subscriptions
+    /// (per status), and the other stream events.
+    pub(crate) logs: StreamLogs,
+}
+
+/// The log rate limits of a shard's streams.
+#[derive(Debug)]
+pub(crate) struct StreamLogs {
+    bad_frame: RateLimit,
+    refused: [RateLimit; 4],
+    event: RateLimit,
+}
+
+impl Default for StreamLogs {
+    fn default() -> StreamLogs {
+        StreamLogs {
+            bad_frame: RateLimit::per_second(1),
+            refused: std::array::from_fn(|_| RateLimit::per_second(1)),
+            event: RateLimit::per_second(10),
+        }
+    }
+}
+
+/// A node id as operators see it (hex, as in every error message).
+pub(crate) struct Hex(pub(crate) NodeId);
+
+impl std::fmt::Display for Hex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+fn hex(node: NodeId) -> Hex {
+    Hex(node)
 }
 
 impl std::fmt::Debug for Streams {
@@ -214,6 +249,26 @@ impl Streams {
         self.replies.push(Reply { peer, len, bytes });
     }
 
+    /// Counts a frame from `node` that failed to decode or named no stream of ours, and logs
+    /// it (rate-limited).
+    pub(crate) fn bad_frame(&self, now_ns: u64, node: NodeId, why: &'static str) {
+        self.bad_frames.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.logs.bad_frame.check(now_ns) {
+            tracing::warn!(
+                shard = self.shard,
+                node = %hex(node),
+                why,
+                suppressed,
+                "bad mesh stream frame"
+            );
+        }
+    }
+
+    /// Whether a stream event a peer provoked may be logged now: `Some(suppressed)`.
+    fn log_event(&self, now_ns: u64) -> Option<u64> {
+        self.logs.event.check(now_ns)
+    }
+
     /// Handles one stream frame from `peer` (node `node`, static key `key`).
     pub(crate) fn on_frame(
         &mut self,
@@ -225,10 +280,7 @@ impl Streams {
     ) {
         let frame = match stream::decode(bytes) {
             Ok(f) => f,
-            Err(_) => {
-                self.bad_frames.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+            Err(_) => return self.bad_frame(now_ns, node, "undecodable"),
         };
         match frame {
             Frame::Subscribe {
@@ -239,7 +291,7 @@ impl Streams {
                 token,
             } => self.on_subscribe(now_ns, peer, node, key, s, shard, from, window, token),
             Frame::Ack(a) => self.on_ack(now_ns, peer, node, &a),
-            Frame::Unsubscribe { stream: s } => self.end_publication(node, s, None),
+            Frame::Unsubscribe { stream: s } => self.end_publication(now_ns, node, s, None),
             Frame::Describe { nonce } => {
                 let shards = self.shards;
                 self.queue_reply(peer, |b| stream::write_description(b, nonce, shards));
@@ -280,6 +332,22 @@ impl Streams {
     ) {
         let end = self.view.visible_end();
         let refuse = |me: &mut Streams, status: Status, why: String| {
+            let i = match status {
+                Status::Unauthorized => 0,
+                Status::Full => 1,
+                Status::NoShard => 2,
+                _ => 3,
+            };
+            if let Some(suppressed) = me.logs.refused[i].check(now_ns) {
+                tracing::warn!(
+                    shard = me.shard,
+                    node = %hex(node),
+                    status = ?status,
+                    reason = %why,
+                    suppressed,
+                    "mesh subscription refused"
+                );
+            }
             me.answer(peer, s, status, &why);
         };
         if shard != self.shard {
@@ -309,7 +377,7 @@ impl Streams {
             );
             return refuse(self, Status::Ahead, why);
         }
-        if let Some(&k) = self.pub_by_node.get(&node) {
+        let restarted = if let Some(&k) = self.pub_by_node.get(&node) {
             // Admission holds it already (`Already` at any cap: idempotent).
             let p = self.pubs[k as usize].as_mut().expect("indexed");
             if p.tx.stream() == s {
@@ -328,6 +396,7 @@ impl Streams {
             p.token = token;
             p.counters.set(&p.counters.stream, u64::from(s.id));
             p.counters.subscribes.fetch_add(1, Ordering::Relaxed);
+            true
         } else {
             let admitted = self
                 .admission
@@ -375,6 +444,18 @@ impl Streams {
             };
             self.pub_by_node
                 .insert(node, u32::try_from(k).expect("publications fit u32"));
+            false
+        };
+        if let Some(suppressed) = self.log_event(now_ns) {
+            tracing::info!(
+                shard = self.shard,
+                node = %hex(node),
+                stream = s.id,
+                from,
+                restarted,
+                suppressed,
+                "mesh publication started"
+            );
         }
         self.answer(peer, s, Status::Accepted, "");
     }
@@ -410,7 +491,13 @@ impl Streams {
     }
 
     /// Ends a publication (unsubscribed, or `why`: revoked, expired, peer gone).
-    pub(crate) fn end_publication(&mut self, node: NodeId, s: StreamRef, why: Option<String>) {
+    pub(crate) fn end_publication(
+        &mut self,
+        now_ns: u64,
+        node: NodeId,
+        s: StreamRef,
+        why: Option<String>,
+    ) {
         let Some(&k) = self.pub_by_node.get(&node) else {
             return;
         };
@@ -429,6 +516,16 @@ impl Streams {
             .remove(node, self.shard);
         p.counters.active.store(false, Ordering::Relaxed);
         p.counters.ended.store(true, Ordering::Relaxed);
+        if let Some(suppressed) = self.log_event(now_ns) {
+            tracing::info!(
+                shard = self.shard,
+                node = %hex(node),
+                stream = s.id,
+                reason = why.as_deref().unwrap_or("unsubscribed"),
+                suppressed,
+                "mesh publication ended"
+            );
+        }
         if let Some(why) = why {
             self.answer(p.peer, p.tx.stream(), Status::Unauthorized, &why);
             p.counters.fail(why);
@@ -450,7 +547,7 @@ impl Streams {
                 "the subscriber was silent for {} s",
                 idle_ns / 1_000_000_000
             );
-            self.end_publication(node, s, Some(why));
+            self.end_publication(now_ns, node, s, Some(why));
         }
     }
 
@@ -463,6 +560,13 @@ impl Streams {
             return false;
         };
         let s = self.subs[key].take().expect("found");
+        tracing::info!(
+            shard = self.shard,
+            origin = %hex(origin),
+            origin_shard,
+            next = s.rx.next(),
+            "mesh subscription stopped"
+        );
         s.counters.active.store(false, Ordering::Relaxed);
         s.counters.ended.store(true, Ordering::Relaxed);
         let st = s.rx.stream();
@@ -498,8 +602,9 @@ impl Streams {
                 }
             }
         }
+        let now_ns = crate::clock::monotonic_ns();
         for (node, s, why) in ended {
-            self.end_publication(node, s, Some(why));
+            self.end_publication(now_ns, node, s, Some(why));
         }
     }
 
@@ -657,26 +762,58 @@ impl Streams {
     ) {
         let key = st.id as usize;
         let Some(s) = self.subs.get_mut(key).and_then(Option::as_mut) else {
-            self.bad_frames.fetch_add(1, Ordering::Relaxed);
-            return;
+            return self.bad_frame(now_ns, node, "an answer for no subscription of ours");
         };
         if s.origin != node || s.rx.stream() != st {
             return; // an answer to an earlier generation
         }
-        let _ = (first_seq, end_seq);
+        let (origin_shard, failed) = (s.origin_shard, s.state == SubState::Failed);
         match status {
             Status::Accepted => {
                 if s.state == SubState::Subscribing {
                     s.state = SubState::Active;
                     s.counters.active.store(true, Ordering::Relaxed);
                     *s.counters.error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    if let Some(suppressed) = self.log_event(now_ns) {
+                        tracing::info!(
+                            shard = self.shard,
+                            origin = %hex(node),
+                            origin_shard,
+                            first_seq,
+                            end_seq,
+                            suppressed,
+                            "mesh subscription accepted"
+                        );
+                    }
                 }
             }
-            Status::Unknown => self.send_subscribe(now_ns, key),
+            Status::Unknown => {
+                if let Some(suppressed) = self.log_event(now_ns) {
+                    tracing::debug!(
+                        shard = self.shard,
+                        origin = %hex(node),
+                        origin_shard,
+                        suppressed,
+                        "mesh publisher has no such subscription; subscribing again"
+                    );
+                }
+                self.send_subscribe(now_ns, key);
+            }
             refused => {
                 s.state = SubState::Failed;
                 let why = String::from_utf8_lossy(reason).into_owned();
                 s.counters.fail(format!("{refused:?}: {why}"));
+                if !failed && let Some(suppressed) = self.log_event(now_ns) {
+                    tracing::warn!(
+                        shard = self.shard,
+                        origin = %hex(node),
+                        origin_shard,
+                        status = ?refused,
+                        reason = %why,
+                        suppressed,
+                        "mesh subscription refused by the publisher"
+                    );
+                }
             }
         }
     }
@@ -684,8 +821,7 @@ impl Streams {
     fn on_data(&mut self, now_ns: u64, node: NodeId, st: StreamRef, frame: &Frame<'_>, raw: &[u8]) {
         let key = st.id as usize;
         let Some(s) = self.subs.get_mut(key).and_then(Option::as_mut) else {
-            self.bad_frames.fetch_add(1, Ordering::Relaxed);
-            return;
+            return self.bad_frame(now_ns, node, "data for no subscription of ours");
         };
         if s.origin != node || s.rx.stream() != st || s.state == SubState::Failed {
             return; // an earlier generation's frame, late

@@ -75,6 +75,10 @@ impl Shard {
         }
     }
 
+    pub(crate) fn id(&self) -> u16 {
+        self.id
+    }
+
     /// Runs until stopped; returns how the log closed.
     pub(crate) fn run(mut self) -> Result<(), ShardExit> {
         loop {

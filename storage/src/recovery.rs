@@ -118,12 +118,12 @@ fn open_log(dir: &Path, cfg: LogConfig) -> Result<(Log, Recovery)> {
         compaction_leftovers_removed: leftovers,
         ..Recovery::default()
     };
-    match manifest::read(dir, cfg.shard)? {
-        Some(m) => recover(dir, cfg, m, inv, &mut report).map(|log| (log, report)),
+    let shard = cfg.shard;
+    let log = match manifest::read(dir, cfg.shard)? {
+        Some(m) => recover(dir, cfg, m, inv, &mut report)?,
         None if inv.dats.is_empty() && inv.idxs.is_empty() => {
-            let log = fresh(dir, cfg, 0)?;
             report.segments = 1;
-            Ok((log, report))
+            fresh(dir, cfg, 0)?
         }
         None => {
             let what = format!(
@@ -131,9 +131,24 @@ fn open_log(dir: &Path, cfg: LogConfig) -> Result<(Log, Recovery)> {
                  cannot be told from never-written ones; {ADVICE} (it rebuilds the manifest)",
                 inv.dats.len()
             );
-            Err(corrupt(&manifest::path(dir), 0, &what))
+            return Err(corrupt(&manifest::path(dir), 0, &what));
         }
-    }
+    };
+    tracing::info!(
+        shard,
+        dir = %dir.display(),
+        segments = report.segments,
+        first_seq = log.first_seq(),
+        next_seq = log.next_seq(),
+        repaired = report.repaired(),
+        torn_tail = report.torn_tail,
+        dat_bytes_cut = report.dat_bytes_cut,
+        indexes_rebuilt = report.indexes_rebuilt,
+        retention_finished = report.retention_finished,
+        compaction_leftovers_removed = report.compaction_leftovers_removed,
+        "log opened"
+    );
+    Ok((log, report))
 }
 
 /// A new log with one empty segment at `base`.
@@ -580,9 +595,11 @@ fn cut_tail(path: &Path, dat: &File, end: u64, report: &mut Recovery) -> Result<
         .map_err(io_err("truncate", path))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     segment::sync_dir(dir)?;
-    eprintln!(
-        "net-storage: recovered {}: cut a torn tail at byte {end}",
-        path.display()
+    tracing::warn!(
+        path = %path.display(),
+        at = end,
+        bytes_cut = report.dat_bytes_cut,
+        "log recovery cut a torn tail"
     );
     Ok(())
 }

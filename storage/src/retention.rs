@@ -125,6 +125,14 @@ impl Log {
             events: removed.iter().map(|s| s.end - s.base).sum(),
             bytes: removed.iter().map(|s| s.dat_bytes).sum(),
         };
+        tracing::debug!(
+            shard = self.cfg.shard,
+            segments = swept.segments,
+            events = swept.events,
+            bytes = swept.bytes,
+            first_seq = first,
+            "retention removed segments"
+        );
         self.retention = Some(Pending {
             segments: removed,
             generation,

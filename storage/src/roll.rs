@@ -281,6 +281,7 @@ impl Log {
             gaps: map.gaps.clone(),
         });
         self.stage_segment_header();
+        tracing::debug!(shard = self.cfg.shard, base, "log segment rolled");
         Ok(())
     }
 

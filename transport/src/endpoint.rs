@@ -36,8 +36,9 @@ use crate::codec::{
 use crate::handshake::{Handshaker, Initiation, Keys};
 use crate::identity::{Identity, NodeId, Psk};
 use crate::pacer::Pacer;
+use crate::ratelimit::RateLimit;
 use crate::replay::{Refused, ReplayWindow};
-use crate::stats::{Counters, DropCause};
+use crate::stats::{Counters, DROP_CAUSES, DropCause};
 
 /// Timers and limits of an endpoint, in nanoseconds where they are durations. The engine's
 /// config validates them (every one non-zero, the field named).
@@ -189,6 +190,10 @@ pub struct Endpoint {
     /// Peers whose handshake round gave up, for the driver to drop their queued messages.
     failed: Vec<PeerId>,
     evictions: u64,
+    /// Log limits: dropped datagrams per cause, and session events (a remote party can
+    /// provoke either per packet).
+    drop_log: [RateLimit; DROP_CAUSES],
+    session_log: RateLimit,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -213,6 +218,10 @@ pub fn routable(addr: &SocketAddr) -> bool {
     };
     addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !broadcast
 }
+
+/// Log events per second and shard: for each drop cause, and for session events.
+const DROP_LOG_PER_SEC: u32 = 1;
+const SESSION_LOG_PER_SEC: u32 = 10;
 
 /// Largest slab: 16 bits of slot.
 const SLOTS_MAX: usize = 1 << 16;
@@ -266,6 +275,8 @@ impl Endpoint {
             deadline_ns: u64::MAX,
             failed: Vec::with_capacity(cfg.peers_max),
             evictions: 0,
+            drop_log: std::array::from_fn(|_| RateLimit::per_second(DROP_LOG_PER_SEC)),
+            session_log: RateLimit::per_second(SESSION_LOG_PER_SEC),
             cfg,
         }
     }
@@ -554,7 +565,7 @@ impl Endpoint {
                 self.slots[usize::from(slot)] = Slot::Free;
                 self.free.push(slot);
                 self.peers[peer as usize].pending = None;
-                self.give_up(peer);
+                self.give_up(now_ns, peer);
                 return;
             }
         }
@@ -568,8 +579,19 @@ impl Endpoint {
         self.soon(at);
     }
 
-    fn give_up(&mut self, peer: PeerId) {
+    fn give_up(&mut self, now_ns: u64, peer: PeerId) {
         let usable = self.can_send(peer);
+        if let Some(suppressed) = self.session_log.check(now_ns) {
+            let p = &self.peers[peer as usize];
+            tracing::warn!(
+                shard = self.shard,
+                node = %format_args!("{:016x}", p.node.unwrap_or(0)),
+                addr = %p.addr,
+                attempts = p.attempts,
+                suppressed,
+                "mesh handshake gave up"
+            );
+        }
         let p = &mut self.peers[peer as usize];
         p.retry_at_ns = u64::MAX;
         p.rekey_wanted = false;
@@ -593,12 +615,30 @@ impl Endpoint {
         c.bytes_out.add(b);
     }
 
-    fn drop_packet(&self, peer: Option<PeerId>, cause: DropCause) -> Received {
+    /// Counts a datagram from `src` dropped for `cause`, and logs it through the cause's rate
+    /// limit.
+    fn drop_packet(
+        &self,
+        now_ns: u64,
+        src: SocketAddr,
+        peer: Option<PeerId>,
+        cause: DropCause,
+    ) -> Received {
         self.counters.count_drop(cause);
         if let Some(p) = peer {
             self.peers[p as usize].counters.count_drop(cause);
         }
+        if let Some(suppressed) = self.drop_log[cause as usize].check(now_ns) {
+            log_drop(self.shard, src, cause, suppressed);
+        }
         Received::Dropped(cause)
+    }
+
+    /// Counts (and logs, rate-limited) a datagram the driver received truncated (larger than
+    /// its buffer).
+    pub fn drop_truncated(&self, now_ns: u64, src: SocketAddr) -> Received {
+        self.counters.packets_in.add(1);
+        self.drop_packet(now_ns, src, None, DropCause::Malformed)
     }
 
     /// Seals `payload` for `peer` into `out` (at least `payload.len() + DATA_OVERHEAD`
@@ -704,7 +744,7 @@ impl Endpoint {
         self.counters.packets_in.add(1);
         self.counters.bytes_in.add(buf.len() as u64);
         match decode(buf) {
-            Err(_) => self.drop_packet(None, DropCause::Malformed),
+            Err(_) => self.drop_packet(now_ns, src, None, DropCause::Malformed),
             Ok(Packet::Data { receiver, counter }) => {
                 self.receive_data(now_ns, src, receiver, counter, buf)
             }
@@ -731,10 +771,10 @@ impl Endpoint {
     ) -> Received {
         let reject_ns = self.cfg.reject_after_ns();
         let Some(slot) = self.slot_of(receiver) else {
-            return self.drop_packet(None, DropCause::UnknownReceiver);
+            return self.drop_packet(now_ns, src, None, DropCause::UnknownReceiver);
         };
         let Slot::Live(s) = &mut self.slots[slot] else {
-            return self.drop_packet(None, DropCause::UnknownReceiver);
+            return self.drop_packet(now_ns, src, None, DropCause::UnknownReceiver);
         };
         let peer = s.peer;
         if let Err(r) = s.replay.check(counter) {
@@ -743,10 +783,10 @@ impl Endpoint {
                 Refused::TooOld => DropCause::TooOld,
                 Refused::Invalid => DropCause::Malformed,
             };
-            return self.drop_packet(Some(peer), cause);
+            return self.drop_packet(now_ns, src, Some(peer), cause);
         }
         if now_ns.saturating_sub(s.created_ns) >= reject_ns {
-            return self.drop_packet(Some(peer), DropCause::Expired);
+            return self.drop_packet(now_ns, src, Some(peer), DropCause::Expired);
         }
         let mut aad = [0u8; DATA_HEADER_LEN];
         aad.copy_from_slice(&buf[..DATA_HEADER_LEN]);
@@ -755,7 +795,7 @@ impl Endpoint {
             .open_in_place(nonce(counter), Aad::from(aad), &mut buf[DATA_HEADER_LEN..])
             .is_err()
         {
-            return self.drop_packet(Some(peer), DropCause::Auth);
+            return self.drop_packet(now_ns, src, Some(peer), DropCause::Auth);
         }
         s.replay
             .commit(counter)
@@ -774,7 +814,7 @@ impl Endpoint {
             if let Some(i) = old_previous {
                 self.free_index(i);
             }
-            self.handshake_done(peer, rekey);
+            self.handshake_done(now_ns, peer, rekey);
             // A node that only receives must still send keepalives on its new session.
             let at = now_ns.saturating_add(self.cfg.heartbeat_ns);
             self.soon(at);
@@ -796,13 +836,21 @@ impl Endpoint {
         }
     }
 
-    fn handshake_done(&mut self, peer: PeerId, rekey: bool) {
+    fn handshake_done(&mut self, now_ns: u64, peer: PeerId, rekey: bool) {
         let p = &mut self.peers[peer as usize];
         self.counters.handshakes.add(1);
         p.counters.handshakes.add(1);
         if rekey {
             self.counters.rekeys.add(1);
             p.counters.rekeys.add(1);
+        }
+        if let Some(suppressed) = self.session_log.check(now_ns) {
+            let (node, addr) = (format_args!("{:016x}", p.node.unwrap_or(0)), p.addr);
+            if rekey {
+                tracing::debug!(shard = self.shard, node = %node, addr = %addr, suppressed, "mesh session rekeyed");
+            } else {
+                tracing::info!(shard = self.shard, node = %node, addr = %addr, suppressed, "mesh session established");
+            }
         }
     }
 
@@ -815,29 +863,29 @@ impl Endpoint {
         emit: &mut Emit<'_>,
     ) -> Received {
         if !self.pacer.allow(src.ip(), now_ns) {
-            return self.drop_packet(None, DropCause::Paced);
+            return self.drop_packet(now_ns, src, None, DropCause::Paced);
         }
         let (payload, hs) = match self.hs.accept(&m1[crate::codec::HEADER_LEN..], sender) {
             Ok(x) => x,
             Err(crate::handshake::HandshakeError::Payload) => {
-                return self.drop_packet(None, DropCause::Malformed);
+                return self.drop_packet(now_ns, src, None, DropCause::Malformed);
             }
-            Err(_) => return self.drop_packet(None, DropCause::Auth),
+            Err(_) => return self.drop_packet(now_ns, src, None, DropCause::Auth),
         };
         let node = payload.node_id;
         if node == self.identity().node_id() || node == 0 {
-            return self.drop_packet(None, DropCause::Malformed);
+            return self.drop_packet(now_ns, src, None, DropCause::Malformed);
         }
         // Which peer is this? By node id first (its key must match), then by key.
         let peer = match self.by_node.get(&node).copied() {
             Some(p) => {
                 if self.peers[p as usize].key != payload.static_key {
                     if !self.cfg.allow_key_rotation.contains(&node) {
-                        return self.drop_packet(Some(p), DropCause::KeyMismatch);
+                        return self.drop_packet(now_ns, src, Some(p), DropCause::KeyMismatch);
                     }
                     if self.by_key.contains_key(&payload.static_key) {
                         // The new key already names another peer: refuse to merge them.
-                        return self.drop_packet(Some(p), DropCause::KeyMismatch);
+                        return self.drop_packet(now_ns, src, Some(p), DropCause::KeyMismatch);
                     }
                     let old = self.peers[p as usize].key;
                     self.by_key.remove(&old);
@@ -853,17 +901,17 @@ impl Endpoint {
                     p
                 }
                 // The key is bound to another node id.
-                Some(p) => return self.drop_packet(Some(p), DropCause::KeyMismatch),
+                Some(p) => return self.drop_packet(now_ns, src, Some(p), DropCause::KeyMismatch),
                 None => match self.add_peer(Some(node), payload.static_key, src) {
                     Some(p) => p,
-                    None => return self.drop_packet(None, DropCause::PeerCap),
+                    None => return self.drop_packet(now_ns, src, None, DropCause::PeerCap),
                 },
             },
         };
         let p = &self.peers[peer as usize];
         if payload.timestamp <= p.last_init_ts {
             // A replayed or older message 1: it never touches the live session.
-            return self.drop_packet(Some(peer), DropCause::TooOld);
+            return self.drop_packet(now_ns, src, Some(peer), DropCause::TooOld);
         }
         // Crossing initiations: the lower node id's wins, unless ours has gone unanswered
         // through several attempts (the other side may be refusing it, e.g. our clock is
@@ -875,7 +923,7 @@ impl Endpoint {
         let p = &mut self.peers[peer as usize];
         p.last_init_ts = payload.timestamp;
         if lose_to_ours {
-            return self.drop_packet(Some(peer), DropCause::Conflict);
+            return self.drop_packet(now_ns, src, Some(peer), DropCause::Conflict);
         }
         // Our own initiation (if any) yields to theirs.
         if let Some(i) = p.pending.take() {
@@ -887,7 +935,7 @@ impl Endpoint {
             self.free_index(i);
         }
         let Some(slot) = self.alloc_slot() else {
-            return self.drop_packet(Some(peer), DropCause::PeerCap);
+            return self.drop_packet(now_ns, src, Some(peer), DropCause::PeerCap);
         };
         let local_index = self.index_of(slot);
         let mut m2 = [0u8; RESPONSE_LEN];
@@ -896,7 +944,7 @@ impl Endpoint {
             Err(_) => {
                 self.slots[usize::from(slot)] = Slot::Free;
                 self.free.push(slot);
-                return self.drop_packet(Some(peer), DropCause::Auth);
+                return self.drop_packet(now_ns, src, Some(peer), DropCause::Auth);
             }
         };
         self.slots[usize::from(slot)] = Slot::Live(new_session(
@@ -923,20 +971,20 @@ impl Endpoint {
         emit: &mut Emit<'_>,
     ) -> Received {
         let Some(slot) = self.slot_of(receiver) else {
-            return self.drop_packet(None, DropCause::UnknownReceiver);
+            return self.drop_packet(now_ns, src, None, DropCause::UnknownReceiver);
         };
         let pending = match &mut self.slots[slot] {
             Slot::Pending(p) => p,
             Slot::Live(s) => {
                 let peer = s.peer;
-                return self.drop_packet(Some(peer), DropCause::Replay);
+                return self.drop_packet(now_ns, src, Some(peer), DropCause::Replay);
             }
-            Slot::Free => return self.drop_packet(None, DropCause::UnknownReceiver),
+            Slot::Free => return self.drop_packet(now_ns, src, None, DropCause::UnknownReceiver),
         };
         let peer = pending.peer;
         let (payload, keys) = match pending.init.complete(&m2[crate::codec::HEADER_LEN..]) {
             Ok(x) => x,
-            Err(_) => return self.drop_packet(Some(peer), DropCause::Auth),
+            Err(_) => return self.drop_packet(now_ns, src, Some(peer), DropCause::Auth),
         };
         let local_index = pending.local_index;
         let node = payload.node_id;
@@ -946,11 +994,11 @@ impl Endpoint {
             self.by_node.get(&node).copied(),
         ) {
             (Some(n), _) if n != node => {
-                return self.drop_packet(Some(peer), DropCause::KeyMismatch);
+                return self.drop_packet(now_ns, src, Some(peer), DropCause::KeyMismatch);
             }
             (None, Some(other)) if other != peer => {
                 if !self.cfg.allow_key_rotation.contains(&node) {
-                    return self.drop_packet(Some(peer), DropCause::KeyMismatch);
+                    return self.drop_packet(now_ns, src, Some(peer), DropCause::KeyMismatch);
                 }
                 self.peers[other as usize].node = None;
                 self.by_node.insert(node, peer);
@@ -963,7 +1011,7 @@ impl Endpoint {
             _ => {}
         }
         if node == 0 || node == self.identity().node_id() {
-            return self.drop_packet(Some(peer), DropCause::Malformed);
+            return self.drop_packet(now_ns, src, Some(peer), DropCause::Malformed);
         }
         self.slots[slot] = Slot::Live(new_session(
             local_index,
@@ -983,7 +1031,7 @@ impl Endpoint {
         if let Some(i) = old_previous {
             self.free_index(i);
         }
-        self.handshake_done(peer, rekey);
+        self.handshake_done(now_ns, peer, rekey);
         // Confirm at once: the responder promotes the session on our first data packet.
         self.keepalive(now_ns, peer, emit);
         self.soon(now_ns.saturating_add(self.cfg.heartbeat_ns));
@@ -1032,6 +1080,16 @@ impl Endpoint {
                 if which == 0 && now_ns >= idle_until {
                     self.counters.session_timeouts.add(1);
                     self.peers[peer as usize].counters.session_timeouts.add(1);
+                    if let Some(suppressed) = self.session_log.check(now_ns) {
+                        let p = &self.peers[peer as usize];
+                        tracing::info!(
+                            shard = self.shard,
+                            node = %format_args!("{:016x}", p.node.unwrap_or(0)),
+                            addr = %p.addr,
+                            suppressed,
+                            "mesh session closed: nothing arrived for session_timeout"
+                        );
+                    }
                 }
                 self.free_index(index);
                 let p = &mut self.peers[peer as usize];
@@ -1066,7 +1124,7 @@ impl Endpoint {
                 if now_ns.saturating_sub(p.round_started_ns) >= self.cfg.handshake_timeout_ns {
                     let i = self.peers[peer as usize].pending.take().expect("pending");
                     self.free_index(i);
-                    self.give_up(peer);
+                    self.give_up(now_ns, peer);
                 } else {
                     self.send_initiation(now_ns, peer, emit);
                 }
@@ -1084,6 +1142,31 @@ impl Endpoint {
             next = next.min(p.retry_at_ns);
         }
         next
+    }
+}
+
+/// The log event of a dropped datagram (already let through by the cause's rate limit):
+/// `warn` for what points at an attack or a misconfiguration, `debug` for what also happens in
+/// normal operation (late, duplicated or crossing packets, a peer that restarted).
+#[cold]
+#[inline(never)]
+fn log_drop(shard: u8, src: SocketAddr, cause: DropCause, suppressed: u64) {
+    macro_rules! dropped {
+        ($level:expr) => {
+            tracing::event!($level, shard, cause = cause.name(), src = %src, suppressed, "mesh datagram dropped")
+        };
+    }
+    match cause {
+        DropCause::Malformed
+        | DropCause::Auth
+        | DropCause::Paced
+        | DropCause::KeyMismatch
+        | DropCause::PeerCap => dropped!(tracing::Level::WARN),
+        DropCause::Replay
+        | DropCause::TooOld
+        | DropCause::UnknownReceiver
+        | DropCause::Conflict
+        | DropCause::Expired => dropped!(tracing::Level::DEBUG),
     }
 }
 

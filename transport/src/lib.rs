@@ -16,6 +16,7 @@ pub mod handshake;
 pub mod identity;
 pub mod pacer;
 pub mod pool;
+pub mod ratelimit;
 pub mod replay;
 pub mod stats;
 pub mod stream;

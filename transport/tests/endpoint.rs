@@ -112,6 +112,17 @@ fn connected() -> (Node, Node, PeerId, Wire) {
     (a, b, pb, wire)
 }
 
+/// Sends "one" from `a` to `b` at time 1 and returns the data packet as it went over the wire.
+fn delivered_data(wire: &mut Wire, a: &mut Node, b: &mut Node, pb: PeerId) -> Vec<u8> {
+    let mut captured = Vec::new();
+    send(1, wire, a, pb, b"one");
+    pump(1, wire, a, b, &mut |p| {
+        captured.push(p.to_vec());
+        true
+    });
+    captured.pop().unwrap()
+}
+
 #[test]
 fn a_handshake_then_messages_both_ways() {
     let (mut a, mut b, pb, mut wire) = connected();
@@ -136,13 +147,7 @@ fn a_handshake_then_messages_both_ways() {
 #[test]
 fn replayed_data_bit_flips_truncation_and_garbage_are_refused_by_cause() {
     let (mut a, mut b, pb, mut wire) = connected();
-    let mut captured = Vec::new();
-    send(1, &mut wire, &mut a, pb, b"one");
-    pump(1, &mut wire, &mut a, &mut b, &mut |p| {
-        captured.push(p.to_vec());
-        true
-    });
-    let data = captured.last().unwrap().clone();
+    let data = delivered_data(&mut wire, &mut a, &mut b, pb);
     let mut attack = |bytes: Vec<u8>| {
         let mut bytes = bytes;
         b.ep.receive(2, addr(666), &mut bytes, &mut |_, _, _| {
@@ -584,4 +589,99 @@ fn a_full_peer_table_reuses_the_slot_of_a_peer_nothing_refers_to() {
     assert_eq!(p3, silent);
     assert_eq!(a.ep.evictions(), 1);
     assert!(a.ep.can_send(pb));
+}
+
+/// Counts log events by their `cause` field, with the `suppressed` each one carries.
+#[derive(Default)]
+struct DropLog(std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>);
+
+struct CountDrops(std::sync::Arc<DropLog>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountDrops {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        #[derive(Default)]
+        struct Fields(Option<String>, u64);
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+                if f.name() == "cause" {
+                    self.0 = Some(v.to_owned());
+                }
+            }
+            fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
+                if f.name() == "suppressed" {
+                    self.1 = v;
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if let Some(cause) = fields.0 {
+            let mut log = self.0.0.lock().unwrap();
+            let e = log.entry(cause).or_default();
+            e.0 += 1;
+            e.1 += fields.1;
+        }
+    }
+}
+
+#[test]
+fn a_flood_of_bad_datagrams_logs_a_handful_of_events_per_cause() {
+    use tracing_subscriber::layer::SubscriberExt;
+    const S: u64 = 1_000 * MS;
+    let (mut a, mut b, pb, mut wire) = connected();
+    let data = delivered_data(&mut wire, &mut a, &mut b, pb);
+    let mut forged = data.clone();
+    forged[8] ^= 0x40;
+    let mut unknown = data.clone();
+    unknown[6] ^= 0x80;
+    let mut init = vec![0u8; INIT_LEN];
+    init[0] = 1;
+    init[1] = 1;
+    let attacks = [vec![0xde; 100], data, forged, unknown, init];
+    let before = b.ep.counters().snapshot();
+    let log = std::sync::Arc::new(DropLog::default());
+    let subscriber = tracing_subscriber::registry().with(CountDrops(log.clone()));
+    tracing::subscriber::with_default(subscriber, || {
+        // 100 000 bad datagrams over 10 s of the fake clock, five kinds in turn; then, after
+        // a quiet second, one of each cause, which reports what the last interval swallowed:
+        // six initiations (the pacer's burst of five fail authentication, the sixth is paced),
+        // three other kinds, and a forged packet a second later (the initiations' `auth`).
+        let flood = (0..100_000usize).map(|i| (S + i as u64 * 100_000, i % attacks.len()));
+        let last = [4, 4, 4, 4, 4, 4, 0, 1, 3].map(|k| (12 * S, k));
+        for (now, k) in flood.chain(last).chain([(13 * S, 2)]) {
+            let mut bytes = attacks[k].clone();
+            b.ep.receive(now, addr(666), &mut bytes, &mut |_, _, _| {
+                panic!("no reply to an attack")
+            });
+        }
+    });
+    let after = b.ep.counters().snapshot();
+    let log = log.0.lock().unwrap();
+    let mut causes: Vec<_> = log.keys().cloned().collect();
+    causes.sort();
+    assert_eq!(
+        causes,
+        ["auth", "malformed", "paced", "replay", "unknown_receiver"]
+    );
+    for cause in DropCause::ALL {
+        let dropped = after.dropped(cause) - before.dropped(cause);
+        let (events, suppressed) = log.get(cause.name()).copied().unwrap_or_default();
+        // One per second of the flood (10 s, 11 intervals touched), and the last one.
+        assert!(events <= 12, "{}: {events} events", cause.name());
+        if dropped > 0 {
+            assert!(
+                events >= 10,
+                "{}: one per second of the flood",
+                cause.name()
+            );
+        }
+        assert_eq!(
+            events + suppressed,
+            dropped,
+            "{}: every drop is an event or counted in one's `suppressed`",
+            cause.name()
+        );
+    }
+    assert_eq!(after.dropped_total() - before.dropped_total(), 100_010);
 }
