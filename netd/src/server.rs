@@ -139,7 +139,7 @@ impl Server {
             stats: Arc::new(ServerStats::default()),
             stop: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
-            log: LogLimiter::new(Duration::from_secs(1)),
+            log: LogLimiter::new(),
         });
         let s = shared.clone();
         let accept = std::thread::Builder::new()
