@@ -48,4 +48,13 @@ bench="${CARGO_TARGET_DIR:-target}/release/net-bench"
 # The fold scenario, small: its JSON must carry the fields the README's row quotes, and the
 # restored state must equal the replayed one (the bench fails on its own otherwise).
 "$bench" fold --events 200000 --ingest-events 100000 --ids 10000 --rounds 1 --json | tail -n 1 | python3 -c 'import json,sys; j=json.load(sys.stdin); missing=[k for k in ("fold_events_per_s","ingest_ratio","restore_ms","replay_ms","restore_ratio") if k not in j]; assert not missing, missing; assert j["scenario"]=="fold", j; print("fold json ok:", j["fold_events_per_s"], "fold events/s, restore ratio", j["restore_ratio"])'
+# The report of the runs above: each wrote its archive (target/net-bench/<scenario>/), and
+# `net-bench report` must render them into a markdown table and at least one SVG plot.
+report_out="$(mktemp -d)"
+"$bench" report --out "$report_out"
+test -s "$report_out/report.md"
+grep -q '^| ingest | ' "$report_out/report.md"
+ls "$report_out"/*.svg >/dev/null
+echo "report ok: $(ls "$report_out"/*.svg | wc -l) plots"
+rm -rf "$report_out"
 echo "== all tests passed"
