@@ -201,9 +201,19 @@ fn git() -> Value {
     }
 }
 
-/// The machine: cores, CPU model, memory, kernel, host name.
+/// The machine: cores, CPU model, memory, kernel, host name, and its 1-minute load average
+/// as the run ended (the machines are shared: a loaded one explains a slow run).
 fn host() -> Value {
     let read = |path: &str| std::fs::read_to_string(path).ok();
+    let cpuinfo = read("/proc/cpuinfo");
+    // The machine's cores, not this process's: a scenario may have pinned the main thread.
+    let cores = cpuinfo
+        .as_deref()
+        .map(|text| text.lines().filter(|l| l.starts_with("processor")).count())
+        .filter(|n| *n > 0)
+        .or_else(|| std::thread::available_parallelism().map(|n| n.get()).ok());
+    let load_1m =
+        read("/proc/loadavg").and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok());
     let first_value = |text: Option<String>, key: &str| {
         text?.lines().find_map(|line| {
             let (k, v) = line.split_once(':')?;
@@ -213,11 +223,12 @@ fn host() -> Value {
     let memory_kib = first_value(read("/proc/meminfo"), "MemTotal")
         .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok());
     json!({
-        "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
-        "cpu": first_value(read("/proc/cpuinfo"), "model name"),
+        "cores": cores,
+        "cpu": first_value(cpuinfo, "model name"),
         "memory_bytes": memory_kib.map(|k| k * 1024),
         "kernel": read("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()),
         "hostname": read("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()),
+        "load_1m": load_1m,
     })
 }
 

@@ -55,6 +55,8 @@ pub struct Run {
     pub command: String,
     pub host: Option<String>,
     pub commit: Option<String>,
+    /// The machine's 1-minute load average as the run ended.
+    pub load: Option<f64>,
 }
 
 /// One archived latency curve: (nines, µs) points.
@@ -179,6 +181,7 @@ pub fn parse_run(path: &Path, text: &str) -> Result<Run, String> {
         curves,
         command,
         host: doc.get("host").map(describe_host),
+        load: doc.pointer("/host/load_1m").and_then(Value::as_f64),
         commit: doc
             .pointer("/git/commit")
             .and_then(Value::as_str)
@@ -613,6 +616,17 @@ pub fn region(
     if !commits.is_empty() {
         let _ = writeln!(out, "Commits: {}.", commits.join(", "));
     }
+    let loads: Vec<String> = newest
+        .iter()
+        .filter_map(|r| Some(format!("{} {:.1}", r.scenario, r.load?)))
+        .collect();
+    if !loads.is_empty() {
+        let _ = writeln!(
+            out,
+            "Load average (1 min) as each run ended: {}.",
+            loads.join(", ")
+        );
+    }
     if let Some((prefix, plots)) = links.filter(|(_, p)| !p.is_empty()) {
         let links: Vec<String> = plots
             .iter()
@@ -777,7 +791,7 @@ mod tests {
             "scenario": scenario,
             "timestamp": timestamp,
             "git": {"commit": "0123456789abcdef", "dirty": false},
-            "host": {"cores": 2, "cpu": "Test CPU", "kernel": "6.1"},
+            "host": {"cores": 2, "cpu": "Test CPU", "kernel": "6.1", "load_1m": 1.5},
             "argv": ["net-bench", scenario, "--json"],
             "result": result,
             "latency": [
@@ -894,6 +908,10 @@ mod tests {
         );
         assert!(text.contains("Host: 2 cores, Test CPU, Linux 6.1."));
         assert!(text.contains("Commits: 0123456789."));
+        assert!(
+            text.contains("as each run ended: fold 1.5, ingest 1.5."),
+            "{text}"
+        );
         assert!(!text.contains("Plots:"));
     }
 
