@@ -56,4 +56,13 @@ bench="${CARGO_TARGET_DIR:-target}/release/net-bench"
 # The socket scenario, small: netd's Unix socket against in-process ingest, every event
 # acknowledged and in the log (the bench fails on its own otherwise).
 "$bench" socket --events 400000 --rounds 1 --ack-frames 200 --json | tail -n 1 | python3 -c 'import json,sys; j=json.load(sys.stdin); missing=[k for k in ("socket_events_per_s","direct_events_per_s","socket_ratio","ack_p99_us","allocs_per_event") if k not in j]; assert not missing, missing; assert j["scenario"]=="socket", j; print("socket json ok:", j["socket_events_per_s"], "events/s, socket ratio", j["socket_ratio"])'
+# The report of the runs above: each wrote its archive (target/net-bench/<scenario>/), and
+# `net-bench report` must render them into a markdown table and at least one SVG plot.
+report_out="$(mktemp -d)"
+"$bench" report --out "$report_out"
+test -s "$report_out/report.md"
+grep -q '^| ingest | ' "$report_out/report.md"
+ls "$report_out"/*.svg >/dev/null
+echo "report ok: $(ls "$report_out"/*.svg | wc -l) plots"
+rm -rf "$report_out"
 echo "== all tests passed"

@@ -20,7 +20,7 @@ use net_adapters::{Sink, SinkBackend, SinkConfig};
 use net_engine::{Bus, Config};
 
 use crate::report::{self, JsonLine, Table};
-use crate::{Failure, parse_positive};
+use crate::{Failure, archive, parse_positive, progress};
 
 #[derive(Debug, Parser)]
 pub struct Args {
@@ -167,13 +167,18 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     };
     let redis_pair = if want("redis") {
         let u = url(&args.redis_url, "NET_REDIS_URL", "Redis")?;
-        Some((redis::raw(args, &u)?, redis::net(args, &u)?))
+        let runs = || Ok::<_, Failure>((redis::raw(args, &u)?, redis::net(args, &u)?));
+        Some(progress::during("redis: raw client, then RedisSink", runs)?)
     } else {
         None
     };
     let js_pair = if want("jetstream") {
         let u = url(&args.nats_url, "NET_NATS_URL", "NATS")?;
-        Some((jetstream::raw(args, &u)?, jetstream::net(args, &u)?))
+        let runs = || Ok::<_, Failure>((jetstream::raw(args, &u)?, jetstream::net(args, &u)?));
+        Some(progress::during(
+            "JetStream: raw client, then JetStreamSink",
+            runs,
+        )?)
     } else {
         None
     };
@@ -230,27 +235,25 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             .unwrap_or_default()
     );
     println!("  reproduce: {command}");
-    if args.json {
-        let per_s = |r: Option<Run>| r.map(|r| report::round_to(r.per_s(), 0));
-        let round3 = |x: Option<f64>| x.map(|x| report::round_to(x, 3));
-        let mut j = JsonLine::default();
-        j.field("scenario", "adapters")
-            .field("events", args.events)
-            .field("payload_bytes", args.payload_bytes as u64)
-            .field("shards", args.shards)
-            .field("pipeline", args.pipeline)
-            .field("window", args.window)
-            .field("redis_events_per_s", per_s(redis_pair.map(|p| p.1)))
-            .field("redis_raw_per_s", per_s(redis_pair.map(|p| p.0)))
-            .field("redis_ratio", round3(redis_ratio))
-            .field("jetstream_events_per_s", per_s(js_pair.map(|p| p.1)))
-            .field("jetstream_raw_per_s", per_s(js_pair.map(|p| p.0)))
-            .field("jetstream_ratio", round3(js_ratio))
-            .field("lost", lost)
-            .field("duplicates", duplicates)
-            .field("command", command);
-        println!("{}", j.render());
-    }
+    let per_s = |r: Option<Run>| r.map(|r| report::round_to(r.per_s(), 0));
+    let round3 = |x: Option<f64>| x.map(|x| report::round_to(x, 3));
+    let mut j = JsonLine::default();
+    j.field("scenario", "adapters")
+        .field("events", args.events)
+        .field("payload_bytes", args.payload_bytes as u64)
+        .field("shards", args.shards)
+        .field("pipeline", args.pipeline)
+        .field("window", args.window)
+        .field("redis_events_per_s", per_s(redis_pair.map(|p| p.1)))
+        .field("redis_raw_per_s", per_s(redis_pair.map(|p| p.0)))
+        .field("redis_ratio", round3(redis_ratio))
+        .field("jetstream_events_per_s", per_s(js_pair.map(|p| p.1)))
+        .field("jetstream_raw_per_s", per_s(js_pair.map(|p| p.0)))
+        .field("jetstream_ratio", round3(js_ratio))
+        .field("lost", lost)
+        .field("duplicates", duplicates)
+        .field("command", command);
+    archive::emit(j.render(), args.json);
     if lost > 0 || duplicates > 0 {
         return Err(Failure::Verification(format!(
             "the backends hold {lost} events too few and {duplicates} too many"

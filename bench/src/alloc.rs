@@ -79,6 +79,15 @@ pub fn snapshot() -> Snapshot {
         })
 }
 
+/// `THREAD_SLOT` of a thread whose allocations are not counted.
+const UNCOUNTED: usize = usize::MAX - 1;
+
+/// Leaves the calling thread's allocations out of the counts from now on: for the bench's
+/// own bookkeeping threads (the progress bar's ticker), never for a measured design's.
+pub fn uncounted() {
+    THREAD_SLOT.with(|cell| cell.set(UNCOUNTED));
+}
+
 fn record(size: usize) {
     let slot = THREAD_SLOT
         .try_with(|cell| {
@@ -88,6 +97,9 @@ fn record(size: usize) {
             cell.get()
         })
         .unwrap_or(0);
+    if slot == UNCOUNTED {
+        return;
+    }
     let stripe = &STRIPES[slot];
     stripe.allocations.fetch_add(1, Ordering::Relaxed);
     stripe.bytes.fetch_add(size as u64, Ordering::Relaxed);
@@ -135,6 +147,22 @@ mod tests {
         assert!(after.allocations >= 1);
         assert!(after.bytes >= 1000);
         assert!(count() > before.allocations);
+    }
+
+    #[test]
+    fn an_uncounted_thread_adds_nothing() {
+        let allocated = std::thread::spawn(|| {
+            uncounted();
+            let before = snapshot();
+            // Other test threads may allocate meanwhile; a large, odd size stands out.
+            let boxed = std::hint::black_box(vec![0u8; 12_345_679]);
+            let bytes = snapshot().since(before).bytes;
+            drop(boxed);
+            bytes
+        })
+        .join()
+        .unwrap();
+        assert!(allocated < 12_345_679, "{allocated} bytes counted");
     }
 
     #[test]

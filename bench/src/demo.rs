@@ -8,7 +8,7 @@ use crate::ledger::Ledger;
 use crate::readback::{self, ReadBack};
 use crate::report::{self, JsonLine, Percentiles, Table};
 use crate::workload::Workload;
-use crate::{Failure, parse_payload_bytes, parse_positive};
+use crate::{Failure, archive, parse_payload_bytes, parse_positive, progress};
 use net_engine::{Bus, Config};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,8 +47,10 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         shards: bus.shards(),
         producers: usize::try_from(args.producers).expect("producer count fits usize"),
     };
-    let window = feed::feed(&bus, &work)?;
-    let latency = Percentiles::from_ns(&bus.take_latency());
+    let window = progress::counting("net: ingest", work.events, || feed::feed(&bus, &work))?;
+    let histogram = bus.take_latency();
+    archive::latency("ingest → durable, closed loop", "net", &histogram);
+    let latency = Percentiles::from_ns(&histogram);
     if window.totals.dropped > 0 {
         let dropped = window.totals.dropped;
         return Err(Failure::Verification(format!(
@@ -57,7 +59,9 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     }
     bus.flush().map_err(|e| Failure::engine("flush", e))?;
     let mut ledger = Ledger::new(&work);
+    let phase = progress::counted("net: poll back and verify", ledger.expected_events());
     let read = readback::read_back(&bus, ledger.expected_events(), |e| ledger.check(e))?;
+    drop(phase);
     let verified = ledger.finish().map_err(Failure::Verification)?;
     crate::shut_down_cleanly(bus, SHUTDOWN_DEADLINE)?;
     print_report(args, &work, &window, &latency, &read, verified);
@@ -124,25 +128,23 @@ fn print_report(
         .row("shutdown", vec!["clean (lossy: false)".to_owned()]);
     print!("{}", table.render());
     println!("  reproduce: {command}");
-    if args.json {
-        let mut json = JsonLine::default();
-        json.field("scenario", "demo")
-            .field("events", work.events)
-            .field("payload_bytes", work.payload_bytes)
-            .field("shards", work.shards)
-            .field("producers", work.producers)
-            .field("events_per_s", report::round_to(ingest_per_s, 0))
-            .field("mb_per_s", report::round_to(ingest_mb_per_s, 2))
-            .field("allocs_per_event", allocs_per_event)
-            .field("cpu_ns_per_event", cpu_ns_per_event.map(f64::round))
-            .latency("", latency)
-            .field("poll_events_per_s", report::round_to(poll_per_s, 0))
-            .field("poll_gb_per_s", report::round_to(poll_gb_per_s, 3))
-            .field("verified", verified)
-            .field("lossy", false)
-            .field("command", command);
-        println!("{}", json.render());
-    }
+    let mut json = JsonLine::default();
+    json.field("scenario", "demo")
+        .field("events", work.events)
+        .field("payload_bytes", work.payload_bytes)
+        .field("shards", work.shards)
+        .field("producers", work.producers)
+        .field("events_per_s", report::round_to(ingest_per_s, 0))
+        .field("mb_per_s", report::round_to(ingest_mb_per_s, 2))
+        .field("allocs_per_event", allocs_per_event)
+        .field("cpu_ns_per_event", cpu_ns_per_event.map(f64::round))
+        .latency("", latency)
+        .field("poll_events_per_s", report::round_to(poll_per_s, 0))
+        .field("poll_gb_per_s", report::round_to(poll_gb_per_s, 3))
+        .field("verified", verified)
+        .field("lossy", false)
+        .field("command", command);
+    archive::emit(json.render(), args.json);
 }
 
 fn command(args: &Args) -> String {

@@ -14,7 +14,7 @@ use crate::feed::{self, Paced, Window};
 use crate::pace::Pace;
 use crate::readback::{self, ReadBack};
 use crate::workload::Workload;
-use crate::{Failure, disk, payload, redex};
+use crate::{Failure, disk, payload, progress, redex};
 use hdrhistogram::Histogram;
 use net_engine::{Bus, Config, FsyncPolicy};
 use std::path::{Path, PathBuf};
@@ -134,10 +134,15 @@ pub fn measure(dir: &Path, plan: Plan) -> Result<Durable, Failure> {
         producers: plan.producers,
     };
     bus.take_latency();
-    let closed = feed::feed(&bus, &work)?;
+    let closed = progress::counting("net: durable, closed loop", work.events, || {
+        feed::feed(&bus, &work)
+    })?;
     let saturated = bus.take_latency();
     let closed_batches = batches(&bus);
-    let paced = feed::feed_paced(&bus, &work, &Pace::new(plan.rate_per_s, plan.producers))?;
+    let pace = Pace::new(plan.rate_per_s, plan.producers);
+    let paced = progress::counting("net: durable, paced", work.events, || {
+        feed::feed_paced(&bus, &work, &pace)
+    })?;
     let paced_latency = bus.take_latency();
     let paced_batches = batches(&bus) - closed_batches;
     let dropped = closed.totals.dropped + paced.dropped;
@@ -145,6 +150,7 @@ pub fn measure(dir: &Path, plan: Plan) -> Result<Durable, Failure> {
         return Err(Failure::Engine(format!("the bus dropped {dropped} events")));
     }
     let cache_dropped = disk::drop_page_cache();
+    let _phase = progress::counted("net: poll everything back", 2 * plan.events);
     let readback = readback::read_back(&bus, 2 * plan.events, |event| {
         match payload::identity(&event.payload) {
             Some(_) if event.payload.len() == plan.payload_bytes => Ok(()),

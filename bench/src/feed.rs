@@ -14,7 +14,7 @@
 
 use crate::pace::{self, Pace};
 use crate::workload::{self, StartLine, Workload};
-use crate::{Failure, alloc, cpu, payload};
+use crate::{Failure, alloc, cpu, payload, progress};
 use hdrhistogram::Histogram;
 use net_engine::{Bus, Producer, Totals, monotonic_ns};
 use std::sync::Arc;
@@ -302,6 +302,7 @@ pub fn watch(
     loop {
         let now = totals();
         let settled = now.persisted + now.dropped;
+        progress::set_remaining(events.saturating_sub(settled));
         if settled >= events {
             return Ok(now);
         }

@@ -16,7 +16,7 @@
 //! figure to quote is `ffi_ratio` = C API events/s / Rust API events/s.
 
 use crate::report::{self, JsonLine, Table};
-use crate::{Failure, alloc, parse_positive};
+use crate::{Failure, alloc, archive, parse_positive, progress};
 use net_engine::{Bus, Config, SendError};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -80,13 +80,13 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let exe = build_c_program()?;
 
     let ffi_dir = crate::scratch_dir(args.dir.as_deref(), "ffi")?;
-    let ffi = run_c(args, &exe, ffi_dir.path())?;
+    let ffi = progress::during("C API (a C program)", || run_c(args, &exe, ffi_dir.path()))?;
     ffi_dir
         .close()
         .map_err(Failure::io("removing the C side's scratch directory"))?;
 
     let rust_dir = crate::scratch_dir(args.dir.as_deref(), "rust")?;
-    let rust = run_rust(args, rust_dir.path())?;
+    let rust = progress::during("Rust API", || run_rust(args, rust_dir.path()))?;
     rust_dir
         .close()
         .map_err(Failure::io("removing the Rust side's scratch directory"))?;
@@ -318,31 +318,29 @@ fn print_report(args: &Args, ffi: &Side, rust: &Side) {
     println!("  ratio (C API / Rust API events/s): {ratio:.3}x");
     let command = command(args);
     println!("  reproduce: {command}");
-    if args.json {
-        let mut json = JsonLine::default();
-        json.field("scenario", "ffi")
-            .field("events", ffi.events)
-            .field("threads", args.threads)
-            .field("shards", args.shards)
-            .field("ffi_events_per_s", report::round_to(ffi.events_per_s(), 0))
-            .field(
-                "rust_events_per_s",
-                report::round_to(rust.events_per_s(), 0),
-            )
-            .field("ffi_ratio", report::round_to(ratio, 3))
-            .field("allocs_per_event", ffi.allocs_per_event())
-            .field("rust_allocs_per_event", rust.allocs_per_event())
-            .field(
-                "ffi_elapsed_s",
-                report::round_to(ffi.elapsed.as_secs_f64(), 4),
-            )
-            .field(
-                "rust_elapsed_s",
-                report::round_to(rust.elapsed.as_secs_f64(), 4),
-            )
-            .field("command", command);
-        println!("{}", json.render());
-    }
+    let mut json = JsonLine::default();
+    json.field("scenario", "ffi")
+        .field("events", ffi.events)
+        .field("threads", args.threads)
+        .field("shards", args.shards)
+        .field("ffi_events_per_s", report::round_to(ffi.events_per_s(), 0))
+        .field(
+            "rust_events_per_s",
+            report::round_to(rust.events_per_s(), 0),
+        )
+        .field("ffi_ratio", report::round_to(ratio, 3))
+        .field("allocs_per_event", ffi.allocs_per_event())
+        .field("rust_allocs_per_event", rust.allocs_per_event())
+        .field(
+            "ffi_elapsed_s",
+            report::round_to(ffi.elapsed.as_secs_f64(), 4),
+        )
+        .field(
+            "rust_elapsed_s",
+            report::round_to(rust.elapsed.as_secs_f64(), 4),
+        )
+        .field("command", command);
+    archive::emit(json.render(), args.json);
 }
 
 fn command(args: &Args) -> String {

@@ -364,7 +364,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let pool = Pool::new(args.ids);
     let mut rounds = Vec::new();
     for round in 0..args.rounds {
-        rounds.push(ingest_round(args, &pool, round % 2 == 0)?);
+        let ingest = || ingest_round(args, &pool, round % 2 == 0);
+        rounds.push(crate::progress::during(
+            "fold: ingest, fold on and off",
+            ingest,
+        )?);
     }
 
     let work = crate::scratch_dir(args.dir.as_deref(), "fold-restore")?;
@@ -374,7 +378,8 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let mut restores = Vec::new();
     let mut replays = Vec::new();
     for _ in 0..args.rounds {
-        let (restore, replay) = restore_round(args, &bus_dir, &snap_dir)?;
+        let restore = || restore_round(args, &bus_dir, &snap_dir);
+        let (restore, replay) = crate::progress::during("fold: restore and replay", restore)?;
         restores.push(restore.as_secs_f64() * 1e3);
         replays.push(replay.as_secs_f64() * 1e3);
     }
@@ -483,7 +488,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             args.dir.as_ref(),
         )
     );
-    if args.json {
+    {
         let mut json = JsonLine::default();
         json.field("scenario", "fold")
             .field("events", args.events)
@@ -528,7 +533,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
                     .map(|r| round_to(r.on_per_s / r.off_per_s, 3))
                     .collect::<Vec<_>>(),
             );
-        println!("{}", json.render());
+        crate::archive::emit(json.render(), args.json);
     }
     Ok(())
 }

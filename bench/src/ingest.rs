@@ -29,7 +29,7 @@ use crate::feed;
 use crate::pace::{self, Pace};
 use crate::report::{self, JsonLine, Percentiles, Table};
 use crate::workload::{Measurement, Workload};
-use crate::{Failure, baseline, parse_payload_bytes, parse_positive, plot};
+use crate::{Failure, archive, baseline, parse_payload_bytes, parse_positive, plot, progress};
 use hdrhistogram::Histogram;
 use net_engine::{Bus, Config, FsyncPolicy};
 use std::path::{Path, PathBuf};
@@ -133,6 +133,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     if let Some(path) = &args.svg {
         write_plot(path, &net, &base, plan)?;
     }
+    archive_latency(&net, &base);
     print_report(args, &work, plan, &net, &base, lossy);
     Ok(())
 }
@@ -157,10 +158,13 @@ fn measure_baseline(
     work: &Workload,
     dir: &Path,
 ) -> Result<(DesignRun, Option<Plan>), Failure> {
-    let saturated = baseline::run(work, dir).map_err(Failure::io("baseline run"))?;
+    let saturated = progress::during("tokio+mutex: throughput phase", || {
+        baseline::run(work, dir).map_err(Failure::io("baseline run"))
+    })?;
     let plan = plan(args, whole_events_per_s(&saturated));
     let paced = match plan {
         Some(plan) => {
+            let _phase = progress::phase("tokio+mutex: paced phase");
             let pace = Pace::new(plan.rate_per_s, work.producers);
             let paced_work = Workload {
                 events: plan.events,
@@ -206,7 +210,9 @@ fn measure_net(
     work: &Workload,
     plan: Option<Plan>,
 ) -> Result<(DesignRun, bool), Failure> {
-    let window = feed::feed(&bus, work)?;
+    let window = progress::counting("net: throughput phase", work.events, || {
+        feed::feed(&bus, work)
+    })?;
     // Taken before the paced phase, so that it holds only throughput-phase samples.
     let latency = bus.take_latency();
     let saturated = Measurement {
@@ -231,6 +237,7 @@ fn measure_net(
 }
 
 fn net_paced(bus: &Bus, work: &Workload, plan: Plan) -> Result<PacedRun, Failure> {
+    let _phase = progress::counted("net: paced phase", plan.events);
     let pace = Pace::new(plan.rate_per_s, work.producers);
     let paced_work = Workload {
         events: plan.events,
@@ -268,6 +275,20 @@ fn write_plot(
     plot::write(path, &title, &series).map_err(Failure::io(format!("writing {}", path.display())))
 }
 
+/// Both designs' latency curves, for `net-bench report`'s plots.
+fn archive_latency(net: &DesignRun, base: &DesignRun) {
+    if let (Some(n), Some(b)) = (&net.paced, &base.paced) {
+        archive::latency("ingest → persisted, paced", NET, &n.latency);
+        archive::latency("ingest → persisted, paced", BASELINE, &b.latency);
+    }
+    archive::latency("ingest → persisted, saturated", NET, &net.saturated.latency);
+    archive::latency(
+        "ingest → persisted, saturated",
+        BASELINE,
+        &base.saturated.latency,
+    );
+}
+
 fn print_report(
     args: &Args,
     work: &Workload,
@@ -284,9 +305,10 @@ fn print_report(
         println!("  {line}");
     }
     println!("  reproduce: {command}");
-    if args.json {
-        println!("{}", json(work, plan, net, base, ratio, lossy, command));
-    }
+    archive::emit(
+        json(work, plan, net, base, ratio, lossy, command),
+        args.json,
+    );
 }
 
 fn table(work: &Workload, plan: Option<Plan>, net: &DesignRun, base: &DesignRun) -> Table {

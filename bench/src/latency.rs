@@ -38,7 +38,10 @@ use crate::feed::{self, ProducerThread};
 use crate::pace::{self, Pace};
 use crate::report::{self, JsonLine, Percentiles, Table};
 use crate::workload::{self, StartLine};
-use crate::{Failure, disk, parse_payload_bytes, parse_positive, payload, readback, storage};
+use crate::{
+    Failure, archive, disk, parse_payload_bytes, parse_positive, payload, progress, readback,
+    storage,
+};
 use hdrhistogram::Histogram;
 use net_engine::{Bus, Config, Cursor, FsyncPolicy, Producer, monotonic_ns};
 use std::io;
@@ -207,6 +210,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         ingest,
         visible,
     };
+    archive_latency(&measured);
     print_report(args, &base, plan, &measured);
     Ok(())
 }
@@ -216,6 +220,7 @@ type RawBaseline = fn(&Path, u64) -> io::Result<(Histogram<u64>, bool)>;
 
 /// Runs a raw baseline on a new file `name` in `dir`, then removes the file.
 fn raw(dir: &Path, name: &str, samples: u64, measure: RawBaseline) -> Result<Raw, Failure> {
+    let _progress = progress::phase(&format!("raw disk: {name}"));
     let path = dir.join(name);
     let (latency, direct) =
         measure(&path, samples).map_err(Failure::io(format!("raw baseline on {name}")))?;
@@ -232,6 +237,7 @@ fn measure_phase(
     plan: Plan,
     consumer: bool,
 ) -> Result<Phase, Failure> {
+    let _progress = progress::counted(&format!("net: {name} phase"), plan.events);
     let data_dir = dir.join(name);
     let mut config = Config {
         data_dir: data_dir.clone(),
@@ -458,9 +464,20 @@ fn print_report(args: &Args, base: &Path, plan: Plan, m: &Measured) {
         println!("  {line}");
     }
     println!("  reproduce: {command}");
-    if args.json {
-        println!("{}", json(plan, m, ratios, command));
+    archive::emit(json(plan, m, ratios, command), args.json);
+}
+
+/// Each p99 ratio's two sides, and the ingest phases with and without a consumer, for
+/// `net-bench report`'s plots.
+fn archive_latency(m: &Measured) {
+    archive::latency("durable ack", "net (every_batch)", &m.durable.ingest);
+    archive::latency("durable ack", "write + fdatasync", &m.raw_sync.latency);
+    if let Some(visible) = &m.visible.visible {
+        archive::latency("send → visible", "net (fsync never)", visible);
     }
+    archive::latency("send → visible", "O_DIRECT write", &m.raw_write.latency);
+    archive::latency("ingest", "net, no consumer", &m.ingest.ingest);
+    archive::latency("ingest", "net, consumer following", &m.visible.ingest);
 }
 
 /// The table's columns, each ratio's two sides next to each other: durable / raw sync,

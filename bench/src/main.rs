@@ -6,6 +6,7 @@
 
 mod adapters;
 mod alloc;
+mod archive;
 mod baseline;
 mod cpu;
 mod demo;
@@ -21,17 +22,19 @@ mod mesh;
 mod pace;
 mod payload;
 mod plot;
+mod progress;
 mod readback;
 mod record;
 mod redex;
 mod report;
 mod socket;
 mod storage;
+mod summary;
 mod transport;
 mod workload;
 mod writer;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -43,6 +46,10 @@ use std::time::Duration;
     about = "net benchmarks with same-run baselines"
 )]
 struct Cli {
+    /// Do not keep this run's JSON under target/net-bench/<scenario>/ (`net-bench report`
+    /// reads those archives).
+    #[arg(long, global = true)]
+    no_archive: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -69,6 +76,9 @@ enum Scenario {
     /// The publisher process of `mesh` (started by it).
     #[command(hide = true)]
     MeshNode(mesh::NodeArgs),
+    /// Render the archived runs: report.md (a table of net against its baselines) and SVG
+    /// plots, optionally rewriting README.md's generated region.
+    Report(summary::Args),
     /// RedEX append and read throughput and net's durable ingest against the raw disk.
     Storage(storage::Args),
     /// Ingest through netd's local Unix socket against in-process ingest in the same run.
@@ -111,7 +121,8 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let outcome = match &cli.scenario {
         Scenario::Adapters(args) => adapters::run(args),
         Scenario::Demo(args) => demo::run(args),
@@ -121,13 +132,20 @@ fn main() -> ExitCode {
         Scenario::Ingest(args) => ingest::run(args),
         Scenario::Latency(args) => latency::run(args),
         Scenario::Mesh(args) => mesh::run(args),
+        Scenario::Report(args) => summary::run(args),
         Scenario::MeshNode(args) => mesh::run_node(args),
         Scenario::Storage(args) => storage::run(args),
         Scenario::Transport(args) => transport::run(args),
         Scenario::Write(args) => writer::run(args),
     };
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            if !cli.no_archive {
+                let scenario = matches.subcommand_name().unwrap_or("unknown");
+                archive::keep(scenario, &std::env::args().collect::<Vec<_>>());
+            }
+            ExitCode::SUCCESS
+        }
         Err(failure) => {
             eprintln!("net-bench: {failure}");
             ExitCode::FAILURE

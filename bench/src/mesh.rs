@@ -60,7 +60,7 @@ pub use node::{NodeArgs, run as run_node};
 
 use crate::report::{self, JsonLine, Percentiles, Table};
 use crate::transport::{Buffers, bound_socket, receive_raw, two_cores};
-use crate::{Failure, alloc, pace, parse_positive, workload};
+use crate::{Failure, alloc, pace, parse_positive, progress, workload};
 use event::{CheckTally, EVENT_BYTES, MirrorCheck};
 use hdrhistogram::Histogram;
 use net_engine::{
@@ -1221,19 +1221,38 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let wanted = |part: Part| args.only.is_none_or(|only| only == part);
     let mut figures = Figures::default();
     if wanted(Part::Never) {
-        figures.never = Some(mesh_run(&ctx, "never", Run::Throughput("never"))?);
+        let run = || mesh_run(&ctx, "never", Run::Throughput("never"));
+        figures.never = Some(progress::during("mesh, fsync never", run)?);
     }
     if wanted(Part::Durable) {
-        figures.durable = Some(mesh_run(&ctx, "durable", Run::Throughput("every_batch"))?);
+        let run = || mesh_run(&ctx, "durable", Run::Throughput("every_batch"));
+        figures.durable = Some(progress::during("mesh, fsync every_batch", run)?);
     }
     if wanted(Part::Latency) {
-        figures.latency = Some(mesh_run(&ctx, "latency", Run::Latency)?);
+        let run = || mesh_run(&ctx, "latency", Run::Latency);
+        figures.latency = Some(progress::during("mesh, paced latency", run)?);
     }
     if wanted(Part::Raw) {
-        figures.raw = Some(raw_run(args)?);
+        figures.raw = Some(progress::during("raw sendmmsg → recvmmsg", || {
+            raw_run(args)
+        })?);
     }
     if wanted(Part::Stalled) {
-        figures.stalled = Some(stalled_run(args, scratch.path())?);
+        let run = || stalled_run(args, scratch.path());
+        figures.stalled = Some(progress::during("a stalled subscriber", run)?);
+    }
+    if let Some(latency) = &figures.latency {
+        let plot = "A's send → B's poll_wait, paced";
+        let parts = [
+            ("end to end", &latency.e2e),
+            ("to B's stamp", &latency.stamped),
+            ("B's stamp → poll_wait", &latency.after_stamp),
+        ];
+        for (series, histogram) in parts {
+            if let Some(histogram) = histogram {
+                crate::archive::latency(plot, series, histogram);
+            }
+        }
     }
     scratch
         .close()
@@ -1263,9 +1282,7 @@ fn print_report(args: &Args, f: &Figures) {
         println!("  {line}");
     }
     println!("  reproduce: {command}");
-    if args.json {
-        println!("{}", json_line(args, f, command).render());
-    }
+    crate::archive::emit(json_line(args, f, command).render(), args.json);
 }
 
 fn count(n: f64) -> String {

@@ -31,8 +31,16 @@ pub fn write(path: &Path, title: &str, series: &[(&str, &Histogram<u64>)]) -> io
 
 /// The SVG document.
 pub fn svg(title: &str, series: &[(&str, &Histogram<u64>)]) -> String {
-    let lines: Vec<Vec<(f64, f64)>> = series.iter().map(|(_, h)| curve(h)).collect();
-    let all_us = lines.iter().flatten().map(|(_, us)| *us);
+    let curves: Vec<(&str, Vec<(f64, f64)>)> =
+        series.iter().map(|(name, h)| (*name, curve(h))).collect();
+    svg_curves(title, &curves)
+}
+
+/// The SVG document of curves already taken (`curve`: (nines, µs) points), as the archive
+/// keeps them.
+pub fn svg_curves(title: &str, series: &[(&str, Vec<(f64, f64)>)]) -> String {
+    let lines: Vec<&Vec<(f64, f64)>> = series.iter().map(|(_, points)| points).collect();
+    let all_us = lines.iter().copied().flatten().map(|(_, us)| *us);
     let low = all_us
         .clone()
         .fold(f64::INFINITY, f64::min)
@@ -42,18 +50,7 @@ pub fn svg(title: &str, series: &[(&str, &Histogram<u64>)]) -> String {
     let high = all_us.fold(0.01f64, f64::max).log10().ceil().max(low + 1.0);
     let scale = Scale { low, high };
 
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#,
-        WIDTH / 2.0,
-        escape(title)
-    );
+    let mut out = header(WIDTH, HEIGHT, title);
     axes(&mut out, &scale);
     for (i, ((name, _), points)) in series.iter().zip(&lines).enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
@@ -139,8 +136,93 @@ fn axes(out: &mut String, scale: &Scale) {
     );
 }
 
+/// The document's opening: canvas, white background, centred title.
+fn header(width: f64, height: f64, title: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#,
+        width / 2.0,
+        escape(title)
+    );
+    out
+}
+
+/// One group of bars: a measure, and each design's figure for it (net first).
+#[derive(Debug, Clone)]
+pub struct BarGroup {
+    pub label: String,
+    pub bars: Vec<(String, f64)>,
+    /// How a value is written next to its bar.
+    pub format: fn(f64) -> String,
+}
+
+const BAR_LABEL_WIDTH: f64 = 220.0;
+const BAR_HEIGHT: f64 = 18.0;
+const BAR_GAP: f64 = 6.0;
+const GROUP_HEADING: f64 = 26.0;
+
+/// Horizontal bars, one group per measure, each group scaled to its own largest figure, so
+/// measures in different units share a chart; the first bar of a group (net) is blue.
+pub fn bars(title: &str, groups: &[BarGroup]) -> String {
+    let rows: usize = groups.iter().map(|g| g.bars.len()).sum();
+    let height = TOP
+        + 10.0
+        + groups.len() as f64 * GROUP_HEADING
+        + rows as f64 * (BAR_HEIGHT + BAR_GAP)
+        + 10.0;
+    let mut out = header(WIDTH, height, title);
+    let span = WIDTH - LEFT - BAR_LABEL_WIDTH - 110.0;
+    let mut y = TOP + 10.0;
+    for group in groups {
+        y += GROUP_HEADING;
+        let _ = writeln!(
+            out,
+            r#"<text x="{LEFT}" y="{}" font-weight="bold">{}</text>"#,
+            y - 8.0,
+            escape(&group.label)
+        );
+        let largest = group.bars.iter().map(|(_, v)| *v).fold(0.0, f64::max);
+        for (i, (name, value)) in group.bars.iter().enumerate() {
+            let colour = COLOURS[i % COLOURS.len()];
+            let x0 = LEFT + BAR_LABEL_WIDTH;
+            let length = if largest > 0.0 {
+                value / largest * span
+            } else {
+                0.0
+            };
+            let _ = writeln!(
+                out,
+                r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+                x0 - 8.0,
+                y + BAR_HEIGHT - 5.0,
+                escape(name)
+            );
+            let _ = writeln!(
+                out,
+                r#"<rect x="{x0}" y="{y}" width="{length:.1}" height="{BAR_HEIGHT}" fill="{colour}"/>"#
+            );
+            let _ = writeln!(
+                out,
+                r#"<text x="{:.1}" y="{}">{}</text>"#,
+                x0 + length + 6.0,
+                y + BAR_HEIGHT - 5.0,
+                escape(&(group.format)(*value))
+            );
+            y += BAR_HEIGHT + BAR_GAP;
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
 /// (nines, µs) points of one histogram of nanoseconds.
-fn curve(histogram: &Histogram<u64>) -> Vec<(f64, f64)> {
+pub fn curve(histogram: &Histogram<u64>) -> Vec<(f64, f64)> {
     if histogram.is_empty() {
         return Vec::new();
     }
@@ -182,6 +264,13 @@ mod tests {
         let doc = svg("a <b> & c", &[("fast", &fast), ("slow", &slow)]);
         assert!(doc.starts_with("<svg") && doc.ends_with("</svg>\n"));
         assert_eq!(doc.matches("<polyline").count(), 2);
+        assert_eq!(
+            doc,
+            svg_curves(
+                "a <b> & c",
+                &[("fast", curve(&fast)), ("slow", curve(&slow))]
+            )
+        );
         assert!(doc.contains("a &lt;b&gt; &amp; c"));
         let numbers = doc.split("points=\"").skip(1).flat_map(|s| {
             s.split('"')
@@ -193,5 +282,31 @@ mod tests {
         for n in numbers {
             assert!((0.0..=WIDTH).contains(&n), "{n} off the canvas");
         }
+    }
+
+    #[test]
+    fn bars_scale_each_group_to_its_largest_figure() {
+        let group = |label: &str, bars: &[(&str, f64)]| BarGroup {
+            label: label.to_owned(),
+            bars: bars.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect(),
+            format: |v| format!("{v:.0}"),
+        };
+        let doc = bars(
+            "t",
+            &[
+                group("events/s", &[("net", 4e6), ("baseline", 1e6)]),
+                group("GB/s", &[("net", 0.5), ("raw", 2.0)]),
+            ],
+        );
+        let widths: Vec<f64> = doc
+            .split("width=\"")
+            .skip(3) // what precedes the canvas, the canvas and the background
+            .map(|s| s.split('"').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(widths.len(), 4);
+        assert!((widths[0] / widths[1] - 4.0).abs() < 0.01, "{widths:?}");
+        assert!((widths[3] / widths[2] - 4.0).abs() < 0.01, "{widths:?}");
+        assert_eq!(widths[0], widths[3]);
+        assert!(doc.contains(">4000000</text>"));
     }
 }

@@ -93,6 +93,7 @@ pub fn read_from(
         let bytes: usize = response.events.iter().map(|e| e.payload.len()).sum();
         read.payload_bytes += bytes as u64;
         read.events += response.events.len() as u64;
+        crate::progress::set(read.events);
         if read.events > expected {
             let msg = format!("read {} events, {expected} were sent", read.events);
             return Err(Failure::Verification(msg));

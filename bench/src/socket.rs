@@ -380,30 +380,29 @@ fn print_report(args: &Args, rounds: &[(Side, Side)], acks: &Histogram<u64>) {
     }
     let command = command(args);
     println!("  reproduce: {command}");
-    if args.json {
-        let round = |v: &[f64], digits: i32| -> Vec<f64> {
-            v.iter().map(|x| report::round_to(*x, digits)).collect()
-        };
-        let mut json = JsonLine::default();
-        json.field("scenario", "socket")
-            .field("events", events)
-            .field("clients", args.clients)
-            .field("frame_events", args.frame_events)
-            .field("shards", args.shards)
-            .field("rounds", args.rounds)
-            .field("socket_events_per_s", report::round_to(socket_rate, 0))
-            .field("direct_events_per_s", report::round_to(direct_rate, 0))
-            .field("socket_ratio", report::round_to(ratio, 3))
-            .field("socket_ratio_rounds", round(&ratios, 3))
-            .field("socket_events_per_s_rounds", round(&socket_rates, 0))
-            .field("direct_events_per_s_rounds", round(&direct_rates, 0))
-            .field("allocs_per_event", socket_allocs)
-            .field("direct_allocs_per_event", direct_allocs)
-            .field("ack_p50_us", report::round_to(us(0.5), 1))
-            .field("ack_p99_us", report::round_to(us(0.99), 1))
-            .field("command", command);
-        println!("{}", json.render());
-    }
+    let round = |v: &[f64], digits: i32| -> Vec<f64> {
+        v.iter().map(|x| report::round_to(*x, digits)).collect()
+    };
+    let mut json = JsonLine::default();
+    json.field("scenario", "socket")
+        .field("events", events)
+        .field("clients", args.clients)
+        .field("frame_events", args.frame_events)
+        .field("shards", args.shards)
+        .field("rounds", args.rounds)
+        .field("socket_events_per_s", report::round_to(socket_rate, 0))
+        .field("direct_events_per_s", report::round_to(direct_rate, 0))
+        .field("socket_ratio", report::round_to(ratio, 3))
+        .field("socket_ratio_rounds", round(&ratios, 3))
+        .field("socket_events_per_s_rounds", round(&socket_rates, 0))
+        .field("direct_events_per_s_rounds", round(&direct_rates, 0))
+        .field("allocs_per_event", socket_allocs)
+        .field("direct_allocs_per_event", direct_allocs)
+        .field("ack_p50_us", report::round_to(us(0.5), 1))
+        .field("ack_p99_us", report::round_to(us(0.99), 1))
+        .field("command", command);
+    crate::archive::emit(json.render(), args.json);
+    crate::archive::latency("acknowledged frame round trip", "net socket", acks);
 }
 
 fn command(args: &Args) -> String {

@@ -25,7 +25,7 @@ use crate::disk::{self, Transfer};
 use crate::durable::{self, Durable};
 use crate::redex::{self, Appended, Payloads, Read};
 use crate::report::{self, JsonLine, Percentiles, Table};
-use crate::{Failure, pace, parse_payload_bytes, parse_positive};
+use crate::{Failure, archive, pace, parse_payload_bytes, parse_positive, progress};
 use hdrhistogram::Histogram;
 use net_storage::Log;
 use std::path::{Path, PathBuf};
@@ -149,10 +149,14 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         .unwrap_or_else(|| PathBuf::from(DIR_DEFAULT));
     let scratch = crate::scratch_dir(Some(&base), "storage")?;
     let payloads = Payloads::new(args.payload_bytes);
-    let sequential = measure_sequential(args, scratch.path(), &payloads)?;
+    let sequential = progress::during("RedEX and raw disk: append and read", || {
+        measure_sequential(args, scratch.path(), &payloads)
+    })?;
     let sync_path = scratch.path().join("sync.dat");
-    let (latency, direct) = disk::sync_latency(&sync_path, args.sync_samples)
-        .map_err(Failure::io("raw write + fdatasync baseline"))?;
+    let (latency, direct) = progress::during("raw disk: write + fdatasync", || {
+        disk::sync_latency(&sync_path, args.sync_samples)
+    })
+    .map_err(Failure::io("raw write + fdatasync baseline"))?;
     remove_file(&sync_path)?;
     let plan = durable::Plan {
         events: args.durable_events,
@@ -173,6 +177,17 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         durable,
         raw_files: raw_poll_files,
     };
+    archive::latency(
+        "durable, paced",
+        "net (every_batch)",
+        &bus.durable.paced_latency,
+    );
+    archive::latency("durable, paced", "write + fdatasync", &latency);
+    archive::latency(
+        "durable, closed loop",
+        "net (every_batch)",
+        &bus.durable.saturated,
+    );
     print_report(args, &base, &sequential, &Sync { latency, direct }, &bus);
     Ok(())
 }
@@ -254,9 +269,7 @@ fn print_report(args: &Args, base: &Path, seq: &Sequential, sync: &Sync, bus: &B
         println!("  {line}");
     }
     println!("  reproduce: {command}");
-    if args.json {
-        println!("{}", json(args, seq, sync, bus, command));
-    }
+    archive::emit(json(args, seq, sync, bus, command), args.json);
 }
 
 fn throughput_table(args: &Args, base: &Path, seq: &Sequential, bus: &BusRun) -> Table {

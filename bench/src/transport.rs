@@ -29,7 +29,7 @@ mod tokio_snow;
 use crate::alloc;
 use crate::report::{self, JsonLine, Table};
 use crate::workload::StartLine;
-use crate::{Failure, parse_positive};
+use crate::{Failure, archive, parse_positive, progress};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -150,17 +150,21 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         println!("{m:?}");
         return Ok(());
     }
-    let raw = raw_limit(
-        args.packets,
-        args.payload_bytes,
-        args.batch,
-        args.socket_buffer,
-    )?;
-    let baseline = tokio_snow_baseline(
-        args.baseline_packets(),
-        args.payload_bytes,
-        args.socket_buffer,
-    )?;
+    let raw = progress::during("raw sendmmsg → recvmmsg", || {
+        raw_limit(
+            args.packets,
+            args.payload_bytes,
+            args.batch,
+            args.socket_buffer,
+        )
+    })?;
+    let baseline = progress::during("tokio + snow baseline", || {
+        tokio_snow_baseline(
+            args.baseline_packets(),
+            args.payload_bytes,
+            args.socket_buffer,
+        )
+    })?;
     let pings = |placement| {
         raw_ping_pong(
             args.pings,
@@ -170,10 +174,14 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             placement,
         )
     };
-    let ping = pings(Placement::TwoCores)?;
-    let ping_one_core = pings(Placement::OneCore)?;
+    let (ping, ping_one_core) = progress::during("raw UDP ping-pong", || {
+        Ok::<_, Failure>((pings(Placement::TwoCores)?, pings(Placement::OneCore)?))
+    })?;
 
-    let mesh = Some(mesh::run(args)?);
+    let mesh = Some(progress::during(
+        "net mesh: throughput, under attack, ping-pong",
+        || mesh::run(args),
+    )?);
 
     let figures = Figures {
         raw: &raw,
@@ -439,9 +447,7 @@ fn print_report(args: &Args, figures: &Figures<'_>) {
         println!("  {line}");
     }
     println!("  reproduce: {command}");
-    if args.json {
-        println!("{}", json(args, figures, command));
-    }
+    archive::emit(json(args, figures, command), args.json);
 }
 
 /// A ratio of two rates or latencies; null (None) when the denominator is zero.

@@ -100,6 +100,7 @@ pub fn run(args: &Args) -> Result<MeshResult, Failure> {
     let plain = throughput(args, false)?;
     let attacked = throughput(args, true)?;
     let latency = ping_pong(args)?;
+    crate::archive::latency("one-way latency, ping-pong", "net mesh", &latency);
     let us = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     Ok(MeshResult {
         mesh_p50_us: us(0.5),

@@ -496,6 +496,11 @@ pub fn raw_ping_pong(
     });
     let histogram = histogram?;
     echoed?;
+    let series = match placement {
+        Placement::TwoCores => "raw UDP, two cores",
+        Placement::OneCore => "raw UDP, one core",
+    };
+    crate::archive::latency("one-way latency, ping-pong", series, &histogram);
     Ok(PingResult {
         percentiles: Percentiles::from_ns(&histogram),
         warmup,
