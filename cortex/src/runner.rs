@@ -15,7 +15,7 @@
 //! up costs the shard no copy, no allocation per event and no cross-thread hand-off.
 //!
 //! **What readers see.** After each run of applied events the applier publishes a version:
-//! a clone of the state and the sequence number it was folded to (`end`, one past the last
+//! the state as `FoldState::publish` hands it out (a clone by default) and the sequence number it was folded to (`end`, one past the last
 //! event applied or deliberately skipped), swapped in with one `ArcSwap` store; then the
 //! plain `folded_end` watermark, then a wake-up for waiters. A reader loads a version and
 //! holds an immutable state with the `end` it belongs to; snapshots are written from such a
@@ -41,7 +41,7 @@ use net_engine::{AppendedBatch, BatchConsumer, EventId, Origin, Reader, Seq, Sha
 use crate::config::ErrorPolicy;
 use crate::error::{CortexError, FoldFailure};
 use crate::event::FoldEvent;
-use crate::fold::Fold;
+use crate::fold::{Fold, FoldState};
 use net_engine::Notify as Signal;
 
 /// How often the inline path looks at the clock (every this many events).
@@ -318,8 +318,9 @@ impl<F: Fold> Runner<F> {
         settings: Settings,
         control: Arc<ThreadControl>,
     ) -> Runner<F> {
+        let mut state = state;
         let version = Arc::new(Version {
-            state: state.clone(),
+            state: state.publish(),
             end,
         });
         let shared = Arc::new(Shared {
@@ -467,7 +468,7 @@ impl<F: Fold> Runner<F> {
     /// Publishes the core's state as the version readers see, then the watermark.
     fn publish(&self, core: &mut Core<F>) {
         self.shared.published.store(Arc::new(Version {
-            state: core.state.clone(),
+            state: core.state.publish(),
             end: core.next,
         }));
         self.shared.folded_end.store(core.next, Ordering::Release);
