@@ -20,6 +20,12 @@
 //!   all of it). `restore_ratio` = restore time / replay time (medians); both end states are
 //!   checked equal.
 //!
+//! - **The fold alone.** The same events applied with `Fold::apply` on this thread, without a
+//!   bus, timed in this thread's CPU time (so a busy machine's other work is not counted as
+//!   the fold's): `fold_alone_ns_per_event` with a version published every 2,000 events (and
+//!   held until the next one replaces it, as a reader would), `fold_alone_unpublished_ns_per_event`
+//!   with none.
+//!
 //! Allocations per event are counted too: with the fold off (ingest allocates nothing) and
 //! with it on, until every event is folded (the memories fold stores data: a record, its value
 //! and its tag set per stored event, plus the copied map nodes after each published version).
@@ -32,8 +38,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use net_cortex::memories::{Memories, MemoriesState};
-use net_cortex::{Cortex, CortexConfig, FoldView, SnapshotConfig};
-use net_engine::{Bus, Config, FsyncPolicy};
+use net_cortex::{Cortex, CortexConfig, Fold, FoldEvent, FoldState, FoldView, SnapshotConfig};
+use net_engine::{Bus, Config, EventId, FsyncPolicy, Seq, ShardId};
 
 use crate::report::{self, JsonLine, Table, format_count, round_to};
 use crate::{Failure, alloc, parse_positive};
@@ -42,6 +48,8 @@ use crate::{Failure, alloc, parse_positive};
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 /// Longest wait for a fold to catch up.
 const FOLD_DEADLINE: Duration = Duration::from_secs(600);
+/// The fold alone: a version published every this many events.
+const ALONE_PUBLISH_EVERY: u64 = 2_000;
 /// The snapshot is taken after this share of the restore log (per mille).
 const SNAPSHOT_AT_PER_MILLE: u64 = 990;
 const NAME: &str = "memories";
@@ -117,6 +125,49 @@ impl Pool {
         let (k, p) = &self.items[i];
         (k, p)
     }
+}
+
+/// This thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// The fold alone over `events` of the pool's events (see the module docs): CPU ns per event,
+/// a version published every `every` events (0: none).
+fn fold_alone(pool: &Pool, events: u64, every: u64) -> Result<f64, Failure> {
+    let mut fold = Memories::new();
+    let mut state = MemoriesState::default();
+    let mut held = None;
+    let start = thread_cpu();
+    for n in 0..events {
+        let event = FoldEvent {
+            id: EventId {
+                shard: ShardId(0),
+                seq: Seq(n),
+            },
+            ts_ns: n,
+            origin: None,
+            payload: pool.get(n).1,
+        };
+        fold.apply(&mut state, &event)
+            .map_err(|e| Failure::Verification(format!("the fold refused an event: {e}")))?;
+        if every > 0 && n % every == every - 1 {
+            held = Some(state.publish());
+        }
+    }
+    let ns = (thread_cpu() - start).as_nanos() as f64 / events.max(1) as f64;
+    drop(held);
+    Ok(ns)
 }
 
 fn start_bus(args: &Args, dir: &Path) -> Result<Bus, Failure> {
@@ -371,6 +422,9 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         )?);
     }
 
+    let alone = fold_alone(&pool, args.ingest_events, ALONE_PUBLISH_EVERY)?;
+    let alone_unpublished = fold_alone(&pool, args.ingest_events, 0)?;
+
     let work = crate::scratch_dir(args.dir.as_deref(), "fold-restore")?;
     let bus_dir = work.path().join("bus");
     let snap_dir = work.path().join("snapshots");
@@ -448,6 +502,14 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             "ns per event in the fold",
             vec![format!("{:.1}", 1e9 / fold_per_s.max(1.0))],
         )
+        .row(
+            &format!("fold alone, CPU ns/event, a version every {ALONE_PUBLISH_EVERY}"),
+            vec![format!("{alone:.1}")],
+        )
+        .row(
+            "fold alone, CPU ns/event, no versions",
+            vec![format!("{alone_unpublished:.1}")],
+        )
         .heading(&format!("restore, log of {} events", args.events))
         .row(
             "snapshot at event",
@@ -501,6 +563,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             .field("fold_thread_nice", args.fold_nice)
             .field("fold_events_per_s", round_to(fold_per_s, 0))
             .field("fold_ns_per_event", round_to(1e9 / fold_per_s.max(1.0), 1))
+            .field("fold_alone_ns_per_event", round_to(alone, 1))
+            .field(
+                "fold_alone_unpublished_ns_per_event",
+                round_to(alone_unpublished, 1),
+            )
             .field("ingest_events_per_s_off", round_to(off, 0))
             .field("ingest_events_per_s_on", round_to(on, 0))
             .field("ingest_ratio", round_to(ratio, 3))

@@ -81,9 +81,9 @@ pub struct CortexConfig {
     #[serde(default = "CortexConfig::inline_budget_us_default")]
     pub inline_budget_us: u64,
     /// Least time between two published versions of a shard's state while events keep
-    /// coming, µs: publishing clones the state's root, and the writes after it copy the paths
-    /// they change, so publishing every batch of a busy shard costs the fold more than the
-    /// readers gain. A version is published at the first batch end past the interval, and by
+    /// coming, µs: a version costs the fold something (`FoldState::publish`: a clone, or for
+    /// memories a catch-up of its second map), so publishing every batch of a busy shard
+    /// costs the fold more than the readers gain. A version is published at the first batch end past the interval, and by
     /// the fold thread about one interval after the last batch when none follows: readers see
     /// an event's effect (and `wait_for_seq` returns) within about this long. 0: every batch.
     /// At most 1,000,000.

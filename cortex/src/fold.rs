@@ -13,16 +13,24 @@ use crate::event::FoldEvent;
 
 /// A fold's state (one per shard).
 ///
-/// `Clone` is how a version is published to readers: the runner clones the state at the end
-/// of each batch it folded and swaps the clone in (readers never lock). So the clone's cost
-/// must not grow with the state: use persistent collections (`imbl`, as the memories model
-/// does) or share big parts behind `Arc`. `encode`/`decode` are the snapshot format, a plain
-/// byte encoding of the state's own choice (no JSON needed).
+/// [`FoldState::publish`] is how a version is published to readers: the runner calls it at
+/// the end of a batch it folded (at most once per `publish_interval_us`) and swaps the
+/// version in (readers never lock). By default it is `clone`, so the clone's cost must not
+/// grow with the state: use persistent collections or share big parts behind `Arc`, or
+/// override `publish` (the memories model hands readers the map it wrote, shared, and writes
+/// a second one). `encode`/`decode` are the snapshot format, a plain byte encoding of the
+/// state's own choice (no JSON needed).
 pub trait FoldState: Clone + Default + Send + Sync + 'static {
     /// Appends the state's bytes to `out`.
     fn encode(&self, out: &mut Vec<u8>);
     /// Rebuilds a state from what `encode` wrote; says what was wrong otherwise.
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError>;
+    /// An immutable version of the state as it is now, for readers (and snapshots). Called
+    /// on the applier's working state, which may prepare for its next writes (the version
+    /// must never change afterwards). The default is `clone`.
+    fn publish(&mut self) -> Self {
+        self.clone()
+    }
 }
 
 /// A fold over a shard's events. One instance per shard (cloned from the one given to

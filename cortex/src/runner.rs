@@ -15,7 +15,7 @@
 //! up costs the shard no copy, no allocation per event and no cross-thread hand-off.
 //!
 //! **What readers see.** After each run of applied events the applier publishes a version:
-//! a clone of the state and the sequence number it was folded to (`end`, one past the last
+//! the state as `FoldState::publish` hands it out (a clone by default) and the sequence number it was folded to (`end`, one past the last
 //! event applied or deliberately skipped), swapped in with one `ArcSwap` store; then the
 //! plain `folded_end` watermark, then a wake-up for waiters. A reader loads a version and
 //! holds an immutable state with the `end` it belongs to; snapshots are written from such a
@@ -41,11 +41,14 @@ use net_engine::{AppendedBatch, BatchConsumer, EventId, Origin, Reader, Seq, Sha
 use crate::config::ErrorPolicy;
 use crate::error::{CortexError, FoldFailure};
 use crate::event::FoldEvent;
-use crate::fold::Fold;
+use crate::fold::{Fold, FoldState};
 use net_engine::Notify as Signal;
 
 /// How often the inline path looks at the clock (every this many events).
 const BUDGET_CHECK_EVERY: u32 = 16;
+/// The shortest and longest pause of the inline path after a batch ran out of budget.
+const INLINE_PAUSE_MIN: Duration = Duration::from_millis(1);
+const INLINE_PAUSE_MAX: Duration = Duration::from_millis(100);
 /// Bytes per catch-up read of the log.
 const CATCHUP_READ_BYTES: usize = 16 << 20;
 
@@ -255,6 +258,12 @@ struct Core<F: Fold> {
     /// Replaying at start: nobody can read the versions yet, so only the end is published
     /// (every version published costs the writes after it their path copies).
     quiet: bool,
+    /// After a batch ran out of its inline budget (the fold is slower than ingest), the shard
+    /// leaves batches to the fold thread until then, and the pause doubles while batches keep
+    /// running out (`INLINE_PAUSE_MIN` to `INLINE_PAUSE_MAX`); a batch folded whole inline
+    /// resets it. So a fold that cannot keep up takes little of the shard's time.
+    inline_paused_until: Option<Instant>,
+    inline_pause: Duration,
 }
 
 /// How a runner applies: the same for every shard of a cortex.
@@ -319,8 +328,9 @@ impl<F: Fold> Runner<F> {
         settings: Settings,
         control: Arc<ThreadControl>,
     ) -> Runner<F> {
+        let mut state = state;
         let version = Arc::new(Version {
-            state: state.clone(),
+            state: state.publish(),
             end,
         });
         let shared = Arc::new(Shared {
@@ -349,6 +359,8 @@ impl<F: Fold> Runner<F> {
                 published_end: end,
                 published_at: Instant::now(),
                 quiet: false,
+                inline_paused_until: None,
+                inline_pause: Duration::ZERO,
             }),
             shared,
             settings,
@@ -468,7 +480,7 @@ impl<F: Fold> Runner<F> {
     /// Publishes the core's state as the version readers see, then the watermark.
     fn publish(&self, core: &mut Core<F>) {
         self.shared.published.store(Arc::new(Version {
-            state: core.state.clone(),
+            state: core.state.publish(),
             end: core.next,
         }));
         self.shared.folded_end.store(core.next, Ordering::Release);
@@ -547,13 +559,16 @@ impl<F: Fold> Runner<F> {
         if core.next >= batch.end_seq {
             return true; // the fold thread folded it already
         }
-        if core.next < batch.first_seq {
+        let now = Instant::now();
+        // Behind (an earlier batch was refused), or pausing after a batch ran out of budget.
+        if core.next < batch.first_seq || core.inline_paused_until.is_some_and(|until| now < until)
+        {
             drop(core);
             Counters::add(&self.shared.counters.refused_batches, 1);
             self.wake_thread();
             return false;
         }
-        let deadline = Instant::now() + self.settings.budget;
+        let deadline = now + self.settings.budget;
         let records = batch.records().map(|r| Rec {
             seq: r.seq,
             ts_ns: r.ts_ns,
@@ -562,6 +577,13 @@ impl<F: Fold> Runner<F> {
         });
         let c = &self.shared.counters;
         let (outcome, _) = self.apply(&mut core, records, Some(deadline), &c.inline_events);
+        if outcome == Outcome::Budget {
+            core.inline_pause = (core.inline_pause * 2).clamp(INLINE_PAUSE_MIN, INLINE_PAUSE_MAX);
+            core.inline_paused_until = Some(Instant::now() + core.inline_pause);
+        } else {
+            core.inline_pause = Duration::ZERO;
+            core.inline_paused_until = None;
+        }
         drop(core);
         match outcome {
             Outcome::Done => {

@@ -33,22 +33,25 @@
 //! `require_all_tags` (every one of them). An empty list means "no filter", exactly like
 //! `None`, in both: `Some(vec![])` never filters everything out. Results are sorted by id.
 //!
-//! **State and publication.** The state is an `imbl` persistent hash map of `Arc`'d records
-//! (keyed with xxh3 under a random seed per state, so ids chosen by an outside party cannot
-//! aim at one bucket): publishing a version clones the map's root, whatever its size, and the
-//! next writes copy only the paths they change. A stored memory costs three allocations (the
-//! record, its value, its tag set) and a new id one more; tags must not contain NUL (the tag
-//! set is one string, NUL-separated).
+//! **State and publication.** The state is a plain hash map of flat records (keyed with xxh3
+//! under a random seed per map, so ids chosen by an outside party cannot aim at one bucket;
+//! short strings inline, longer ones shared), and a published version is that map shared with
+//! readers as it is. The fold writes its own second map, caught up with the writes since the
+//! version before (`store.rs`): a version costs the fold one more map write per event written
+//! between publications, never a copy of the map. Events are read by a small scanner for the
+//! usual shapes, with serde deciding anything else (`format.rs`). A stored memory allocates
+//! nothing when its id, value and tag set are each at most 22 bytes; tags must not contain
+//! NUL (the tag set is one string, NUL-separated).
 
 mod format;
+mod store;
+mod text;
 mod watch;
 
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use net_engine::{EventId, Seq, ShardId};
 use serde_json::value::RawValue;
-use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 pub use watch::{Change, ChangeKind, Notice, WatchRange, WatchSpec, Watcher};
 
@@ -57,7 +60,9 @@ use crate::error::{DecodeError, FoldError};
 use crate::event::FoldEvent;
 use crate::fold::{Fold, FoldState};
 use crate::runner::FoldView;
-use format::Op;
+use format::{Kind, Op};
+use store::{Map, Record, Store};
+use text::Text;
 use watch::WatchHub;
 
 /// One live memory, as queries return it (a copy: it does not change when the state does).
@@ -130,37 +135,6 @@ impl Query {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Live {
-    value: Box<RawValue>,
-    /// Sorted, distinct, NUL-separated (one allocation for the whole set).
-    tags: Box<str>,
-    pinned: bool,
-}
-
-impl Live {
-    fn tags(&self) -> impl Iterator<Item = &str> + Clone {
-        self.tags.split('\0').filter(|t| !t.is_empty())
-    }
-
-    fn has_tag(&self, tag: &str) -> bool {
-        self.tags().any(|t| t == tag)
-    }
-}
-
-/// One id's record, shared by every version of the map that holds it: the map's entries are
-/// one pointer each, so a version's first write to a part of the map copies (and counts) one
-/// pointer per entry there.
-#[derive(Debug)]
-struct Record {
-    id: Arc<str>,
-    version: u64,
-    event: EventId,
-    ts_ns: u64,
-    /// `None`: deleted (a tombstone).
-    live: Option<Live>,
-}
-
 /// Counts of what the events did (part of the state: a replay gives the same counts).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoriesCounts {
@@ -174,113 +148,41 @@ pub struct MemoriesCounts {
     pub missed_targets: u64,
 }
 
-/// Hashes ids with xxh3 under a seed drawn at random per state.
-#[derive(Debug, Clone, Copy)]
-pub struct IdHash {
-    seed: u64,
-}
-
-impl Default for IdHash {
-    fn default() -> IdHash {
-        IdHash {
-            seed: std::collections::hash_map::RandomState::new().hash_one(0x6e65_745f_6378_u64),
-        }
-    }
-}
-
-impl BuildHasher for IdHash {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher { state: self.seed }
-    }
-}
-
-/// The hasher of [`IdHash`].
-#[derive(Debug)]
-pub struct IdHasher {
-    state: u64,
-}
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        self.state = xxh3_64_with_seed(bytes, self.state);
-    }
-    fn write_u8(&mut self, b: u8) {
-        self.state = (self.state ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    fn finish(&self) -> u64 {
-        self.state
-    }
-}
-
-/// A map entry: a record, hashed and compared by its id.
-#[derive(Debug, Clone)]
-struct Key(Arc<Record>);
-
-impl PartialEq for Key {
-    fn eq(&self, other: &Key) -> bool {
-        self.0.id == other.0.id
-    }
-}
-
-impl Eq for Key {}
-
-impl std::hash::Hash for Key {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        // As `str` hashes, so that lookups by `&str` find it.
-        (*self.0.id).hash(h);
-    }
-}
-
-impl std::borrow::Borrow<str> for Key {
-    fn borrow(&self) -> &str {
-        &self.0.id
-    }
-}
-
-type Records = imbl::GenericHashMap<Key, (), IdHash, imbl::shared_ptr::DefaultSharedPtr>;
-
 /// One shard's memories.
 #[derive(Debug, Clone, Default)]
 pub struct MemoriesState {
-    records: Records,
+    records: Store,
     counts: MemoriesCounts,
 }
 
 impl MemoriesState {
     /// The live memory `id`, if any.
     pub fn get(&self, id: &str) -> Option<Memory> {
-        to_memory(self.record(id)?)
-    }
-
-    fn record(&self, id: &str) -> Option<&Arc<Record>> {
-        self.records.get_key_value(id).map(|(k, _)| &k.0)
+        let (key, r) = self.records.map().get_key_value(id)?;
+        to_memory(key, r)
     }
 
     /// Whether `id` is deleted (has a tombstone), and at which version.
     pub fn deleted_version(&self, id: &str) -> Option<u64> {
-        let r = self.record(id)?;
-        r.live.is_none().then_some(r.version)
+        let r = self.records.get(id)?;
+        (!r.live).then_some(r.version)
     }
 
     /// The memories passing `query`, sorted by id.
     pub fn query(&self, query: &Query) -> Vec<Memory> {
-        let mut out: Vec<Memory> = self
+        let mut hits: Vec<(&Text, &Record)> = self
             .records
-            .keys()
-            .map(|k| &k.0)
-            .filter(|r| {
-                r.live
-                    .as_ref()
-                    .is_some_and(|l| query.passes(|t| l.has_tag(t), l.pinned))
-            })
-            .filter_map(|r| to_memory(r))
+            .map()
+            .iter()
+            .filter(|(_, r)| r.live && query.passes(|t| r.has_tag(t), r.pinned))
             .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
+        hits.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         if let Some(limit) = query.limit {
-            out.truncate(limit);
+            hits.truncate(limit);
         }
-        out
+        hits.into_iter()
+            .filter_map(|(k, r)| to_memory(k, r))
+            .collect()
     }
 
     /// What the events did so far.
@@ -290,19 +192,32 @@ impl MemoriesState {
 
     /// Ids with a record (live or deleted).
     pub fn ids(&self) -> usize {
-        self.records.len()
+        self.records.map().len()
+    }
+
+    /// Times the fold copied this shard's whole map instead of catching up its spare (a
+    /// reader held the version before last across a publication, or none was published for
+    /// long; see the module docs). Not part of the state: a restart counts from 0.
+    pub fn map_copies(&self) -> u64 {
+        self.records.copies()
     }
 }
 
-fn to_memory(r: &Record) -> Option<Memory> {
-    let live = r.live.as_ref()?;
+fn to_memory(id: &Text, r: &Record) -> Option<Memory> {
+    if !r.live {
+        return None;
+    }
     Some(Memory {
-        id: r.id.clone(),
+        id: Arc::from(id.as_str()),
         version: r.version,
-        value: live.value.clone(),
-        tags: live.tags().map(str::to_owned).collect(),
-        pinned: live.pinned,
-        event: r.event,
+        // Checked as JSON when it came in (the event's parse, or the snapshot's decode).
+        value: RawValue::from_string(r.value.to_string()).expect("a stored value is JSON"),
+        tags: r.tags().map(str::to_owned).collect(),
+        pinned: r.pinned,
+        event: EventId {
+            shard: ShardId(r.shard),
+            seq: Seq(r.seq),
+        },
         ts_ns: r.ts_ns,
     })
 }
@@ -347,7 +262,7 @@ pub fn query(views: &[FoldView<MemoriesState>], query: &Query) -> Vec<Memory> {
 }
 
 /// Tags sorted, without duplicates, NUL-separated; sorts on the stack for up to 8 tags.
-fn tag_text<'a>(tags: impl Iterator<Item = &'a str>) -> Box<str> {
+fn tag_text<'a>(tags: impl Iterator<Item = &'a str>) -> Text {
     let mut buf: [&str; 8] = [""; 8];
     let mut n = 0;
     let mut spill: Vec<&str> = Vec::new();
@@ -368,19 +283,12 @@ fn tag_text<'a>(tags: impl Iterator<Item = &'a str>) -> Box<str> {
         &mut spill
     };
     v.sort_unstable();
-    let mut out = String::with_capacity(v.iter().map(|t| t.len() + 1).sum());
-    let mut last: Option<&str> = None;
-    for t in v.iter() {
-        if last == Some(*t) {
-            continue;
-        }
-        if last.is_some() {
-            out.push('\0');
-        }
-        out.push_str(t);
-        last = Some(t);
+    if v.windows(2).all(|w| w[0] != w[1]) {
+        return Text::join(v.iter().copied(), '\0');
     }
-    out.into_boxed_str()
+    let mut distinct = v.to_vec();
+    distinct.dedup();
+    Text::join(distinct.into_iter(), '\0')
 }
 
 /// The memories fold (see the module docs). Clones share their watches.
@@ -451,18 +359,14 @@ impl Memories {
         &self,
         state: &mut MemoriesState,
         event: &FoldEvent<'_>,
-        id: &str,
-        version: Option<u64>,
-        live: impl FnOnce() -> Option<Live>,
-        deleting: bool,
+        op: &Op<'_>,
     ) -> Result<(), FoldError> {
-        let at = event.id;
-        let current = state.record(id).cloned();
-        let current = current.as_deref();
-        let version = match version {
+        let deleting = op.kind == Kind::Deleted;
+        let current = state.records.get(&op.id);
+        let version = match op.version {
             Some(v) => {
-                let stale = current.is_some_and(|r| match (&r.live, deleting) {
-                    (Some(_), true) => v < r.version,
+                let stale = current.is_some_and(|r| match (r.live, deleting) {
+                    (true, true) => v < r.version,
                     _ => v <= r.version,
                 });
                 if stale {
@@ -471,52 +375,68 @@ impl Memories {
                 }
                 v
             }
-            None => next_version(current, id, at)?,
+            None => next_version(current, &op.id, event.id)?,
         };
         // Checks done; from here nothing fails.
-        let before = current.map(|r| r.live.is_some());
-        let record = Arc::new(Record {
-            id: current.map_or_else(|| Arc::from(id), |r| r.id.clone()),
-            version,
-            event: at,
-            ts_ns: event.ts_ns,
-            live: live(),
-        });
-        let after_live = record.live.is_some();
-        state.records.insert(Key(record), ());
-        recount(&mut state.counts, before, after_live);
+        let before = current.map(|r| r.live);
+        let (value, tags) = if deleting {
+            (Text::EMPTY, Text::EMPTY)
+        } else {
+            (Text::new(op.value), tag_text(op.tags.iter()))
+        };
+        state.records.put(
+            &op.id,
+            Record {
+                version,
+                seq: event.seq(),
+                ts_ns: event.ts_ns,
+                shard: event.shard().0,
+                live: !deleting,
+                pinned: op.pinned && !deleting,
+                value,
+                tags,
+            },
+        );
+        recount(&mut state.counts, before, !deleting);
         let kind = if deleting {
             ChangeKind::Deleted { version }
         } else {
             ChangeKind::Stored { version }
         };
-        self.notify(event, id, kind);
+        self.notify(event, &op.id, kind);
         Ok(())
     }
 
     /// `pin`, `unpin` and `tags`: a change to a live memory, keeping its version.
-    fn change(
-        &self,
-        state: &mut MemoriesState,
-        event: &FoldEvent<'_>,
-        id: &str,
-        kind: ChangeKind,
-        edit: impl FnOnce(&Live) -> Live,
-    ) {
-        let Some(record) = state.record(id).filter(|r| r.live.is_some()) else {
+    fn change(&self, state: &mut MemoriesState, event: &FoldEvent<'_>, op: &Op<'_>) {
+        let Some(current) = state.records.get(&op.id).filter(|r| r.live) else {
             state.counts.missed_targets += 1;
             return;
         };
-        let live = record.live.as_ref().map(edit);
-        let record = Arc::new(Record {
-            id: record.id.clone(),
-            event: event.id,
+        let (pinned, tags, kind) = match op.kind {
+            Kind::Pin => (true, current.tags.clone(), ChangeKind::Pinned),
+            Kind::Unpin => (false, current.tags.clone(), ChangeKind::Unpinned),
+            _ => (
+                current.pinned,
+                tag_text(
+                    current
+                        .tags()
+                        .chain(op.tags.iter())
+                        .filter(|tag| !op.remove.contains(tag)),
+                ),
+                ChangeKind::Tagged,
+            ),
+        };
+        let record = Record {
+            seq: event.seq(),
             ts_ns: event.ts_ns,
-            live,
-            version: record.version,
-        });
-        state.records.insert(Key(record), ());
-        self.notify(event, id, kind);
+            shard: event.shard().0,
+            pinned,
+            tags,
+            ..current.clone()
+        };
+        state.records.put(&op.id, record);
+        self.notify(event, &op.id, kind);
     }
 }
 
@@ -526,35 +446,9 @@ impl Fold for Memories {
     fn apply(&mut self, state: &mut MemoriesState, event: &FoldEvent<'_>) -> Result<(), FoldError> {
         let op = Op::parse(event.payload)
             .map_err(|e| FoldError::new(format!("event {}: {}", event.id, e.message())))?;
-        match op {
-            Op::Stored(s) => {
-                let live = || {
-                    Some(Live {
-                        value: s.value.to_owned(),
-                        tags: tag_text(s.tags.iter().map(|t| &**t)),
-                        pinned: s.pinned,
-                    })
-                };
-                self.write(state, event, &s.id, s.version, live, false)?;
-            }
-            Op::Deleted(d) => self.write(state, event, &d.id, d.version, || None, true)?,
-            Op::Pin(p) => self.change(state, event, &p.id, ChangeKind::Pinned, |l| Live {
-                pinned: true,
-                ..l.clone()
-            }),
-            Op::Unpin(p) => self.change(state, event, &p.id, ChangeKind::Unpinned, |l| Live {
-                pinned: false,
-                ..l.clone()
-            }),
-            Op::Tags(t) => self.change(state, event, &t.id, ChangeKind::Tagged, |l| Live {
-                tags: tag_text(
-                    l.tags()
-                        .chain(t.add.iter().map(|a| &**a))
-                        .filter(|tag| !t.remove.iter().any(|r| r == tag)),
-                ),
-                value: l.value.clone(),
-                pinned: l.pinned,
-            }),
+        match op.kind {
+            Kind::Stored | Kind::Deleted => self.write(state, event, &op)?,
+            Kind::Pin | Kind::Unpin | Kind::Tags => self.change(state, event, &op),
         }
         Ok(())
     }
@@ -569,24 +463,24 @@ impl FoldState for MemoriesState {
         for n in [c.live, c.tombstones, c.stale_ignored, c.missed_targets] {
             put_u64(out, n);
         }
-        put_u64(out, self.records.len() as u64);
-        for r in self.records.keys().map(|k| &k.0) {
-            put_bytes(out, r.id.as_bytes());
+        let map = self.records.map();
+        put_u64(out, map.len() as u64);
+        for (id, r) in map {
+            put_bytes(out, id.as_bytes());
             put_u64(out, r.version);
-            put_u16(out, r.event.shard.0);
-            put_u64(out, r.event.seq.0);
+            put_u16(out, r.shard);
+            put_u64(out, r.seq);
             put_u64(out, r.ts_ns);
-            match &r.live {
-                None => out.push(TOMBSTONE),
-                Some(live) => {
-                    out.push(LIVE);
-                    out.push(u8::from(live.pinned));
-                    put_bytes(out, live.value.get().as_bytes());
-                    put_u64(out, live.tags().count() as u64);
-                    for t in live.tags() {
-                        put_bytes(out, t.as_bytes());
-                    }
+            if r.live {
+                out.push(LIVE);
+                out.push(u8::from(r.pinned));
+                put_bytes(out, r.value.as_bytes());
+                put_u64(out, r.tags().count() as u64);
+                for t in r.tags() {
+                    put_bytes(out, t.as_bytes());
                 }
+            } else {
+                out.push(TOMBSTONE);
             }
         }
     }
@@ -601,22 +495,26 @@ impl FoldState for MemoriesState {
         };
         // An id (8 + 1), version, shard, seq, ts and the kind byte: at least 35 bytes.
         let n = r.count("record count", 35)?;
-        let mut records = Records::default();
+        let mut map = Map::with_capacity_and_hasher(n, store::IdHash::default());
         let (mut live_n, mut dead_n) = (0u64, 0u64);
         for i in 0..n {
-            let id: Arc<str> = Arc::from(r.str("id")?);
-            let version = r.u64("version")?;
-            let shard = r.u16("shard")?;
-            let seq = r.u64("seq")?;
-            let ts_ns = r.u64("ts")?;
-            let live = match r.u8("kind")? {
-                TOMBSTONE => {
-                    dead_n += 1;
-                    None
-                }
+            let id = r.str("id")?;
+            let mut record = Record {
+                version: r.u64("version")?,
+                shard: r.u16("shard")?,
+                seq: r.u64("seq")?,
+                ts_ns: r.u64("ts")?,
+                live: false,
+                pinned: false,
+                value: Text::EMPTY,
+                tags: Text::EMPTY,
+            };
+            match r.u8("kind")? {
+                TOMBSTONE => dead_n += 1,
                 LIVE => {
                     live_n += 1;
-                    let pinned = match r.u8("pinned")? {
+                    record.live = true;
+                    record.pinned = match r.u8("pinned")? {
                         0 => false,
                         1 => true,
                         b => {
@@ -626,9 +524,12 @@ impl FoldState for MemoriesState {
                         }
                     };
                     let value = r.str("value")?;
-                    let value = RawValue::from_string(value.to_owned()).map_err(|e| {
-                        DecodeError::new(format!("record {i} ({id:?}): value is not JSON: {e}"))
-                    })?;
+                    if let Err(e) = serde_json::from_str::<&RawValue>(value) {
+                        return Err(DecodeError::new(format!(
+                            "record {i} ({id:?}): value is not JSON: {e}"
+                        )));
+                    }
+                    record.value = Text::new(value);
                     let t = r.count("tag count", 8)?;
                     let mut tags = Vec::with_capacity(t);
                     for _ in 0..t {
@@ -640,29 +541,15 @@ impl FoldState for MemoriesState {
                         }
                         tags.push(tag);
                     }
-                    Some(Live {
-                        value,
-                        tags: tag_text(tags.into_iter()),
-                        pinned,
-                    })
+                    record.tags = tag_text(tags.into_iter());
                 }
                 k => {
                     return Err(DecodeError::new(format!(
                         "record {i} ({id:?}): unknown kind {k}"
                     )));
                 }
-            };
-            let record = Record {
-                id: id.clone(),
-                version,
-                event: EventId {
-                    shard: ShardId(shard),
-                    seq: Seq(seq),
-                },
-                ts_ns,
-                live,
-            };
-            if records.insert(Key(Arc::new(record)), ()).is_some() {
+            }
+            if map.insert(Text::new(id), record).is_some() {
                 return Err(DecodeError::new(format!(
                     "record {i}: id {id:?} appears twice"
                 )));
@@ -675,6 +562,16 @@ impl FoldState for MemoriesState {
                 counts.live, counts.tombstones
             )));
         }
-        Ok(MemoriesState { records, counts })
+        Ok(MemoriesState {
+            records: Store::from_map(map),
+            counts,
+        })
+    }
+
+    fn publish(&mut self) -> MemoriesState {
+        MemoriesState {
+            records: self.records.publish(),
+            counts: self.counts,
+        }
     }
 }
