@@ -221,6 +221,7 @@ fn run_socket(args: &Args, dir: &Path, frames: u64) -> Result<(Side, Histogram<u
                 read_wait_ms_max: 1_000,
             },
             ack_timeout: Duration::from_secs(30),
+            frame_timeout: Duration::from_secs(10),
         },
     )
     .map_err(|e| Failure::Engine(format!("starting the socket server: {e}")))?;

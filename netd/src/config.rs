@@ -80,6 +80,10 @@ pub struct SocketConfig {
     /// How long an acknowledgement may wait for durability before the connection is told
     /// `timeout` and closed, ms.
     pub ack_timeout_ms: u64,
+    /// How long a frame, once begun, may take to arrive whole before the connection is told
+    /// `timeout` and closed, ms: a client that sends half a frame and stalls cannot hold a
+    /// connection slot for ever. An idle connection between frames is never timed out.
+    pub frame_timeout_ms: u64,
 }
 
 impl Default for SocketConfig {
@@ -92,6 +96,7 @@ impl Default for SocketConfig {
             read_events_max: 10_000,
             read_wait_ms_max: 30_000,
             ack_timeout_ms: 30_000,
+            frame_timeout_ms: 10_000,
         }
     }
 }
@@ -319,6 +324,7 @@ impl Checked {
         positive("socket.read_events_max", u64::from(s.read_events_max))?;
         positive("socket.read_wait_ms_max", u64::from(s.read_wait_ms_max))?;
         positive("socket.ack_timeout_ms", s.ack_timeout_ms)?;
+        positive("socket.frame_timeout_ms", s.frame_timeout_ms)?;
         let frame_min = bus.payload_bytes_max() + 32;
         if s.frame_bytes_max < frame_min || s.frame_bytes_max > 1 << 30 {
             return Err(refuse(

@@ -216,6 +216,7 @@ impl Startup {
                     read_wait_ms_max: s.read_wait_ms_max,
                 },
                 ack_timeout: Duration::from_millis(s.ack_timeout_ms),
+                frame_timeout: Duration::from_millis(s.frame_timeout_ms),
             },
         )
         .map_err(|e| e.to_string())?;

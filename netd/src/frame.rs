@@ -69,6 +69,8 @@ pub enum ErrorCode {
     BadCursor = 6,
     /// Too many connections.
     Busy = 7,
+    /// A frame, once begun, did not arrive whole within the configured time.
+    SlowFrame = 8,
 }
 
 /// Why a frame was refused; names what was wrong.
@@ -105,6 +107,7 @@ impl FrameError {
             ErrorCode::Timeout => "timeout",
             ErrorCode::BadCursor => "bad_cursor",
             ErrorCode::Busy => "busy",
+            ErrorCode::SlowFrame => "slow_frame",
         }
     }
 }

@@ -521,6 +521,7 @@ fn socket(o: &mut Out, s: &ServerStats) {
         ("too_large", get(&s.closed_too_large)),
         ("bad_cursor", get(&s.closed_bad_cursor)),
         ("timeout", get(&s.closed_timeout)),
+        ("slow_frame", get(&s.closed_slow_frame)),
         ("unavailable", get(&s.closed_unavailable)),
         ("busy", get(&s.connections_refused)),
         ("truncated", get(&s.truncated_at_close)),

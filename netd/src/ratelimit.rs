@@ -7,7 +7,7 @@
 use net_engine::RateLimit;
 
 /// The causes netd logs per frame or per connection; anything else shares the last slot.
-const CAUSES: [&str; 11] = [
+const CAUSES: [&str; 12] = [
     "malformed",
     "too_large",
     "unavailable",
@@ -15,6 +15,7 @@ const CAUSES: [&str; 11] = [
     "timeout",
     "bad_cursor",
     "busy",
+    "slow_frame",
     "truncated",
     "accept",
     "read_failed",

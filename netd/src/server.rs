@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Longest wait for an acknowledgement.
     pub ack_timeout: Duration,
+    /// Longest time a begun frame may take to arrive whole.
+    pub frame_timeout: Duration,
 }
 
 /// The socket's counters (read by the metrics endpoint).
@@ -74,6 +76,8 @@ pub struct ServerStats {
     pub closed_bad_cursor: AtomicU64,
     /// Connections closed because an acknowledgement timed out.
     pub closed_timeout: AtomicU64,
+    /// Connections closed because a begun frame did not arrive whole in time.
+    pub closed_slow_frame: AtomicU64,
     /// Connections closed because the bus could not take events (failed shard, shutdown).
     pub closed_unavailable: AtomicU64,
     /// Connections that ended in the middle of a frame (what came before it was ingested).
@@ -360,6 +364,7 @@ impl<'a> Connection<'a> {
                 ErrorCode::TooLarge => &self.shared.stats.closed_too_large,
                 ErrorCode::BadCursor => &self.shared.stats.closed_bad_cursor,
                 ErrorCode::Timeout => &self.shared.stats.closed_timeout,
+                ErrorCode::SlowFrame => &self.shared.stats.closed_slow_frame,
                 _ => &self.shared.stats.closed_unavailable,
             };
             bump(counter, 1);
@@ -378,6 +383,8 @@ impl<'a> Connection<'a> {
         let limits = self.shared.config.limits;
         let mut buf = vec![0u8; 64 << 10];
         let (mut start, mut filled) = (0usize, 0usize);
+        // Whether the socket's read timeout is set (only while a frame is partly read).
+        let mut timed = false;
         loop {
             // Handle every complete frame read so far.
             while let Some(end) = frame::frame_end(&buf[start..filled], &limits)? {
@@ -407,9 +414,30 @@ impl<'a> Connection<'a> {
                 let cap = limits.frame_bytes_max + frame::LEN_BYTES;
                 buf.resize(want.max(buf.len() * 2).min(cap), 0);
             }
+            if timed != (filled > 0) {
+                timed = filled > 0;
+                let timeout = timed.then_some(self.shared.config.frame_timeout);
+                self.stream
+                    .set_read_timeout(timeout)
+                    .map_err(|_| Close::Gone)?;
+            }
             let n = match self.stream.read(&mut buf[filled..]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(Close::Error(FrameError {
+                        code: ErrorCode::SlowFrame,
+                        what: format!(
+                            "a frame begun {filled} bytes ago did not arrive whole within socket.frame_timeout_ms ({} ms)",
+                            self.shared.config.frame_timeout.as_millis()
+                        ),
+                    }));
+                }
                 Err(_) => return Err(Close::Gone),
             };
             if n == 0 {

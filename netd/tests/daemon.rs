@@ -376,3 +376,36 @@ fn the_example_config_under_deploy_is_valid() {
         std::path::Path::new("/run/net/netd.sock")
     );
 }
+
+#[test]
+fn half_a_frame_cannot_hold_a_connection_slot_but_an_idle_connection_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let netd = Netd::start(
+        dir.path(),
+        &config(
+            dir.path(),
+            1,
+            json!({"socket": {"frame_timeout_ms": 300, "connections_max": 2}}),
+        ),
+    );
+    let sock = netd.socket();
+    let mut idle = Client::connect(&sock).unwrap();
+    let mut slow = Client::connect(&sock).unwrap();
+    // A length prefix of 100 bytes, then 5 of them, then nothing.
+    slow.send_raw(&[100, 0, 0, 0, 1, 0, 0, 0, 0]).unwrap();
+    let (code, msg) = refused(slow.next_frame());
+    assert_eq!(code, 8, "{msg}");
+    assert!(msg.contains("frame_timeout_ms"), "{msg}");
+    // The idle connection, silent for longer than the frame timeout, still works.
+    std::thread::sleep(Duration::from_millis(500));
+    idle.publish([(&b""[..], &b"late but fine"[..])], true)
+        .unwrap();
+    assert_eq!(idle.wait_ack().unwrap(), (1, 0));
+    let m = netd.metrics();
+    assert_eq!(
+        value(&m, "net_socket_closed_total", "reason=\"slow_frame\""),
+        Some(1.0)
+    );
+    let (code, _) = netd.terminate();
+    assert_eq!(code, 0);
+}

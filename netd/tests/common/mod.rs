@@ -22,8 +22,7 @@ pub struct Netd {
     pub config: PathBuf,
 }
 
-/// A config document for a netd under `dir` with `shards` shards; `extra` is merged in at
-/// the top level (and `extra["bus"]` into the bus).
+/// A config document for a netd under `dir` with `shards` shards; `extra` is merged in.
 pub fn config(dir: &Path, shards: usize, extra: Value) -> Value {
     let mut c = serde_json::json!({
         "bus": {
@@ -38,14 +37,13 @@ pub fn config(dir: &Path, shards: usize, extra: Value) -> Value {
         "log": {"level": "info", "file": dir.join("netd.log")},
         "shutdown_deadline_ms": 10000,
     });
+    // Objects are merged one level deep (`{"socket": {"connections_max": 2}}` keeps the
+    // socket's path); anything else replaces.
     if let Value::Object(extra) = extra {
         for (k, v) in extra {
-            if k == "bus" {
-                for (bk, bv) in v.as_object().expect("bus object") {
-                    c["bus"][bk] = bv.clone();
-                }
-            } else {
-                c[k] = v;
+            match (c.get_mut(&k), v) {
+                (Some(Value::Object(base)), Value::Object(add)) => base.extend(add),
+                (_, v) => c[k] = v,
             }
         }
     }
