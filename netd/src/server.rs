@@ -170,34 +170,49 @@ impl Server {
     /// `deadline`, and removes the socket file. Returns the connections still running at
     /// the deadline (0: all ended).
     pub fn stop(mut self, deadline: Duration) -> usize {
-        let until = Instant::now() + deadline;
+        let start = Instant::now();
         self.shared.stop.store(true, Ordering::Release);
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
-        let threads: Vec<JoinHandle<()>> = {
-            let mut conns = self.shared.conns.lock().unwrap_or_else(|e| e.into_inner());
-            conns
-                .values_mut()
-                .filter_map(|(stream, t)| {
-                    let _ = stream.shutdown(std::net::Shutdown::Read);
-                    t.take()
-                })
-                .collect()
+        let mut conns: Vec<Conn> = {
+            let mut map = self.shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+            map.drain().map(|(_, c)| c).collect()
         };
-        let mut left = 0;
-        for t in threads {
-            while !t.is_finished() && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                left += 1;
-            }
+        // First no more reading: each connection finishes its frame and sends what it owes.
+        for (stream, _) in &conns {
+            let _ = stream.shutdown(std::net::Shutdown::Read);
         }
+        wait_for(&mut conns, start + deadline / 2);
+        // Then, for a connection still busy (a client that stopped reading its replies holds
+        // its thread in a write), no more writing either: the write fails and the thread ends.
+        for (stream, _) in &conns {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        wait_for(&mut conns, start + deadline);
         let _ = std::fs::remove_file(&self.shared.config.path);
-        left
+        conns.len()
+    }
+}
+
+/// Joins the connection threads that end before `until`; keeps the others in `conns`.
+fn wait_for(conns: &mut Vec<Conn>, until: Instant) {
+    loop {
+        conns.retain_mut(|(_, t)| match t.take() {
+            Some(h) if h.is_finished() => {
+                let _ = h.join();
+                false
+            }
+            Some(h) => {
+                *t = Some(h);
+                true
+            }
+            None => false,
+        });
+        if conns.is_empty() || Instant::now() >= until {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -357,6 +372,11 @@ impl<'a> Connection<'a> {
     }
 
     fn run(mut self) {
+        // A client that stops taking its replies for this long loses its connection, not a
+        // thread for ever.
+        let _ = self
+            .stream
+            .set_write_timeout(Some(self.shared.config.frame_timeout));
         let result = self.serve();
         if let Err(Close::Error(e)) = result {
             let counter = match e.code {

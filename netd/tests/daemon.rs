@@ -409,3 +409,46 @@ fn half_a_frame_cannot_hold_a_connection_slot_but_an_idle_connection_stays() {
     let (code, _) = netd.terminate();
     assert_eq!(code, 0);
 }
+
+#[test]
+fn a_client_that_never_reads_its_replies_does_not_stall_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let netd = Netd::start(
+        dir.path(),
+        &config(
+            dir.path(),
+            1,
+            // A long frame timeout: the shutdown, not the write timeout, must free the thread.
+            json!({"socket": {"frame_timeout_ms": 600000}, "shutdown_deadline_ms": 2000}),
+        ),
+    );
+    let sock = netd.socket();
+    let mut writer = Client::connect(&sock).unwrap();
+    let payload = vec![7u8; 1000];
+    for _ in 0..20 {
+        writer
+            .publish((0..1000).map(|_| (&b""[..], payload.as_slice())), false)
+            .unwrap();
+    }
+    assert_eq!(writer.sync().unwrap(), (20_000, 0));
+    // Ask for the whole log again and again, and never read a byte of the answers: netd's
+    // thread for this connection ends up blocked writing.
+    let mut hostile = Client::connect(&sock).unwrap();
+    let mut frames = Vec::new();
+    for _ in 0..64 {
+        netd::frame::encode_read(&mut frames, 10_000, 0, "");
+    }
+    hostile.send_raw(&frames).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (code, report) = netd.terminate();
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["lossy"], false, "{report}");
+    assert_eq!(report["persisted"], 20_000, "{report}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(hostile);
+}
