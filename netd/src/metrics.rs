@@ -291,54 +291,47 @@ fn shards(o: &mut Out, stats: &Stats) {
         "1 if the shard's log failed or its thread died.",
         |s| u8::from(s.failed)
     );
-    o.family(
-        "net_shard_batch_events",
-        "histogram",
-        "Events per completed batch.",
-    );
-    for s in sh {
-        let l = label(s);
-        o.histogram(
+    let histograms: [(&str, &str, f64, PickBuckets); 3] = [
+        (
             "net_shard_batch_events",
-            &[("shard", &l)],
-            &s.batch_events,
+            "Events per completed batch.",
             1.0,
-        );
-    }
-    o.family(
-        "net_shard_write_seconds",
-        "histogram",
-        "Batch write latency without an fdatasync, submit to completion.",
-    );
-    for s in sh {
-        let l = label(s);
-        o.histogram(
+            |s| &s.batch_events,
+        ),
+        (
             "net_shard_write_seconds",
-            &[("shard", &l)],
-            &s.write_latency_us,
+            "Batch write latency without an fdatasync, submit to completion.",
             1e-6,
-        );
-    }
-    o.family(
-        "net_shard_sync_seconds",
-        "histogram",
-        "Batch write latency with its fdatasync, and stand-alone syncs.",
-    );
-    for s in sh {
-        let l = label(s);
-        o.histogram(
+            |s| &s.write_latency_us,
+        ),
+        (
             "net_shard_sync_seconds",
-            &[("shard", &l)],
-            &s.sync_latency_us,
+            "Batch write latency with its fdatasync, and stand-alone syncs.",
             1e-6,
-        );
+            |s| &s.sync_latency_us,
+        ),
+    ];
+    for (name, help, scale, pick) in histograms {
+        o.family(name, "histogram", help);
+        for s in sh {
+            let l = label(s);
+            o.histogram(name, &[("shard", &l)], pick(s), scale);
+        }
     }
+}
+
+/// Which of a shard's histograms.
+type PickBuckets = fn(&net_engine::ShardStats) -> &Buckets;
+
+/// A node id as a metric label.
+fn node_label(n: u64) -> String {
+    format!("{n:016x}")
 }
 
 fn mesh(o: &mut Out, bus: &Bus) {
     let Some(m) = bus.mesh_stats() else { return };
     let peers = &m.peers;
-    let node = |p: &net_engine::PeerStats| p.node.map(|n| format!("{n:016x}")).unwrap_or_default();
+    let node = |p: &net_engine::PeerStats| p.node.map(node_label).unwrap_or_default();
     macro_rules! per_peer {
         ($name:literal, $help:literal, |$t:ident| $value:expr) => {
             o.each($name, "counter", $help, peers, |p, put| {
@@ -408,45 +401,45 @@ fn mesh(o: &mut Out, bus: &Bus) {
             );
         }
     }
-    let streams = |o: &mut Out, name: &str, help: &str, list: &[net_engine::StreamStats]| {
-        o.family(name, "gauge", help);
-        for st in list {
-            let (n, s) = (format!("{:016x}", st.node), st.shard.to_string());
-            o.sample(name, &[("node", &n), ("shard", &s)], st.lag_events);
-        }
+    let per_stream = |o: &mut Out,
+                      (name, kind, help): (&str, &str, &str),
+                      list: &[net_engine::StreamStats],
+                      value: fn(&net_engine::StreamStats) -> u64| {
+        o.each(name, kind, help, list, |st, put| {
+            let (n, s) = (node_label(st.node), st.shard.to_string());
+            put(&[("node", &n), ("shard", &s)], value(st) as f64)
+        });
     };
-    streams(
+    per_stream(
         o,
-        "net_publication_lag_events",
-        "Events of this node's log a subscriber has not confirmed.",
+        (
+            "net_publication_lag_events",
+            "gauge",
+            "Events of this node's log a subscriber has not confirmed.",
+        ),
         &m.publications,
+        |st| st.lag_events,
     );
-    o.family(
-        "net_subscription_next_seq",
-        "gauge",
-        "The next sequence number a subscription waits for from its publisher.",
-    );
-    for st in &m.subscriptions {
-        let (n, s) = (format!("{:016x}", st.node), st.shard.to_string());
-        o.sample(
+    per_stream(
+        o,
+        (
             "net_subscription_next_seq",
-            &[("node", &n), ("shard", &s)],
-            st.next_seq,
-        );
-    }
-    o.family(
-        "net_subscription_skipped_events_total",
-        "counter",
-        "Events a publisher reported it no longer had (retention removed them unmirrored).",
+            "gauge",
+            "The next sequence number a subscription waits for from its publisher.",
+        ),
+        &m.subscriptions,
+        |st| st.next_seq,
     );
-    for st in &m.subscriptions {
-        let (n, s) = (format!("{:016x}", st.node), st.shard.to_string());
-        o.sample(
+    per_stream(
+        o,
+        (
             "net_subscription_skipped_events_total",
-            &[("node", &n), ("shard", &s)],
-            st.skipped_events,
-        );
-    }
+            "counter",
+            "Events a publisher reported it no longer had (retention removed them unmirrored).",
+        ),
+        &m.subscriptions,
+        |st| st.skipped_events,
+    );
 }
 
 fn socket(o: &mut Out, s: &ServerStats) {
