@@ -462,6 +462,29 @@ pub fn encode_error(out: &mut Vec<u8>, code: ErrorCode, message: &str) {
     finish(out, at);
 }
 
+/// Appends an EVENTS frame: the cursor to read on from, and the events.
+pub fn encode_events<'e>(
+    out: &mut Vec<u8>,
+    cursor: &str,
+    events: impl ExactSizeIterator<Item = ReadEvent<'e>>,
+) {
+    let at = begin(out, EVENTS);
+    let cursor_len = u16::try_from(cursor.len()).expect("a bus's cursor text is below 64 KiB");
+    out.extend_from_slice(&cursor_len.to_le_bytes());
+    out.extend_from_slice(cursor.as_bytes());
+    let count = u32::try_from(events.len()).expect("at most read_events_max events");
+    out.extend_from_slice(&count.to_le_bytes());
+    for e in events {
+        out.extend_from_slice(&e.shard.to_le_bytes());
+        out.extend_from_slice(&e.seq.to_le_bytes());
+        out.extend_from_slice(&e.ts_ns.to_le_bytes());
+        let len = u32::try_from(e.payload.len()).expect("payloads are below 4 GiB");
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(e.payload);
+    }
+    finish(out, at);
+}
+
 /// One event of an EVENTS frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadEvent<'a> {
@@ -669,6 +692,29 @@ mod tests {
             Reply::Ack {
                 through: 7,
                 dropped: 1
+            }
+        );
+        let events = [
+            ReadEvent {
+                shard: 1,
+                seq: 42,
+                ts_ns: 7,
+                payload: b"abc",
+            },
+            ReadEvent {
+                shard: 0,
+                seq: 0,
+                ts_ns: u64::MAX,
+                payload: b"",
+            },
+        ];
+        let mut f = Vec::new();
+        encode_events(&mut f, "net1.x", events.iter().cloned());
+        assert_eq!(
+            decode_reply(body(&f)).unwrap(),
+            Reply::Events {
+                cursor: "net1.x",
+                events: events.to_vec()
             }
         );
         let mut f = Vec::new();

@@ -598,25 +598,20 @@ impl<'a> Connection<'a> {
             });
         }
         self.out.clear();
-        let at = frame::begin(&mut self.out, frame::EVENTS);
-        let next = resp.next.encode();
-        self.out
-            .extend_from_slice(&u16::try_from(next.len()).unwrap_or(0).to_le_bytes());
-        self.out.extend_from_slice(next.as_bytes());
-        let count = u32::try_from(resp.events.len()).expect("at most max_events");
-        self.out.extend_from_slice(&count.to_le_bytes());
-        for e in &resp.events {
-            self.out.extend_from_slice(&e.id.shard.0.to_le_bytes());
-            self.out.extend_from_slice(&e.id.seq.0.to_le_bytes());
-            self.out.extend_from_slice(&e.ts_ns.to_le_bytes());
-            let len = u32::try_from(e.payload.len()).expect("payloads are below 4 GiB");
-            self.out.extend_from_slice(&len.to_le_bytes());
-            self.out.extend_from_slice(&e.payload);
-        }
-        frame::finish(&mut self.out, at);
+        frame::encode_events(
+            &mut self.out,
+            &resp.next.encode(),
+            resp.events.iter().map(|e| frame::ReadEvent {
+                shard: e.id.shard.0,
+                seq: e.id.seq.0,
+                ts_ns: e.ts_ns,
+                payload: &e.payload,
+            }),
+        );
+        let count = resp.events.len() as u64;
         self.stream.write_all(&self.out).map_err(|_| Close::Gone)?;
         bump(&self.shared.stats.reads, 1);
-        bump(&self.shared.stats.events_out, u64::from(count));
+        bump(&self.shared.stats.events_out, count);
         Ok(())
     }
 }
