@@ -564,10 +564,7 @@ impl<'a> Connection<'a> {
         let cursor = if cursor.is_empty() {
             Cursor::start()
         } else {
-            Cursor::decode(cursor).map_err(|e| FrameError {
-                code: ErrorCode::BadCursor,
-                what: format!("READ cursor: {e}"),
-            })?
+            Cursor::decode(cursor).map_err(read_error)?
         };
         let bus = &self.shared.bus;
         let until = Instant::now() + Duration::from_millis(u64::from(wait_ms));
@@ -577,13 +574,7 @@ impl<'a> Connection<'a> {
             let slice = left.min(Duration::from_millis(100));
             let resp = bus
                 .poll_wait(&cursor, max_events as usize, slice)
-                .map_err(|e| match e {
-                    net_engine::Error::Cursor(what) => Close::Error(FrameError {
-                        code: ErrorCode::BadCursor,
-                        what: format!("READ cursor: {what}"),
-                    }),
-                    other => unavailable(other),
-                })?;
+                .map_err(read_error)?;
             if !resp.events.is_empty()
                 || !resp.failed_shards.is_empty()
                 || left.is_zero()
@@ -626,6 +617,18 @@ fn send_error(e: SendError) -> Close {
         code,
         what: format!("the bus refused events: {e}; events after the last ACK may be lost"),
     })
+}
+
+/// A READ's error: a cursor this bus cannot use (unreadable, or naming a shard it does not
+/// have) is the client's; anything else is the bus's.
+fn read_error(e: net_engine::Error) -> Close {
+    match e {
+        net_engine::Error::Cursor(what) => Close::Error(FrameError {
+            code: ErrorCode::BadCursor,
+            what: format!("READ cursor: {what}"),
+        }),
+        other => unavailable(other),
+    }
 }
 
 fn unavailable(e: net_engine::Error) -> Close {
