@@ -182,6 +182,8 @@ pub enum Request<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Events<'a> {
     count: u32,
+    /// The payloads' summed length (counted while checking the frame).
+    payload_bytes: u64,
     bytes: &'a [u8],
 }
 
@@ -189,6 +191,11 @@ impl<'a> Events<'a> {
     /// Events in the frame.
     pub fn len(&self) -> usize {
         self.count as usize
+    }
+
+    /// The payloads' summed length.
+    pub fn payload_bytes(&self) -> u64 {
+        self.payload_bytes
     }
 
     /// Whether the frame holds no events (never: a PUBLISH holds at least one).
@@ -303,6 +310,7 @@ fn decode_publish<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<Request<'a>
     }
     let bytes = r.rest();
     let mut check = Reader::new(bytes);
+    let mut payload_bytes = 0u64;
     for i in 0..count {
         let key_len = check.u16().map_err(|_| truncated_event(i, "key_len"))? as usize;
         if key_len > KEY_BYTES_MAX {
@@ -319,11 +327,16 @@ fn decode_publish<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<Request<'a>
             )));
         }
         check.take(len).map_err(|_| truncated_event(i, "payload"))?;
+        payload_bytes += len as u64;
     }
     check.end("PUBLISH")?;
     Ok(Request::Publish {
         ack: flags & FLAG_ACK != 0,
-        events: Events { count, bytes },
+        events: Events {
+            count,
+            payload_bytes,
+            bytes,
+        },
     })
 }
 
@@ -595,6 +608,7 @@ mod tests {
         };
         assert!(ack);
         assert_eq!(got.iter().collect::<Vec<_>>(), events);
+        assert_eq!(got.payload_bytes(), 1005);
     }
 
     #[test]

@@ -501,7 +501,7 @@ impl<'a> Connection<'a> {
         }
         let producer = self.producer.as_mut().expect("set above");
         let n = events.len() as u64;
-        let bytes: u64 = events.iter().map(|(_, p)| p.len() as u64).sum();
+        let bytes = events.payload_bytes();
         let mut dropped = 0u64;
         if bus.config().lane.backpressure == Backpressure::Fail {
             // `fail` refuses at a full lane: the socket waits instead (and stops reading), so

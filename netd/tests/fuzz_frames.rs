@@ -123,6 +123,8 @@ fn check(body: &[u8], req: &Request<'_>) {
     if let Request::Publish { ack, events } = req {
         let list: Vec<(&[u8], &[u8])> = events.iter().collect();
         assert_eq!(list.len(), events.len());
+        let sum: u64 = list.iter().map(|(_, p)| p.len() as u64).sum();
+        assert_eq!(sum, events.payload_bytes());
         let mut again = Vec::new();
         frame::encode_publish(&mut again, *ack, list.iter().copied());
         assert_eq!(&again[frame::LEN_BYTES..], body, "re-encoding differs");
