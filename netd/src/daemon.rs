@@ -188,12 +188,10 @@ impl Startup {
                         JetStreamSink::new(j.clone()).and_then(|b| Sink::start(&bus, b, s.clone()))
                     }
                 };
-                let name = match sink {
-                    CheckedSink::Redis(_, s) | CheckedSink::JetStream(_, s) => s.name.clone(),
-                };
-                let sink = started.map_err(|e| format!("sink {name:?}: {e}"))?;
-                tracing::info!(sink = %name, "sink started");
-                c.sinks.push(sink);
+                let (CheckedSink::Redis(_, s) | CheckedSink::JetStream(_, s)) = sink;
+                // The sink logs its own start.
+                c.sinks
+                    .push(started.map_err(|e| format!("sink {:?}: {e}", s.name))?);
             }
         }
         if !checked.subscriptions.is_empty() {
